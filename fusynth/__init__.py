@@ -1,0 +1,5 @@
+"""fusynth: generative data augmentation for fetal ultrasound."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,138 @@
+"""Shared fixtures: small datasets in each publisher's layout, built on the fly."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fusynth.data.geometry import Ellipse, ellipse_mask, mask_outline
+
+#: Real samples beside the project (see its README); tests using them skip without it.
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+requires_shared_data = pytest.mark.skipif(
+    not SHARED_DATA.is_dir(), reason="../shared/data (real dataset samples) is not present"
+)
+
+
+def save_png(path: Path, arr: np.ndarray, mode: str | None = None) -> Path:
+    """Write an array as PNG, creating folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr, mode=mode).save(path)
+    return path
+
+
+def noise_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A ``[H, W]`` uint8 noise frame."""
+    return rng.integers(0, 256, size=(h, w), dtype=np.uint8)
+
+
+def hc18_ellipse(i: int, h: int = 60, w: int = 80) -> Ellipse:
+    """A deterministic head ellipse fully inside an ``h x w`` frame."""
+    return Ellipse(cx=w / 2 + (i % 3) - 1, cy=h / 2, a=22 + i % 5, b=15 + i % 4, angle=0.3 * i)
+
+
+@pytest.fixture
+def hc18_dir(tmp_path: Path) -> Path:
+    """HC18 layout: 4 exams, one with a second acquisition (``_2HC``), a CSV, a test set."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "hc18"
+    names = ["000_HC", "001_HC", "001_2HC", "002_HC", "003_HC"]
+    rows = ["filename,pixel size(mm),head circumference (mm)"]
+    for i, stem in enumerate(names):
+        save_png(root / "training_set" / f"{stem}.png", noise_image(rng, 60, 80))
+        ell = hc18_ellipse(i)
+        outline = mask_outline(ellipse_mask((60, 80), ell))
+        save_png(root / "training_set" / f"{stem}_Annotation.png", outline.astype(np.uint8) * 255)
+        spacing = 0.1 + 0.01 * i
+        rows.append(f"{stem}.png,{spacing},{ell.perimeter * spacing:.2f}")
+    (root / "training_set_pixel_size_and_HC.csv").write_text("\n".join(rows) + "\n")
+    for stem in ["000_HC", "001_HC"]:
+        save_png(root / "test_set" / f"{stem}.png", noise_image(rng, 60, 80))
+    return root
+
+
+@pytest.fixture
+def fetal_planes_dir(tmp_path: Path) -> Path:
+    """FETAL_PLANES_DB layout: ``;`` CSV with a trailing-space ``Train `` header."""
+    rng = np.random.default_rng(1)
+    root = tmp_path / "fpdb"
+    planes = [
+        "Fetal brain",
+        "Fetal abdomen",
+        "Fetal femur",
+        "Fetal thorax",
+        "Maternal cervix",
+        "Other",
+    ]
+    lines = ["Image_name;Patient_num;Plane;Brain_plane;Train "]
+    k = 0
+    for patient in range(1, 9):
+        for j in range(2):
+            plane = planes[(patient + j) % len(planes)]
+            name = f"Patient{patient:05d}_Plane{k}_1_of_2"
+            save_png(root / "Images" / f"{name}.png", noise_image(rng, 40 + patient, 50))
+            train = 0 if patient in (7, 8) else 1
+            lines.append(f"{name};{patient};{plane};Not A Brain;{train}")
+            k += 1
+    (root / "FETAL_PLANES_DB_data.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture
+def african_dir(tmp_path: Path) -> Path:
+    """African planes layout: comma CSV, patient numbers repeating across countries,
+    RGB and L images of several sizes."""
+    rng = np.random.default_rng(2)
+    root = tmp_path / "african"
+    lines = ["Patient_num,Plane,Train,Center,Image_name"]
+    for center, code, rgb in [
+        ("Algeria", "DZA", False),
+        ("Ghana", "GHA", True),
+        ("Malawi", "MWI", False),
+    ]:
+        for patient in (1, 2, 3):
+            for k, plane in enumerate(
+                ["Fetal abdomen", "Fetal brain", "Fetal femur", "Fetal thorax"]
+            ):
+                name = f"patient{patient:03d}_{code}_plane{k}"
+                if rgb:
+                    arr = rng.integers(0, 256, size=(30, 40, 3), dtype=np.uint8)
+                    save_png(root / "Images" / f"{name}.png", arr, mode="RGB")
+                else:
+                    save_png(root / "Images" / f"{name}.png", noise_image(rng, 36, 30 + patient))
+                lines.append(f"{patient},{plane},1,{center},{name}")
+    (root / "African_train.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture
+def pairs_dir(tmp_path: Path) -> Path:
+    """Image/mask folder pair with filled 0/255 masks named ``X_mask.png``."""
+    rng = np.random.default_rng(3)
+    root = tmp_path / "pairs"
+    for p in range(4):
+        for j in range(2):
+            stem = f"Patient{p:03d}_img{j}"
+            save_png(root / "images" / f"{stem}.png", noise_image(rng, 48, 48))
+            ell = Ellipse(24, 24, 12 + j, 9, math.pi / 5 * p)
+            save_png(
+                root / "masks" / f"{stem}_mask.png",
+                ellipse_mask((48, 48), ell).astype(np.uint8) * 255,
+            )
+    return root
+
+
+@pytest.fixture
+def imagefolder_dir(tmp_path: Path) -> Path:
+    """One subfolder per view (publisher plane names as folder names)."""
+    rng = np.random.default_rng(4)
+    root = tmp_path / "imgfolder"
+    for view in ["brain", "Fetal femur", "thorax"]:
+        for i in range(4):
+            save_png(root / view / f"s{i}_{view[:2]}.png", noise_image(rng, 32, 32))
+    return root
