@@ -1,0 +1,1 @@
+"""Synthetic cohorts: sharded, seeded, resumable generation into the sample schema."""

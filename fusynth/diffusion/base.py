@@ -1,0 +1,132 @@
+"""Loading a Stable-Diffusion-family base: a hub id, a local diffusers folder, or the
+tiny smoke base. One code path for all three."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fusynth.errors import UserInputError
+
+log = logging.getLogger(__name__)
+
+FLAG = "--pretrained_model_name_or_path"
+
+
+@dataclass
+class BaseRef:
+    """Which base a run uses, as recorded in configs, cards and provenance."""
+
+    name_or_path: str
+    revision: str | None = None
+    variant: str | None = None
+    smoke: bool = False
+
+    @property
+    def is_local(self) -> bool:
+        """True for a folder on disk."""
+        return Path(self.name_or_path).is_dir()
+
+
+def resolve_base(
+    name_or_path: str | None,
+    revision: str | None = None,
+    variant: str | None = None,
+    flag: str = FLAG,
+) -> BaseRef:
+    """Check a base reference before any heavy loading.
+
+    ``None`` selects the tiny smoke base (built once into the cache) and says so in the
+    log. A local path must be a diffusers folder (``model_index.json``); anything that
+    is not a folder must look like a hub id (``org/name``).
+
+    Raises:
+        UserInputError: naming the flag and the path.
+    """
+    from fusynth.diffusion.tiny import SMOKE_NOTE, default_base, is_smoke_model
+
+    if name_or_path is None:
+        path = default_base()
+        log.warning("using the %s", SMOKE_NOTE)
+        return BaseRef(str(path), smoke=True)
+    path = Path(name_or_path)
+    if path.exists():
+        if not path.is_dir() or not (path / "model_index.json").is_file():
+            raise UserInputError(
+                f"{flag}: {path} is not a diffusers model folder (no model_index.json)"
+            )
+        smoke = is_smoke_model(path)
+        if smoke:
+            log.warning("using the %s", SMOKE_NOTE)
+        return BaseRef(str(path), revision, variant, smoke=smoke)
+    parts = str(name_or_path).split("/")
+    if len(parts) != 2 or not all(parts) or str(name_or_path).startswith((".", "~")):
+        raise UserInputError(f"{flag}: {name_or_path} is neither a folder nor a hub id (org/name)")
+    return BaseRef(str(name_or_path), revision, variant)
+
+
+def _from_pretrained(
+    cls: Any, ref: BaseRef, subfolder: str, flag: str = FLAG, **kwargs: Any
+) -> Any:
+    try:
+        return cls.from_pretrained(
+            ref.name_or_path, subfolder=subfolder, revision=ref.revision, **kwargs
+        )
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserInputError(
+            f"{flag}: cannot load {subfolder} of {ref.name_or_path} ({first})"
+        ) from exc
+
+
+@dataclass
+class SDComponents:
+    """The parts of an SD 1.x/2.x model that training needs."""
+
+    tokenizer: Any
+    text_encoder: Any
+    vae: Any
+    unet: Any
+    noise_scheduler: Any
+
+
+def load_components(ref: BaseRef) -> SDComponents:
+    """Load tokenizer, text encoder, VAE, UNet and the training noise scheduler."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    variant = {"variant": ref.variant} if ref.variant else {}
+    return SDComponents(
+        tokenizer=_from_pretrained(CLIPTokenizer, ref, "tokenizer"),
+        text_encoder=_from_pretrained(CLIPTextModel, ref, "text_encoder", **variant),
+        vae=_from_pretrained(AutoencoderKL, ref, "vae", **variant),
+        unet=_from_pretrained(UNet2DConditionModel, ref, "unet", **variant),
+        noise_scheduler=_from_pretrained(DDPMScheduler, ref, "scheduler"),
+    )
+
+
+def folder_sha256(path: str | os.PathLike) -> str:
+    """Content hash of a model folder (configs and weights, in sorted path order)."""
+    root = Path(path)
+    h = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        if file.suffix not in (".json", ".safetensors", ".bin", ".txt", ".model"):
+            continue
+        h.update(file.relative_to(root).as_posix().encode() + b"\0")
+        with file.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of one file."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

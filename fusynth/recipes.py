@@ -1,0 +1,58 @@
+"""What every ``recipes/*.py`` entry point shares: flags -> config -> run, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from fusynth.config import resolve_config
+from fusynth.errors import UserInputError
+
+
+def quiet_libraries() -> None:
+    """Silence library chatter (weight-loading bars, dtype notices); our own log and
+    progress bars say what matters."""
+    import datasets
+    import diffusers
+    import transformers
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    for name in ("accelerate", "httpx", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def run_recipe(
+    parser: argparse.ArgumentParser,
+    config_cls: type,
+    run: Callable[[Any], None],
+    argv: list[str] | None = None,
+) -> int:
+    """Parse flags (only those given), merge them over ``--config``, run, map errors.
+
+    Returns 0 on success, 2 on bad input (one line naming the flag or file; a traceback
+    only with ``--debug``).
+    """
+    try:
+        given = vars(parser.parse_args(argv))
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
+    debug = given.pop("debug", False)
+    logging.basicConfig(level=logging.INFO, format="fusynth: %(message)s", stream=sys.stderr)
+    quiet_libraries()
+    try:
+        config = resolve_config(config_cls, given, given.pop("config", None))
+        run(config)
+    except UserInputError as exc:
+        if debug:
+            raise
+        print(f"fusynth: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
