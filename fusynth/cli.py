@@ -119,6 +119,66 @@ def _data_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- generate
+
+
+def _generate_text2img(args: argparse.Namespace) -> int:
+    from fusynth.cohort.text2img import Text2ImgRequest, generate_text2img, parse_views
+    from fusynth.distributed import partial_state
+    from fusynth.recipes import quiet_libraries
+
+    quiet_libraries()
+    req = Text2ImgRequest(
+        out=args.out,
+        views=parse_views(args.views),
+        base=args.base,
+        revision=args.revision,
+        variant=args.variant,
+        lora=args.lora,
+        lora_scale=args.lora_scale,
+        scheduler=args.scheduler,
+        steps=args.steps,
+        guidance=args.guidance,
+        negative_prompt=args.negative_prompt,
+        prompt_template=args.prompt_template,
+        prompts=args.prompts,
+        resolution=args.resolution,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        seed=args.seed,
+        cpu_threads=args.cpu_threads,
+        overwrite=args.overwrite,
+    )
+    result = generate_text2img(req)
+    if partial_state().is_main_process:
+        if result.generated:
+            print(
+                f"generated {result.generated} images in this process ({result.images_per_second:.2f} images/s); "
+                f"cohort of {result.n} in {result.out} (previews in {result.out / 'previews'})"
+            )
+        else:
+            print(f"{result.out} is complete ({result.n} samples); nothing to do")
+    return 0
+
+
+def _lora_convert(args: argparse.Namespace) -> int:
+    from fusynth.diffusion.kohya import convert_lora_file
+
+    out = convert_lora_file(args.src, args.dst, to=args.to, overwrite=args.overwrite)
+    print(f"wrote {args.to} LoRA to {out}")
+    return 0
+
+
+def _flag(*names: str) -> list[str]:
+    """``--a_b`` with its ``--a-b`` spelling, so both conventions work."""
+    out = []
+    for name in names:
+        out.append(name)
+        if "_" in name:
+            out.append(name.replace("_", "-"))
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``fusynth`` argument parser."""
     from fusynth.data.images import MASK_KINDS
@@ -208,6 +268,82 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--montage", help="montage PNG path (default DIR/montage.png)")
     p.add_argument("--json", help="also write the summary as JSON here")
     p.set_defaults(func=_data_inspect)
+
+    gen = groups.add_parser("generate", help="generate synthetic cohorts")
+    gen_cmds = gen.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = gen_cmds.add_parser("text2img", help="images per fetal view from a base and a LoRA")
+    p.add_argument("--views", required=True, help="view:count list, e.g. brain:1000,femur:500")
+    p.add_argument(
+        "--out", required=True, help="cohort folder (resumable; a prepared dataset when done)"
+    )
+    p.add_argument("--base", help="hub id or diffusers folder (default: the tiny smoke base)")
+    p.add_argument("--revision", help="hub revision of --base")
+    p.add_argument("--variant", help="weight variant of --base, e.g. fp16")
+    p.add_argument("--lora", help="LoRA folder (train_lora.py output) or .safetensors file")
+    p.add_argument(
+        *_flag("--lora_scale"), dest="lora_scale", type=float, default=1.0, help="LoRA scale (1.0)"
+    )
+    p.add_argument(
+        "--scheduler", default="euler", help="euler, euler_a, unipc, ddim or dpm (euler)"
+    )
+    p.add_argument("--steps", type=_positive_int("--steps"), default=20, help="sampler steps (20)")
+    p.add_argument("--guidance", type=float, default=7.0, help="classifier-free guidance scale (7)")
+    p.add_argument(*_flag("--negative_prompt"), dest="negative_prompt", help="negative prompt")
+    p.add_argument(
+        *_flag("--prompt_template"),
+        dest="prompt_template",
+        help="prompt per view with {view} (default: the adapter's training captions)",
+    )
+    p.add_argument("--prompts", help="YAML file of view: prompt")
+    p.add_argument(
+        "--resolution", type=int, help="image side, multiple of 8 (512; 64 for the smoke base)"
+    )
+    p.add_argument(
+        *_flag("--batch_size"),
+        dest="batch_size",
+        type=_positive_int("--batch_size"),
+        default=4,
+        help="images per forward pass (4)",
+    )
+    p.add_argument(
+        *_flag("--shard_size"),
+        dest="shard_size",
+        type=_positive_int("--shard_size"),
+        default=64,
+        help="samples per shard, the unit of resume (64)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="cohort seed; sample i's seed derives from (seed, i)"
+    )
+    p.add_argument(
+        *_flag("--cpu_threads"),
+        dest="cpu_threads",
+        type=_positive_int("--cpu_threads"),
+        default=2,
+        help="intra-op threads per process on a CPU; fixed so cohorts are identical for any "
+        "number of processes (2)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a different or finished cohort in --out"
+    )
+    p.set_defaults(func=_generate_text2img)
+
+    lora = groups.add_parser("lora", help="LoRA adapter utilities")
+    lora_cmds = lora.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = lora_cmds.add_parser(
+        "convert", help="convert a LoRA between diffusers and kohya-ss formats"
+    )
+    p.add_argument(
+        "src",
+        metavar="SRC",
+        help="a .safetensors LoRA, or a folder holding pytorch_lora_weights.safetensors",
+    )
+    p.add_argument(
+        "dst", metavar="DST", help="kohya: a .safetensors path (or folder); diffusers: a folder"
+    )
+    p.add_argument("--to", required=True, help="target format: kohya or diffusers")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+    p.set_defaults(func=_lora_convert)
     return parser
 
 

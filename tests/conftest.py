@@ -10,6 +10,9 @@ import pytest
 from PIL import Image
 
 from fusynth.data.geometry import Ellipse, ellipse_mask, mask_outline
+from fusynth.data.phantom_cohort import write_phantom_source
+from fusynth.data.prepare import prepare
+from fusynth.diffusion.tiny import save_tiny_base
 
 #: Real samples beside the project (see its README); tests using them skip without it.
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -136,3 +139,54 @@ def imagefolder_dir(tmp_path: Path) -> Path:
         for i in range(4):
             save_png(root / view / f"s{i}_{view[:2]}.png", noise_image(rng, 32, 32))
     return root
+
+
+# ----------------------------------------------------------------------------- models
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory):
+    """A tiny SD-style base saved as a diffusers folder, as a user's local model would be."""
+    return save_tiny_base(tmp_path_factory.mktemp("base") / "tiny-sd")
+
+
+@pytest.fixture(scope="session")
+def phantom_prepared(tmp_path_factory):
+    """16 phantom frames (head, abdomen, femur, thorax) prepared at 64 px."""
+    root = tmp_path_factory.mktemp("phantom")
+    write_phantom_source(root / "src", n=16, size=64, seed=1)
+    prepare(
+        "metadata", root / "src", root / "prepared", seed=0, val_fraction=0.2, test_fraction=0.2
+    )
+    return root / "prepared"
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(tiny_base, phantom_prepared, tmp_path_factory):
+    """A LoRA trained for 2 steps on the phantom (head, femur) with the tiny base."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    import train_lora
+
+    out = tmp_path_factory.mktemp("tiny_lora") / "lora"
+    rc = train_lora.main(
+        [
+            "--pretrained_model_name_or_path",
+            str(tiny_base),
+            "--train_data",
+            str(phantom_prepared),
+            "--output_dir",
+            str(out),
+            "--resolution",
+            "32",
+            "--max_train_steps",
+            "2",
+            "--learning_rate",
+            "1e-2",
+            "--views",
+            "head,femur",
+        ]
+    )
+    assert rc == 0
+    return out

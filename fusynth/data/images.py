@@ -209,3 +209,24 @@ def _cyclic_runs(flags: np.ndarray) -> list[tuple[int, int]]:
         else:
             i += 1
     return runs
+
+
+def tile_images(images: list[np.ndarray], cols: int) -> np.ndarray:
+    """Tile equally-sized ``[H, W]`` or ``[H, W, C]`` uint8 images, row by row."""
+    cols = max(1, min(cols, len(images)))
+    rows = (len(images) + cols - 1) // cols
+    h, w = images[0].shape[:2]
+    grid = np.zeros((rows * h, cols * w, *images[0].shape[2:]), dtype=np.uint8)
+    for i, im in enumerate(images):
+        r, c = divmod(i, cols)
+        grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = im
+    return grid
+
+
+def save_png(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """Write a uint8 ``[H, W]`` or ``[H, W, 3]`` array as PNG, atomically."""
+    from fusynth.io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buf, format="PNG")
+    return atomic_write_bytes(path, buf.getvalue())

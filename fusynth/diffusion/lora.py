@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fusynth.data.images import save_png, tile_images
 from fusynth.data.schema import VIEWS
 from fusynth.diffusion.base import BaseRef, SDComponents, load_components, resolve_base
 from fusynth.distributed import make_accelerator
@@ -535,29 +536,6 @@ def validation_images(
     return out
 
 
-def image_grid(images: list[np.ndarray], cols: int) -> np.ndarray:
-    """Tile equally-sized ``[H, W, C]`` uint8 images into one array."""
-    rows = math.ceil(len(images) / cols)
-    h, w, c = images[0].shape
-    grid = np.zeros((rows * h, cols * w, c), dtype=np.uint8)
-    for i, im in enumerate(images):
-        r, k = divmod(i, cols)
-        grid[r * h : (r + 1) * h, k * w : (k + 1) * w] = im
-    return grid
-
-
-def _save_png(path: Path, array: np.ndarray) -> Path:
-    import io
-
-    from PIL import Image
-
-    from fusynth.io import atomic_write_bytes
-
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return atomic_write_bytes(path, buf.getvalue())
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -889,8 +867,8 @@ def _validate(accelerator, comps, unet, te_model, config, resolution, output_dir
         )
         if was_training:
             raw_unet.train()
-        grid = image_grid(images, cols=config.num_validation_images)
-        _save_png(output_dir / "validation" / f"step-{step:06d}.png", grid)
+        grid = tile_images(images, cols=config.num_validation_images)
+        save_png(output_dir / "validation" / f"step-{step:06d}.png", grid)
         if config.report_to == "tensorboard":
             tracker = accelerator.get_tracker("tensorboard", unwrap=True)
             tracker.add_images("validation", np.stack(images), step, dataformats="NHWC")

@@ -1,0 +1,299 @@
+"""Text-to-image cohorts: N images per fetal view from a base and a LoRA adapter."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fusynth import __version__
+from fusynth.cohort.writer import CohortWriter, iter_batches, run_cohort, sample_seed
+from fusynth.data.images import encode_png
+from fusynth.data.schema import VIEWS, provenance_json
+from fusynth.errors import UserInputError, suggest
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROMPT = "an ultrasound image of the fetal {view}"
+
+
+def parse_views(spec: str, flag: str = "--views") -> dict[str, int]:
+    """Parse ``brain:1000,femur:500`` into an ordered ``{view: count}``."""
+    out: dict[str, int] = {}
+    for part in (p.strip() for p in str(spec).split(",")):
+        if not part:
+            continue
+        view, sep, count = part.partition(":")
+        view = view.strip()
+        if view not in VIEWS:
+            raise UserInputError(
+                f"{flag}: unknown view {view!r}{suggest(view, VIEWS)}; choose from {', '.join(VIEWS)}"
+            )
+        if not sep:
+            raise UserInputError(f"{flag}: {part!r} needs a count, as in {view}:100")
+        try:
+            n = int(count)
+        except ValueError:
+            raise UserInputError(
+                f"{flag}: count {count!r} for {view!r} is not a whole number"
+            ) from None
+        if n <= 0:
+            raise UserInputError(f"{flag}: count for {view!r} must be positive, got {n}")
+        if view in out:
+            raise UserInputError(f"{flag}: view {view!r} given twice")
+        out[view] = n
+    if not out:
+        raise UserInputError(f"{flag}: no view given (e.g. brain:100,femur:100)")
+    return out
+
+
+@dataclass
+class Text2ImgRequest:
+    """Everything ``fusynth generate text2img`` takes."""
+
+    out: str
+    views: dict[str, int]
+    base: str | None = None
+    revision: str | None = None
+    variant: str | None = None
+    lora: str | None = None
+    lora_scale: float = 1.0
+    scheduler: str = "euler"
+    steps: int = 20
+    guidance: float = 7.0
+    negative_prompt: str | None = None
+    prompt_template: str | None = None
+    prompts: str | None = None
+    resolution: int | None = None
+    batch_size: int = 4
+    shard_size: int = 64
+    seed: int = 0
+    cpu_threads: int = 2
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        from fusynth.diffusion.pipelines import check_scheduler
+
+        check_scheduler(self.scheduler)
+        for name in ("steps", "batch_size", "shard_size", "cpu_threads"):
+            if getattr(self, name) <= 0:
+                raise UserInputError(f"--{name}: must be positive, got {getattr(self, name)}")
+        if self.guidance < 0:
+            raise UserInputError(f"--guidance: must be >= 0, got {self.guidance}")
+        if self.resolution is not None and (self.resolution <= 0 or self.resolution % 8):
+            raise UserInputError(
+                f"--resolution: must be a positive multiple of 8 (the VAE downsamples 8x), got {self.resolution}"
+            )
+        if self.prompt_template is not None and "{view}" not in self.prompt_template:
+            raise UserInputError(
+                f"--prompt_template: {self.prompt_template!r} has no {{view}} placeholder"
+            )
+
+
+def resolve_prompts(req: Text2ImgRequest) -> dict[str, str]:
+    """One prompt per requested view.
+
+    Order of preference: ``--prompts`` YAML, ``--prompt_template``, the captions the
+    adapter was trained with (its ``config.json``), the default template.
+    """
+    from fusynth.config import load_yaml_mapping
+    from fusynth.diffusion.pipelines import lora_training_config
+
+    if req.prompts:
+        table = load_yaml_mapping(req.prompts, "--prompts")
+        missing = [v for v in req.views if v not in table]
+        if missing:
+            raise UserInputError(f"{req.prompts}: no prompt for view {missing[0]!r}")
+        return {v: str(table[v]) for v in req.views}
+    if req.prompt_template:
+        return {v: req.prompt_template.format(view=v) for v in req.views}
+    trained = lora_training_config(req.lora).get("captions_by_view", {}) if req.lora else {}
+    out = {}
+    for v in req.views:
+        if v not in trained and trained:
+            log.warning("the adapter was not trained on %r; using the default prompt for it", v)
+        out[v] = trained.get(v, DEFAULT_PROMPT.format(view=v))
+    return out
+
+
+@dataclass
+class CohortResult:
+    """What a generation run did."""
+
+    out: Path
+    n: int
+    generated: int
+    seconds: float
+    complete: bool
+
+    @property
+    def images_per_second(self) -> float:
+        """Throughput of this run (samples it generated / wall time)."""
+        return self.generated / self.seconds if self.seconds > 0 else 0.0
+
+
+def generate_text2img(req: Text2ImgRequest) -> CohortResult:
+    """Generate (or finish) a text-to-image cohort.
+
+    Runs under ``accelerate launch`` / ``torchrun`` as well: each process takes every
+    ``num_processes``-th shard, and the main process assembles the dataset.
+
+    Raises:
+        UserInputError: bad request, base, adapter or output folder.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from fusynth.diffusion.base import resolve_base
+    from fusynth.diffusion.pipelines import (
+        adapter_fingerprint,
+        base_fingerprint,
+        generate_images,
+        load_pipeline,
+    )
+    from fusynth.distributed import partial_state
+
+    state = partial_state()
+    ref = resolve_base(req.base, req.revision, req.variant, flag="--base")
+    resolution = req.resolution or (64 if ref.smoke else 512)
+    if req.lora is not None:
+        from fusynth.diffusion.pipelines import lora_file
+
+        lora_file(req.lora)  # fail before the (slow) base load
+    prompts = resolve_prompts(req)
+    request = {
+        **base_fingerprint(ref),
+        **adapter_fingerprint(req.lora),
+        "lora_scale": req.lora_scale if req.lora else None,
+        "views": req.views,
+        "prompts": prompts,
+        "negative_prompt": req.negative_prompt,
+        "scheduler": req.scheduler,
+        "steps": req.steps,
+        "guidance": req.guidance,
+        "resolution": resolution,
+        "batch_size": req.batch_size,
+        "seed": req.seed,
+    }
+    # CPU kernels sum in an order that depends on the thread count, which can move a
+    # pixel by one grey level; a fixed count keeps a cohort identical whatever the
+    # number of processes. Device and threads are part of the request for that reason.
+    device = state.device
+    request["device"] = device.type
+    if device.type == "cpu":
+        torch.set_num_threads(req.cpu_threads)
+        request["cpu_threads"] = req.cpu_threads
+    n = sum(req.views.values())
+    writer = CohortWriter(req.out, request, n=n, shard_size=req.shard_size, overwrite=req.overwrite)
+    status = writer.check()
+    if status == "done":
+        if state.is_main_process:
+            log.info("%s is complete (%d samples): nothing to do", writer.out, n)
+        return CohortResult(writer.out, n, 0, 0.0, True)
+    if state.is_main_process:
+        writer.setup(status)
+    state.wait_for_everyone()
+
+    pipe = load_pipeline(
+        ref,
+        req.scheduler,
+        req.lora,
+        req.lora_scale,
+        device=device,
+        dtype=torch.float16 if device.type == "cuda" else torch.float32,
+    )
+    view_of = [v for v, c in req.views.items() for _ in range(c)]
+    common = {
+        key: request[key]
+        for key in (
+            "base",
+            "base_sha256",
+            "base_revision",
+            "adapter_sha256",
+            "lora_scale",
+            "negative_prompt",
+            "scheduler",
+            "steps",
+            "guidance",
+            "resolution",
+        )
+        if key in request
+    }
+    cohort_name = writer.out.resolve().name
+
+    def make_rows(indices: range) -> list[dict[str, Any]]:
+        rows = []
+        for batch in iter_batches(indices, req.batch_size):
+            seeds = [sample_seed(req.seed, i) for i in batch]
+            batch_prompts = [prompts[view_of[i]] for i in batch]
+            images = generate_images(
+                pipe,
+                batch_prompts,
+                seeds,
+                negative_prompt=req.negative_prompt,
+                steps=req.steps,
+                guidance=req.guidance,
+                resolution=resolution,
+            )
+            for i, seed, prompt, image in zip(batch, seeds, batch_prompts, images, strict=True):
+                prov = {
+                    **common,
+                    "method": "text2img",
+                    "prompt": prompt,
+                    "seed": seed,
+                    "index": i,
+                    "cohort_seed": req.seed,
+                    "fusynth_version": __version__,
+                }
+                rows.append(
+                    {
+                        "image": {"bytes": encode_png(image), "path": None},
+                        "mask": None,
+                        "view": view_of[i],
+                        "subject_id": f"synthetic:{cohort_name}-{i:06d}",
+                        "cohort": "synthetic",
+                        "center": "",
+                        "pixel_spacing_mm": None,
+                        "head_circumference_mm": None,
+                        "split": "train",
+                        "synthetic": True,
+                        "provenance": provenance_json(prov),
+                    }
+                )
+        return rows
+
+    todo = sum(
+        len(writer.shard_indices(k))
+        for k in writer.pending(state.process_index, state.num_processes)
+    )
+    bar = tqdm(total=todo, desc="text2img", unit="img", disable=not state.is_local_main_process)
+    started = time.perf_counter()
+    dsd = run_cohort(
+        writer,
+        make_rows,
+        state.process_index,
+        state.num_processes,
+        barrier=state.wait_for_everyone,
+        progress=bar.update,
+    )
+    seconds = time.perf_counter() - started
+    bar.close()
+    if dsd is not None:
+        write_previews(dsd["train"], writer.out / "previews")
+    state.wait_for_everyone()
+    return CohortResult(writer.out, n, todo, seconds, True)
+
+
+def write_previews(ds: Any, folder: Path, per_view: int = 16, cols: int = 4) -> list[Path]:
+    """A grid PNG per view of the first ``per_view`` samples."""
+    from fusynth.data.images import decode_image, save_png, tile_images
+
+    written = []
+    views = ds["view"]
+    for v in sorted(set(views)):
+        idx = [i for i, x in enumerate(views) if x == v][:per_view]
+        grid = tile_images([decode_image(ds[i]["image"]) for i in idx], cols)
+        written.append(save_png(folder / f"{VIEWS[v]}.png", grid))
+    return written

@@ -1,0 +1,227 @@
+"""The cohort writer: sharded, seeded, resumable, multi-process.
+
+A cohort of ``n`` samples is cut into shards of ``shard_size`` consecutive sample
+indices. Shard ``k`` belongs to process ``k % num_processes``; each shard is written to
+a temporary folder and renamed, so on disk it is complete or absent. Rerunning the same
+request after an interruption writes only the missing shards; when all are present the
+main process concatenates them into the final ``DatasetDict`` (split ``train``) and
+removes them. Sample ``i``'s seed is a function of (cohort seed, ``i``) only, so the
+result does not depend on how many processes or runs made it.
+
+Layout of ``OUT`` while running::
+
+    request.json          what was asked; a different request is refused
+    shards/shard-00000/   one saved Dataset per complete shard
+
+and when complete: ``dataset_dict.json``, ``train/``, ``request.json``, ``previews/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+
+from fusynth.data.schema import FEATURES, save_prepared
+from fusynth.errors import UserInputError
+from fusynth.io import atomic_write_bytes
+
+REQUEST_FILE = "request.json"
+
+
+def sample_seed(cohort_seed: int, index: int) -> int:
+    """The seed of sample ``index``: a pure function of (cohort seed, index)."""
+    state = np.random.SeedSequence([cohort_seed, index]).generate_state(2)
+    return int(state[0]) << 32 | int(state[1])
+
+
+class CohortWriter:
+    """Writes one cohort into ``out``; see the module docstring for the protocol.
+
+    Args:
+        out: the cohort folder.
+        request: JSON-able description of everything that determines the samples.
+        n: number of samples.
+        shard_size: samples per shard.
+        overwrite: replace a finished or different cohort in ``out``.
+    """
+
+    def __init__(
+        self,
+        out: str | os.PathLike,
+        request: dict[str, Any],
+        n: int,
+        shard_size: int,
+        overwrite: bool = False,
+    ) -> None:
+        if n <= 0:
+            raise UserInputError(f"--n: a cohort needs at least one sample, got {n}")
+        if shard_size <= 0:
+            raise UserInputError(f"--shard_size: must be positive, got {shard_size}")
+        self.out = Path(out)
+        self.n = n
+        self.shard_size = shard_size
+        self.request = json.loads(
+            json.dumps({**request, "n": n, "shard_size": shard_size}, sort_keys=True)
+        )
+        self.overwrite = overwrite
+
+    # -- state on disk ---------------------------------------------------------------
+
+    @property
+    def num_shards(self) -> int:
+        """How many shards the cohort has."""
+        return (self.n + self.shard_size - 1) // self.shard_size
+
+    def shard_dir(self, k: int) -> Path:
+        """Folder of shard ``k``."""
+        return self.out / "shards" / f"shard-{k:05d}"
+
+    def shard_indices(self, k: int) -> range:
+        """Sample indices of shard ``k``."""
+        return range(k * self.shard_size, min((k + 1) * self.shard_size, self.n))
+
+    def is_complete(self) -> bool:
+        """True once the final dataset is written."""
+        return (self.out / "dataset_dict.json").is_file() and (self.out / REQUEST_FILE).is_file()
+
+    def check(self) -> str:
+        """Compare ``out`` with the request, touching nothing (every process calls it).
+
+        Returns:
+            ``"new"`` (nothing there), ``"resume"`` (same request, unfinished),
+            ``"done"`` (same request, finished) or ``"replace"`` (``overwrite`` and
+            something else is there).
+
+        Raises:
+            UserInputError: ``out`` holds something else, or a different request, and
+                ``overwrite`` is False.
+        """
+        req_file = self.out / REQUEST_FILE
+        if self.out.exists() and not self.out.is_dir():
+            raise UserInputError(f"--out: {self.out} exists and is not a folder")
+        if req_file.is_file():
+            old = json.loads(req_file.read_text())
+            if old == self.request:
+                return (
+                    "done"
+                    if self.is_complete() and not self.overwrite
+                    else ("replace" if self.overwrite else "resume")
+                )
+            if self.overwrite:
+                return "replace"
+            key = sorted(
+                k for k in set(old) | set(self.request) if old.get(k) != self.request.get(k)
+            )[0]
+            raise UserInputError(
+                f"--out: {self.out} holds a cohort made with a different request "
+                f"({key}: {old.get(key)!r} there, {self.request.get(key)!r} now); "
+                "use another --out or pass --overwrite"
+            )
+        if self.out.is_dir() and any(self.out.iterdir()):
+            if not self.overwrite:
+                raise UserInputError(
+                    f"--out: {self.out} is not empty and is not a cohort; use another --out "
+                    "or pass --overwrite"
+                )
+            return "replace"
+        return "new"
+
+    def setup(self, state: str) -> None:
+        """Main process only: clear a replaced cohort, record the request."""
+        if state == "replace":
+            shutil.rmtree(self.out)
+        if state in ("new", "replace", "resume"):
+            (self.out / "shards").mkdir(parents=True, exist_ok=True)
+            req_file = self.out / REQUEST_FILE
+            if not req_file.is_file():
+                data = json.dumps(self.request, indent=2, sort_keys=True) + "\n"
+                atomic_write_bytes(req_file, data.encode())
+
+    def pending(self, process: int = 0, processes: int = 1) -> list[int]:
+        """Shards of this process that are not on disk yet."""
+        return [
+            k for k in range(process, self.num_shards, processes) if not self.shard_dir(k).is_dir()
+        ]
+
+    def write_shard(self, k: int, rows: Iterable[dict[str, Any]]) -> Path:
+        """Write shard ``k`` atomically from schema rows."""
+        rows = list(rows)
+        expected = len(self.shard_indices(k))
+        if len(rows) != expected:
+            raise RuntimeError(f"shard {k} has {len(rows)} rows, expected {expected}")
+        target = self.shard_dir(k)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            datasets.Dataset.from_list(rows, features=FEATURES).save_to_disk(str(tmp))
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+    def finalize(self) -> datasets.DatasetDict:
+        """Concatenate all shards into the final DatasetDict (main process only).
+
+        Raises:
+            RuntimeError: a shard is missing.
+        """
+        missing = [k for k in range(self.num_shards) if not self.shard_dir(k).is_dir()]
+        if missing:
+            raise RuntimeError(f"cannot finalize {self.out}: shards {missing[:5]} missing")
+        parts = [datasets.load_from_disk(str(self.shard_dir(k))) for k in range(self.num_shards)]
+        train = datasets.concatenate_datasets(parts)
+        tmp = Path(tempfile.mkdtemp(prefix=".final.tmp-", dir=self.out))
+        save_prepared(datasets.DatasetDict({"train": train}), tmp)
+        del parts, train
+        # train/ first, dataset_dict.json last: its presence marks the cohort complete.
+        shutil.rmtree(self.out / "train", ignore_errors=True)
+        os.replace(tmp / "train", self.out / "train")
+        os.replace(tmp / "dataset_dict.json", self.out / "dataset_dict.json")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(self.out / "shards", ignore_errors=True)
+        return datasets.load_from_disk(str(self.out))
+
+
+def run_cohort(
+    writer: CohortWriter,
+    make_rows: Callable[[range], list[dict[str, Any]]],
+    process: int = 0,
+    processes: int = 1,
+    barrier: Callable[[], None] = lambda: None,
+    progress: Callable[[int], None] = lambda n: None,
+) -> datasets.DatasetDict | None:
+    """Write this process's missing shards, then (main process) finalize.
+
+    Args:
+        writer: the cohort.
+        make_rows: makes the schema rows of a range of sample indices.
+        process: this process's index.
+        processes: number of processes.
+        barrier: waits for every process (``accelerator.wait_for_everyone``).
+        progress: called with the number of samples each shard added.
+
+    Returns:
+        The final DatasetDict on the main process, None elsewhere.
+    """
+    for k in writer.pending(process, processes):
+        indices = writer.shard_indices(k)
+        writer.write_shard(k, make_rows(indices))
+        progress(len(indices))
+    barrier()
+    if process == 0:
+        return writer.finalize()
+    return None
+
+
+def iter_batches(indices: range, batch_size: int) -> Iterator[range]:
+    """Consecutive sub-ranges of at most ``batch_size`` indices."""
+    for start in range(indices.start, indices.stop, batch_size):
+        yield range(start, min(start + batch_size, indices.stop))

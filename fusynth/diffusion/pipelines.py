@@ -1,0 +1,203 @@
+"""Generation pipelines: a base, optionally a LoRA at a scale, and a named sampler."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fusynth.diffusion.base import BaseRef, file_sha256, folder_sha256
+from fusynth.errors import UserInputError, suggest
+
+log = logging.getLogger(__name__)
+
+#: Sampler name -> diffusers scheduler class name (plain dict, as a registry).
+SCHEDULERS: dict[str, str] = {
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "unipc": "UniPCMultistepScheduler",
+    "ddim": "DDIMScheduler",
+    "dpm": "DPMSolverMultistepScheduler",
+}
+
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+
+
+def check_scheduler(name: str, flag: str = "--scheduler") -> str:
+    """Validate a sampler name, suggesting the nearest."""
+    if name not in SCHEDULERS:
+        raise UserInputError(
+            f"{flag}: unknown scheduler {name!r}{suggest(name, SCHEDULERS)}; "
+            f"choose from {', '.join(SCHEDULERS)}"
+        )
+    return name
+
+
+def lora_file(path: str | Path, flag: str = "--lora") -> Path:
+    """The LoRA weights file of a training output folder (or the file itself)."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".safetensors":
+        return path
+    if (path / LORA_WEIGHTS).is_file():
+        return path / LORA_WEIGHTS
+    raise UserInputError(f"{flag}: {path} has no {LORA_WEIGHTS}")
+
+
+def lora_training_config(path: str | Path) -> dict[str, Any]:
+    """The resolved ``config.json`` a fusynth training run wrote beside its adapter."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    cfg = folder / "config.json"
+    return json.loads(cfg.read_text()) if cfg.is_file() else {}
+
+
+def check_lora_matches(pipe: Any, weights: Path, flag: str = "--lora") -> None:
+    """Check that every module a LoRA targets exists in the base, with matching sizes.
+
+    diffusers loads a mismatched adapter with at most a warning; a cohort made with
+    half an adapter would look fine and be wrong, so this refuses it.
+
+    Raises:
+        UserInputError: naming the first module that does not fit.
+    """
+    from safetensors import safe_open
+
+    modules = {
+        "unet": dict(pipe.unet.named_modules()),
+        "text_encoder": dict(pipe.text_encoder.named_modules()),
+    }
+    with safe_open(str(weights), "pt") as f:
+        keys = list(f.keys())
+        if not keys:
+            raise UserInputError(f"{flag}: {weights} holds no tensors")
+        for key in keys:
+            m = re.match(
+                r"^(unet|text_encoder)\.(.+?)\.(lora\.down|lora_A|lora\.up|lora_B)\.weight$", key
+            )
+            if not m:
+                if key.startswith("lora_unet_") or key.startswith("lora_te_"):
+                    raise UserInputError(
+                        f"{flag}: {weights} is in kohya format; convert it with 'fusynth lora convert'"
+                    )
+                continue
+            part, name, kind = m.groups()
+            module = modules[part].get(name)
+            if module is None or not hasattr(module, "in_features"):
+                raise UserInputError(
+                    f"{flag}: {weights} targets {part}.{name}, which the base does not have "
+                    "(was the adapter trained on another base?)"
+                )
+            shape = f.get_slice(key).get_shape()
+            expected = (
+                module.in_features if kind in ("lora.down", "lora_A") else module.out_features
+            )
+            got = shape[1] if kind in ("lora.down", "lora_A") else shape[0]
+            if got != expected:
+                raise UserInputError(
+                    f"{flag}: {weights} has {part}.{name} of size {got}, the base's is {expected} "
+                    "(was the adapter trained on another base?)"
+                )
+
+
+def load_pipeline(
+    ref: BaseRef,
+    scheduler: str = "euler",
+    lora: str | Path | None = None,
+    lora_scale: float = 1.0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Any:
+    """A ``StableDiffusionPipeline`` with the named sampler and, optionally, a LoRA.
+
+    Raises:
+        UserInputError: unknown scheduler, unloadable base, missing or mismatched LoRA.
+    """
+    import diffusers
+    from diffusers import StableDiffusionPipeline
+
+    check_scheduler(scheduler)
+    kwargs: dict[str, Any] = {
+        "safety_checker": None,
+        "requires_safety_checker": False,
+        "dtype": dtype,
+    }
+    if ref.revision:
+        kwargs["revision"] = ref.revision
+    if ref.variant:
+        kwargs["variant"] = ref.variant
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(ref.name_or_path, **kwargs)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserInputError(f"--base: cannot load {ref.name_or_path} ({first})") from exc
+    pipe.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipe.scheduler.config)
+    if lora is not None:
+        weights = lora_file(lora)
+        check_lora_matches(pipe, weights)
+        pipe.load_lora_weights(
+            str(weights.parent), weight_name=weights.name, adapter_name="fusynth"
+        )
+        pipe.set_adapters(["fusynth"], adapter_weights=[lora_scale])
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def base_fingerprint(ref: BaseRef) -> dict[str, Any]:
+    """How a base is identified in provenance: a hub id and revision, or a folder hash."""
+    if ref.is_local:
+        return {
+            "base": ref.name_or_path,
+            "base_sha256": folder_sha256(ref.name_or_path),
+            "smoke_base": ref.smoke,
+        }
+    return {
+        "base": ref.name_or_path,
+        "base_revision": ref.revision or "main",
+        "base_variant": ref.variant,
+    }
+
+
+def adapter_fingerprint(lora: str | Path | None) -> dict[str, Any]:
+    """sha256 of the LoRA weights file (None without an adapter)."""
+    if lora is None:
+        return {"adapter": None, "adapter_sha256": None}
+    weights = lora_file(lora)
+    return {"adapter": str(weights.parent), "adapter_sha256": file_sha256(weights)}
+
+
+@torch.no_grad()
+def generate_images(
+    pipe: Any,
+    prompts: list[str],
+    seeds: list[int],
+    *,
+    negative_prompt: str | None,
+    steps: int,
+    guidance: float,
+    resolution: int,
+) -> list[np.ndarray]:
+    """One image per (prompt, seed), each from its own generator.
+
+    Returns:
+        ``[H, W]`` uint8 grayscale images (ITU-R 601 luma of the decoded RGB).
+    """
+    device = pipe.device if pipe.device.type != "mps" else "cpu"
+    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    out = pipe(
+        prompts,
+        negative_prompt=[negative_prompt] * len(prompts) if negative_prompt else None,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        height=resolution,
+        width=resolution,
+        generator=generators,
+        output_type="np",
+    ).images
+    rgb = np.clip(np.rint(out * 255.0), 0, 255).astype(np.float64)
+    luma = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+    return [img for img in np.clip(np.rint(luma), 0, 255).astype(np.uint8)]
