@@ -17,12 +17,22 @@ demo: $(STAMP)
 	$(BIN)/fusynth data phantom $(DEMO_OUT)/phantom_source --n 64 --size 128 --seed 0 --overwrite
 	$(BIN)/fusynth data prepare --format metadata $(DEMO_OUT)/phantom_source $(DEMO_OUT)/phantom --seed 0 --overwrite
 	$(BIN)/fusynth data inspect $(DEMO_OUT)/phantom --json $(DEMO_OUT)/phantom_summary.json
+	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		recipes/train_lora.py --train_data $(DEMO_OUT)/phantom --views head,femur --resolution 64 \
+		--max_train_steps 40 --checkpointing_steps 20 --learning_rate 1e-3 \
+		--validation_prompt "an ultrasound image of the fetal head" --validation_steps 20 \
+		--num_validation_images 4 --output_dir $(DEMO_OUT)/lora --overwrite_output_dir
+	$(BIN)/fusynth generate text2img --lora $(DEMO_OUT)/lora --views head:16,femur:16 --steps 10 \
+		--out $(DEMO_OUT)/cohort
+	$(BIN)/fusynth data inspect $(DEMO_OUT)/cohort
 	@echo
-	@echo "demo outputs in $(DEMO_OUT)/:"
+	@echo "demo outputs in $(DEMO_OUT)/ (tiny smoke base: the images are noise-like by design):"
 	@echo "  phantom_source/        raw phantom frames, masks and metadata.csv"
 	@echo "  phantom/               prepared dataset (datasets.load_from_disk)"
 	@echo "  phantom/montage.png    samples per view with mask overlays"
 	@echo "  phantom_summary.json   counts, sizes, mask coverage, split check"
+	@echo "  lora/                  LoRA adapter (diffusers + peft), checkpoints, validation grids, card"
+	@echo "  cohort/                synthetic cohort (head, femur) in the same schema, previews/"
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -355,7 +355,10 @@ def iter_commands(
     out = []
     subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     if not subparsers:
-        flags = [s for a in parser._actions for s in a.option_strings if s not in ("-h", "--help")]
+        # The first spelling of each flag; ``--a-b`` aliases of ``--a_b`` need no own docs.
+        flags = [
+            a.option_strings[0] for a in parser._actions if a.option_strings and a.dest != "help"
+        ]
         return [(" ".join(prefix), flags)]
     for action in subparsers:
         for name, sub in action.choices.items():

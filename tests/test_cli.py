@@ -139,3 +139,24 @@ def test_default_dataset_is_cached_and_valid(tmp_path, monkeypatch):
     assert default_dataset(n=8, size=64) == path
     assert (path / "dataset_dict.json").stat().st_mtime_ns == stamp  # built once
     assert sum(len(ds) for ds in load_prepared(path).values()) == 8
+
+
+def test_every_recipe_flag_is_documented():
+    import importlib.util
+
+    text = README.read_text()
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    for script in sorted(recipes.glob("*.py")):
+        spec = importlib.util.spec_from_file_location(script.stem, script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        match = re.search(
+            rf"^### `accelerate launch recipes/{script.name}`.*?(?=^### |^## |\Z)",
+            text,
+            re.M | re.S,
+        )
+        assert match, f"README has no section for recipes/{script.name}"
+        for action in module.build_parser()._actions:
+            if action.option_strings and action.dest != "help":
+                flag = action.option_strings[0]
+                assert f"`{flag}" in match.group(0), f"{script.name}: {flag} undocumented"

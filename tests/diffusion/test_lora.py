@@ -19,6 +19,8 @@ sys.path.insert(0, str(RECIPES))
 
 import train_lora  # noqa: E402
 
+from tests.conftest import SHARED_DATA, requires_shared_data  # noqa: E402
+
 
 def _args(base, data, out, *extra):
     return [
@@ -317,4 +319,36 @@ def test_two_processes_with_accelerate_launch(tiny_base, phantom_prepared, tmp_p
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]
     from diffusers import StableDiffusionPipeline
 
+    StableDiffusionPipeline.from_pretrained(str(tiny_base)).load_lora_weights(str(out))
+
+
+@requires_shared_data
+def test_trains_on_real_fetal_planes_db(tiny_base, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from fusynth.data.prepare import prepare
+
+    prepare("fetal_planes_db", SHARED_DATA / "fetal_planes_db", tmp_path / "fpdb")
+    out = tmp_path / "lora"
+    assert (
+        train_lora.main(
+            [
+                "--pretrained_model_name_or_path",
+                str(tiny_base),
+                "--train_data",
+                f"{tmp_path / 'fpdb'}:train",
+                "--views",
+                "brain,femur",
+                "--resolution",
+                "64",
+                "--max_train_steps",
+                "3",
+                "--output_dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    config = json.loads((out / "config.json").read_text())
+    assert config["views"] == ["brain", "femur"] and config["num_train_images"] >= 20
     StableDiffusionPipeline.from_pretrained(str(tiny_base)).load_lora_weights(str(out))
