@@ -190,3 +190,31 @@ def tiny_lora(tiny_base, phantom_prepared, tmp_path_factory):
     )
     assert rc == 0
     return out
+
+
+def accelerate_launch(num_processes: int, *args: str) -> list[str]:
+    """An ``accelerate launch`` command line for ``num_processes`` local processes.
+
+    Without exactly one GPU it uses the --multi_gpu (torchrun) launcher: on a CPU-only
+    machine fusynth then forms a gloo group; accelerate's --cpu launcher would start a
+    single process.
+    """
+    import sys
+
+    import torch
+
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        str(num_processes),
+        *(["--multi_gpu"] if torch.cuda.device_count() != 1 else []),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        *args,
+    ]

@@ -441,28 +441,30 @@ _RESUME_KEYS = (
 )
 
 
+@dataclass
+class _Trainables:
+    """What a checkpoint saves and restores (models unwrapped from DDP)."""
+
+    unet: Any
+    text_encoder: Any | None
+    optimizer: Any
+    scheduler: Any
+
+
 def _save_checkpoint(
-    folder: Path,
-    step: int,
-    unet: Any,
-    text_encoder: Any | None,
-    optimizer: Any,
-    scheduler: Any,
-    config: LoraTrainConfig,
-    resolution: int,
-    limit: int | None,
+    folder: Path, step: int, t: _Trainables, config: LoraTrainConfig, resolution: int
 ) -> None:
     output_dir = folder.parent
-    if limit is not None:
+    if config.checkpoints_total_limit is not None:
         existing = list_checkpoints(output_dir)
-        for _, old in existing[: max(len(existing) - limit + 1, 0)]:
+        for _, old in existing[: max(len(existing) - config.checkpoints_total_limit + 1, 0)]:
             shutil.rmtree(old, ignore_errors=True)
     tmp = output_dir / f".{folder.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_lora(tmp, unet, text_encoder, config)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    save_lora(tmp, t.unet, t.text_encoder, config)
+    torch.save(t.optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(t.scheduler.state_dict(), tmp / "scheduler.pt")
     state = {"global_step": step, **{k: getattr(config, k) for k in _RESUME_KEYS}}
     state["resolution"] = resolution
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
@@ -470,15 +472,7 @@ def _save_checkpoint(
     os.replace(tmp, folder)
 
 
-def _load_checkpoint(
-    folder: Path,
-    unet: Any,
-    text_encoder: Any | None,
-    optimizer: Any,
-    scheduler: Any,
-    config: LoraTrainConfig,
-    resolution: int,
-) -> int:
+def _load_checkpoint(folder: Path, t: _Trainables, config: LoraTrainConfig, resolution: int) -> int:
     state = json.loads((folder / STATE_FILE).read_text())
     current = {k: getattr(config, k) for k in _RESUME_KEYS} | {"resolution": resolution}
     for key in _RESUME_KEYS:
@@ -487,9 +481,9 @@ def _load_checkpoint(
                 f"--resume_from_checkpoint: {folder} was trained with --{key} {state.get(key)}, "
                 f"this run has {current[key]}"
             )
-    load_lora_into(folder, unet, text_encoder)
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    load_lora_into(folder, t.unet, t.text_encoder)
+    t.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    t.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     return int(state["global_step"])
 
 
@@ -701,18 +695,17 @@ def train_lora(config: LoraTrainConfig) -> TrainResult:
     unet = prepared[0]
     te_model = prepared[1] if text_encoder is not None else None
     optimizer = prepared[-1]
+    # The same objects, unwrapped from DDP: what checkpoints and the final save see.
+    trainables = _Trainables(
+        unet=accelerator.unwrap_model(unet),
+        text_encoder=accelerator.unwrap_model(te_model) if te_model is not None else None,
+        optimizer=optimizer,
+        scheduler=lr_scheduler,
+    )
 
     global_step = 0
     if resume is not None:
-        global_step = _load_checkpoint(
-            resume,
-            accelerator.unwrap_model(unet),
-            accelerator.unwrap_model(te_model) if te_model is not None else None,
-            optimizer,
-            lr_scheduler,
-            config,
-            resolution,
-        )
+        global_step = _load_checkpoint(resume, trainables, config, resolution)
         log.info("resumed from %s at step %d", resume, global_step)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -813,13 +806,9 @@ def train_lora(config: LoraTrainConfig) -> TrainResult:
                     _save_checkpoint(
                         output_dir / f"checkpoint-{global_step}",
                         global_step,
-                        accelerator.unwrap_model(unet),
-                        accelerator.unwrap_model(te_model) if te_model is not None else None,
-                        optimizer,
-                        lr_scheduler,
+                        trainables,
                         config,
                         resolution,
-                        config.checkpoints_total_limit,
                     )
                 accelerator.wait_for_everyone()
             if config.validation_prompt and (
@@ -834,8 +823,8 @@ def train_lora(config: LoraTrainConfig) -> TrainResult:
     if accelerator.is_main_process:
         _save_final(
             output_dir,
-            accelerator.unwrap_model(unet),
-            accelerator.unwrap_model(te_model) if te_model is not None else None,
+            trainables.unet,
+            trainables.text_encoder,
             config,
             ref,
             resolution,
@@ -852,7 +841,9 @@ def train_lora(config: LoraTrainConfig) -> TrainResult:
 def _validate(accelerator, comps, unet, te_model, config, resolution, output_dir, step) -> None:
     if accelerator.is_main_process:
         raw_unet = accelerator.unwrap_model(unet)
-        te = accelerator.unwrap_model(te_model) if te_model is not None else comps.text_encoder
+        te = (
+            accelerator.unwrap_model(te_model) if te_model is not None else comps.text_encoder
+        )  # frozen one
         was_training = raw_unet.training
         raw_unet.eval()
         images = validation_images(

@@ -20,6 +20,7 @@ from fusynth.cli import main
 from fusynth.cohort.writer import sample_seed
 from fusynth.data.schema import VIEWS, load_prepared
 from fusynth.diffusion.base import file_sha256
+from tests.conftest import accelerate_launch
 
 FUSYNTH = [sys.executable, "-m", "fusynth.cli"]
 
@@ -141,23 +142,7 @@ def test_resume_after_kill_finishes_without_duplicates(cohort, tiny_base, tiny_l
 
 def test_two_processes_make_the_same_cohort(cohort, tiny_base, tiny_lora, tmp_path):
     out = tmp_path / "two"
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--num_processes",
-        "2",
-        *(["--multi_gpu"] if torch.cuda.device_count() != 1 else []),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "fusynth.cli",
-        *_args(tiny_base, tiny_lora, out),
-    ]
+    cmd = accelerate_launch(2, "-m", "fusynth.cli", *_args(tiny_base, tiny_lora, out))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _images(out) == _images(cohort)

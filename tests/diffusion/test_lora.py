@@ -19,7 +19,7 @@ sys.path.insert(0, str(RECIPES))
 
 import train_lora  # noqa: E402
 
-from tests.conftest import SHARED_DATA, requires_shared_data  # noqa: E402
+from tests.conftest import SHARED_DATA, accelerate_launch, requires_shared_data  # noqa: E402
 
 
 def _args(base, data, out, *extra):
@@ -292,25 +292,11 @@ def test_existing_run_is_not_overwritten(trained, tiny_base, phantom_prepared, c
 
 def test_two_processes_with_accelerate_launch(tiny_base, phantom_prepared, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [
-        # On a machine without a GPU, accelerate's --multi_gpu launcher (torchrun) plus
-        # fusynth's CPU detection gives a gloo process group; its --cpu launcher starts
-        # a single process unless given an MPI hostfile.
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--num_processes",
-        "2",
-        *(["--multi_gpu"] if torch.cuda.device_count() != 1 else []),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+    cmd = accelerate_launch(
+        2,
         str(RECIPES / "train_lora.py"),
         *_args(tiny_base, phantom_prepared, out, "--max_train_steps", "3"),
-    ]
+    )
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("trained 3 steps") == 1  # one process reports and saves
