@@ -114,7 +114,10 @@ def resolve_prompts(req: Text2ImgRequest) -> dict[str, str]:
     for v in req.views:
         if v not in trained and trained:
             log.warning("the adapter was not trained on %r; using the default prompt for it", v)
-        out[v] = trained.get(v, DEFAULT_PROMPT.format(view=v))
+        caption = trained.get(v)
+        if isinstance(caption, list):  # captions varied within the view (e.g. by trimester)
+            caption = caption[0]
+        out[v] = caption or DEFAULT_PROMPT.format(view=v)
     return out
 
 

@@ -1,0 +1,170 @@
+"""ControlNet training: a head mask in, an ultrasound image drawn for it out.
+
+The ControlNet starts as a copy of the base UNet's encoder (``ControlNetModel.from_unet``)
+and learns to steer the frozen UNet from a conditioning picture made from the mask:
+the filled mask, or its signed distance map (``--conditioning``). Generation then takes a
+mask and returns an image drawn for it, so every pair is right by construction. The
+loop is the shared one of :mod:`fusynth.diffusion.training`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fusynth.data.masks import conditioning_image
+from fusynth.diffusion.base import SDComponents
+from fusynth.diffusion.training import (
+    TrainConfig,
+    TrainingSet,
+    TrainMethod,
+    TrainResult,
+    choice,
+    positive,
+    run_validation_pipeline,
+    train,
+)
+from fusynth.errors import UserInputError
+
+CONDITIONING = ("filled", "distance")
+CONTROLNET_DIR = "controlnet"
+CONTROLNET_WEIGHTS = f"{CONTROLNET_DIR}/diffusion_pytorch_model.safetensors"
+
+
+@dataclass
+class ControlNetTrainConfig(TrainConfig):
+    """A ControlNet run: the shared settings plus the conditioning ones."""
+
+    output_dir: str = "fusynth-controlnet"
+    learning_rate: float = 1e-5
+    conditioning: str = "filled"
+    conditioning_scale: float = 1.0
+    controlnet_model_name_or_path: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        choice(self.conditioning, CONDITIONING, "--conditioning")
+        positive(self.conditioning_scale, "--conditioning_scale", allow_zero=True)
+
+
+def conditioning_tensor(masks: np.ndarray, kind: str) -> torch.Tensor:
+    """``[N, 3, R, R]`` float32 in ``[0, 1]``: the conditioning picture of each mask."""
+    pics = np.stack([conditioning_image(m, kind) for m in masks]).astype(np.float32) / 255.0
+    return torch.from_numpy(np.repeat(pics[:, None], 3, axis=1))
+
+
+class ControlNetMethod(TrainMethod):
+    """A ControlNet on filled masks or signed distance maps; the UNet stays frozen."""
+
+    name = "controlnet"
+    weights_file = CONTROLNET_WEIGHTS
+    resume_keys = ("conditioning",)
+    needs_masks = True
+    config: ControlNetTrainConfig
+
+    def attach(
+        self, comps: SDComponents, data: TrainingSet, weight_dtype: torch.dtype
+    ) -> dict[str, Any]:
+        from diffusers import ControlNetModel
+
+        c = self.config
+        if c.controlnet_model_name_or_path:
+            try:
+                controlnet = ControlNetModel.from_pretrained(c.controlnet_model_name_or_path)
+            except (OSError, ValueError) as exc:
+                raise UserInputError(
+                    f"--controlnet_model_name_or_path: cannot load {c.controlnet_model_name_or_path} ({exc})"
+                ) from exc
+        else:
+            controlnet = ControlNetModel.from_unet(comps.unet)
+        controlnet.to(comps.vae.device, dtype=torch.float32)
+        # Conditioning pictures, like latents, are made once (mirrored too for flips).
+        cond = conditioning_tensor(data.masks, c.conditioning)
+        self.cond = torch.stack([cond, torch.flip(cond, dims=[-1])], dim=1)
+        return {"controlnet": controlnet}
+
+    def param_groups(self, modules: dict[str, Any]) -> list[dict[str, Any]]:
+        return [
+            {
+                "params": [p for p in modules["controlnet"].parameters() if p.requires_grad],
+                "lr": self.config.learning_rate,
+            }
+        ]
+
+    def unet_kwargs(self, modules, noisy, timesteps, cond, idx, variant) -> dict[str, Any]:
+        image = self.cond[idx, variant].to(noisy.device, noisy.dtype)
+        down, mid = modules["controlnet"](
+            noisy, timesteps, encoder_hidden_states=cond, controlnet_cond=image, return_dict=False
+        )
+        return {
+            "down_block_additional_residuals": [d.to(noisy.dtype) for d in down],
+            "mid_block_additional_residual": mid.to(noisy.dtype),
+        }
+
+    def save_weights(self, folder: Path, modules: dict[str, Any]) -> None:
+        modules["controlnet"].save_pretrained(str(folder / CONTROLNET_DIR), safe_serialization=True)
+
+    def load_weights(self, folder: Path, modules: dict[str, Any]) -> None:
+        from safetensors.torch import load_file
+
+        state = load_file(str(folder / CONTROLNET_WEIGHTS))
+        modules["controlnet"].load_state_dict(state)
+
+    @torch.no_grad()
+    def validation_images(
+        self, comps: SDComponents, modules: dict[str, Any], data: TrainingSet, resolution: int
+    ) -> list[np.ndarray]:
+        """For the first training masks: the conditioning picture, then the image drawn."""
+        from diffusers import StableDiffusionControlNetPipeline
+        from PIL import Image
+
+        c = self.config
+        pipe = StableDiffusionControlNetPipeline(
+            vae=comps.vae,
+            text_encoder=comps.text_encoder,
+            tokenizer=comps.tokenizer,
+            unet=comps.unet,
+            controlnet=modules["controlnet"],
+            scheduler=comps.noise_scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        out = []
+        k = min(c.num_validation_images, len(data.masks))
+        for i in range(k):
+            pic = conditioning_image(data.masks[i], c.conditioning)
+            rgb = np.repeat(pic[..., None], 3, axis=2)
+            generated = run_validation_pipeline(
+                pipe,
+                c.validation_prompt[:1],
+                1,
+                c.seed + i,
+                resolution,
+                c.validation_inference_steps,
+                image=Image.fromarray(rgb),
+                controlnet_conditioning_scale=c.conditioning_scale,
+            )
+            out += [rgb, generated[0]]
+        return out
+
+    def resolved(self) -> dict[str, Any]:
+        return {"conditioning": self.config.conditioning}
+
+    @property
+    def grid_columns(self) -> int:
+        return 2  # conditioning picture | generated image
+
+    def render_card(self, config: dict[str, Any], global_step: int, sample: str | None) -> str:
+        from fusynth.diffusion.card import render_controlnet_card
+
+        return render_controlnet_card(config, global_step, sample)
+
+
+def train_controlnet(config: ControlNetTrainConfig) -> TrainResult:
+    """Train a mask-conditioned ControlNet; see :func:`fusynth.diffusion.training.train`."""
+    return train(config, ControlNetMethod(config))
