@@ -161,6 +161,86 @@ def _generate_text2img(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate_pairs(args: argparse.Namespace) -> int:
+    from fusynth.cohort.pairs import PairsRequest, generate_pairs
+    from fusynth.cohort.writer import STATS_FILE
+    from fusynth.distributed import partial_state
+    from fusynth.recipes import quiet_libraries
+
+    quiet_libraries()
+    req = PairsRequest(
+        out=args.out,
+        method=args.method,
+        adapter=args.adapter,
+        n=args.n,
+        masks_from=args.masks_from,
+        base=args.base,
+        revision=args.revision,
+        variant=args.variant,
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        scheduler=args.scheduler,
+        steps=args.steps,
+        guidance=args.guidance,
+        lora_scale=args.lora_scale,
+        conditioning=args.conditioning,
+        conditioning_scale=args.conditioning_scale,
+        packing=args.packing,
+        strength=args.strength,
+        threshold=args.threshold,
+        max_residual=args.max_residual,
+        max_attempts=args.max_attempts,
+        group=args.group,
+        resolution=args.resolution,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        seed=args.seed,
+        cpu_threads=args.cpu_threads,
+        overwrite=args.overwrite,
+    )
+    result = generate_pairs(req)
+    if partial_state().is_main_process:
+        import json
+
+        stats = json.loads((result.out / STATS_FILE).read_text())
+        print(
+            f"{result.out}: {stats['rows']} of {result.n} pairs ({args.method}); {stats['attempts']} "
+            f"attempts, {stats['rejected']} rejected by the mask extractor, {stats['left_out']} left out"
+            + ("" if result.generated else " (already complete: nothing to do)")
+        )
+    return 0
+
+
+def _audit_pairs(args: argparse.Namespace) -> int:
+    from fusynth.audit.pairs import PairThresholds, audit_pairs
+    from fusynth.recipes import quiet_libraries
+
+    quiet_libraries()
+    summary = audit_pairs(
+        args.cohort,
+        PairThresholds(
+            max_residual=args.max_residual,
+            min_inside_fov=args.min_inside_fov,
+            min_area=args.min_area,
+            max_area=args.max_area,
+            min_dice=args.min_dice,
+        ),
+        segmenter=args.segmenter,
+        segmenter_type=args.model_type,
+        report=args.report,
+        drop=args.drop,
+        overwrite=args.overwrite,
+    )
+    dice = f", Dice mean {summary['dice']['mean']:.3f}" if summary["dice"] else ""
+    print(
+        f"{summary['passed']} of {summary['n']} pairs pass (fit residual mean "
+        f"{summary['fit_residual']['mean']:.3f}{dice}); report in {summary['report']}"
+    )
+    if args.drop:
+        print(f"kept {summary['kept']} pairs in {args.drop}")
+    return 0
+
+
 def _lora_convert(args: argparse.Namespace) -> int:
     from fusynth.diffusion.kohya import convert_lora_file
 
@@ -327,6 +407,168 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace a different or finished cohort in --out"
     )
     p.set_defaults(func=_generate_text2img)
+
+    p = gen_cmds.add_parser("pairs", help="fetal head image/mask pairs (packed LoRA or ControlNet)")
+    p.add_argument("--method", required=True, help="packed or controlnet")
+    p.add_argument(
+        "--adapter",
+        required=True,
+        help="train_lora.py --packing output, or train_controlnet.py output",
+    )
+    p.add_argument("--n", required=True, type=int, help="number of pairs")
+    p.add_argument(
+        "--out", required=True, help="cohort folder (resumable; a prepared dataset when done)"
+    )
+    p.add_argument(
+        "--masks-from",
+        "--masks_from",
+        dest="masks_from",
+        help="a prepared DIR[:split] whose masks are reused, or 'ellipse' to sample head ellipses "
+        "fitted to the adapter's training masks (controlnet: required; packed: guides img2img)",
+    )
+    p.add_argument("--base", help="hub id or diffusers folder (default: the adapter's base)")
+    p.add_argument("--revision", help="hub revision of --base")
+    p.add_argument("--variant", help="weight variant of --base")
+    p.add_argument("--prompt", help="prompt (default: the adapter's training caption)")
+    p.add_argument(*_flag("--negative_prompt"), dest="negative_prompt", help="negative prompt")
+    p.add_argument(
+        "--scheduler", default="unipc", help="euler, euler_a, unipc, ddim or dpm (unipc)"
+    )
+    p.add_argument("--steps", type=_positive_int("--steps"), default=30, help="sampler steps (30)")
+    p.add_argument("--guidance", type=float, default=7.0, help="classifier-free guidance scale (7)")
+    p.add_argument(
+        *_flag("--lora_scale"),
+        dest="lora_scale",
+        type=float,
+        default=0.9,
+        help="packed: LoRA scale (0.9)",
+    )
+    p.add_argument("--packing", help="packed: the packing the adapter must have been trained with")
+    p.add_argument(
+        "--strength",
+        type=float,
+        default=0.75,
+        help="packed with --masks-from: img2img strength (0.75)",
+    )
+    p.add_argument(
+        "--threshold", type=int, default=180, help="packed: mask channel threshold (180)"
+    )
+    p.add_argument(
+        *_flag("--max_residual"),
+        dest="max_residual",
+        type=float,
+        default=0.15,
+        help="packed: largest accepted 1 - IoU between mask component and its ellipse (0.15)",
+    )
+    p.add_argument(
+        *_flag("--max_attempts"),
+        dest="max_attempts",
+        type=int,
+        default=4,
+        help="packed: draws per pair before it is left out (4)",
+    )
+    p.add_argument(
+        "--conditioning",
+        help="controlnet: the conditioning the adapter must have been trained with",
+    )
+    p.add_argument(
+        *_flag("--conditioning_scale"),
+        dest="conditioning_scale",
+        type=float,
+        default=1.0,
+        help="controlnet: strength (1.0)",
+    )
+    p.add_argument("--group", help="ellipse masks: draw from one group only (e.g. trimester 2)")
+    p.add_argument(
+        "--resolution", type=int, help="image side, multiple of 8 (default: the adapter's)"
+    )
+    p.add_argument(
+        *_flag("--batch_size"),
+        dest="batch_size",
+        type=_positive_int("--batch_size"),
+        default=4,
+        help="pairs per forward pass (4)",
+    )
+    p.add_argument(
+        *_flag("--shard_size"),
+        dest="shard_size",
+        type=_positive_int("--shard_size"),
+        default=64,
+        help="pairs per shard, the unit of resume (64)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="cohort seed")
+    p.add_argument(
+        *_flag("--cpu_threads"),
+        dest="cpu_threads",
+        type=_positive_int("--cpu_threads"),
+        default=2,
+        help="intra-op threads per process on a CPU (2)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a different or finished cohort in --out"
+    )
+    p.set_defaults(func=_generate_pairs)
+
+    audit = groups.add_parser("audit", help="audit synthetic data")
+    audit_cmds = audit.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = audit_cmds.add_parser("pairs", help="pair consistency of an image/mask cohort")
+    p.add_argument(
+        "cohort", metavar="COHORT", help="cohort or prepared dataset with masks, DIR[:split]"
+    )
+    p.add_argument(
+        "--segmenter", help="SAM folder or checkpoint: prompt with each mask's box and record Dice"
+    )
+    p.add_argument(
+        *_flag("--model_type"),
+        dest="model_type",
+        help="SAM size of a bare checkpoint (vit_b, vit_l, vit_h, tiny)",
+    )
+    p.add_argument(
+        "--min-dice",
+        "--min_dice",
+        dest="min_dice",
+        type=float,
+        default=0.8,
+        help="smallest passing Dice with --segmenter (0.8)",
+    )
+    p.add_argument(
+        "--max-residual",
+        "--max_residual",
+        dest="max_residual",
+        type=float,
+        default=0.15,
+        help="largest passing 1 - IoU between mask and its fitted ellipse (0.15)",
+    )
+    p.add_argument(
+        "--min-inside-fov",
+        "--min_inside_fov",
+        dest="min_inside_fov",
+        type=float,
+        default=0.95,
+        help="smallest passing share of the mask inside the field of view (0.95)",
+    )
+    p.add_argument(
+        "--min-area",
+        "--min_area",
+        dest="min_area",
+        type=float,
+        default=0.005,
+        help="smallest passing mask area, share of the image (0.005)",
+    )
+    p.add_argument(
+        "--max-area",
+        "--max_area",
+        dest="max_area",
+        type=float,
+        default=0.9,
+        help="largest passing mask area (0.9)",
+    )
+    p.add_argument(
+        "--report", help="report folder (default COHORT/audit): pairs.csv, pairs_summary.json"
+    )
+    p.add_argument("--drop", help="write the cohort without failing pairs to this folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --drop folder")
+    p.set_defaults(func=_audit_pairs)
 
     lora = groups.add_parser("lora", help="LoRA adapter utilities")
     lora_cmds = lora.add_subparsers(dest="command", required=True, parser_class=_Parser)

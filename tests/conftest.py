@@ -152,9 +152,9 @@ def tiny_base(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def phantom_prepared(tmp_path_factory):
-    """16 phantom frames (head, abdomen, femur, thorax) prepared at 64 px."""
+    """32 phantom frames (head, abdomen, femur, thorax) prepared at 64 px."""
     root = tmp_path_factory.mktemp("phantom")
-    write_phantom_source(root / "src", n=16, size=64, seed=1)
+    write_phantom_source(root / "src", n=32, size=64, seed=1)
     prepare(
         "metadata", root / "src", root / "prepared", seed=0, val_fraction=0.2, test_fraction=0.2
     )
@@ -218,3 +218,68 @@ def accelerate_launch(num_processes: int, *args: str) -> list[str]:
         "no",
         *args,
     ]
+
+
+def _train(recipe: str, out: Path, *argv: str) -> Path:
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    assert importlib.import_module(recipe).main(list(argv)) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet(tiny_base, phantom_prepared, tmp_path_factory):
+    """A ControlNet (filled masks) trained for 2 steps on the phantom's head frames."""
+    out = tmp_path_factory.mktemp("tiny_controlnet") / "cn"
+    return _train(
+        "train_controlnet",
+        out,
+        "--pretrained_model_name_or_path",
+        str(tiny_base),
+        "--train_data",
+        str(phantom_prepared),
+        "--views",
+        "head",
+        "--output_dir",
+        str(out),
+        "--resolution",
+        "32",
+        "--max_train_steps",
+        "2",
+        "--learning_rate",
+        "1e-3",
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_packed_lora(tiny_base, phantom_prepared, tmp_path_factory):
+    """A packed (image, image, mask) LoRA trained for 2 steps on the phantom's head frames."""
+    out = tmp_path_factory.mktemp("tiny_packed") / "lora"
+    return _train(
+        "train_lora",
+        out,
+        "--pretrained_model_name_or_path",
+        str(tiny_base),
+        "--train_data",
+        str(phantom_prepared),
+        "--views",
+        "head",
+        "--output_dir",
+        str(out),
+        "--resolution",
+        "32",
+        "--max_train_steps",
+        "2",
+        "--packing",
+        "image,image,mask",
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_sam(tmp_path_factory):
+    """A tiny random-init SAM saved as a fusynth SAM folder."""
+    from fusynth.segment.sam import build_sam, save_sam
+
+    return save_sam(tmp_path_factory.mktemp("sam") / "tiny-sam", build_sam("tiny"), "tiny")

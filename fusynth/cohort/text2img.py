@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fusynth import __version__
 from fusynth.cohort.writer import CohortWriter, iter_batches, run_cohort, sample_seed
 from fusynth.data.images import encode_png
@@ -289,14 +291,24 @@ def generate_text2img(req: Text2ImgRequest) -> CohortResult:
     return CohortResult(writer.out, n, todo, seconds, True)
 
 
-def write_previews(ds: Any, folder: Path, per_view: int = 16, cols: int = 4) -> list[Path]:
-    """A grid PNG per view of the first ``per_view`` samples."""
+def write_previews(
+    ds: Any, folder: Path, per_view: int = 16, cols: int = 4, with_masks: bool = False
+) -> list[Path]:
+    """A grid PNG per view of the first ``per_view`` samples (masks overlaid if asked)."""
     from fusynth.data.images import decode_image, save_png, tile_images
+    from fusynth.data.inspect import overlay
 
     written = []
     views = ds["view"]
     for v in sorted(set(views)):
         idx = [i for i, x in enumerate(views) if x == v][:per_view]
-        grid = tile_images([decode_image(ds[i]["image"]) for i in idx], cols)
-        written.append(save_png(folder / f"{VIEWS[v]}.png", grid))
+        tiles = []
+        for i in idx:
+            row = ds[i]
+            image = decode_image(row["image"])
+            if with_masks and row["mask"] is not None:
+                tiles.append(np.asarray(overlay(image, decode_image(row["mask"]), image.shape[0])))
+            else:
+                tiles.append(image)
+        written.append(save_png(folder / f"{VIEWS[v]}.png", tile_images(tiles, cols)))
     return written

@@ -34,6 +34,7 @@ from fusynth.errors import UserInputError
 from fusynth.io import atomic_write_bytes
 
 REQUEST_FILE = "request.json"
+STATS_FILE = "cohort_stats.json"
 
 
 def sample_seed(cohort_seed: int, index: int) -> int:
@@ -151,16 +152,26 @@ class CohortWriter:
             k for k in range(process, self.num_shards, processes) if not self.shard_dir(k).is_dir()
         ]
 
-    def write_shard(self, k: int, rows: Iterable[dict[str, Any]]) -> Path:
-        """Write shard ``k`` atomically from schema rows."""
+    def write_shard(
+        self, k: int, rows: Iterable[dict[str, Any]], stats: dict[str, int] | None = None
+    ) -> Path:
+        """Write shard ``k`` atomically from schema rows.
+
+        A method that rejects samples (packed pairs) writes fewer rows than indices and
+        says why in ``stats`` (counts, summed over shards into ``cohort_stats.json``).
+        """
         rows = list(rows)
         expected = len(self.shard_indices(k))
-        if len(rows) != expected:
+        if len(rows) > expected or (stats is None and len(rows) != expected):
             raise RuntimeError(f"shard {k} has {len(rows)} rows, expected {expected}")
         target = self.shard_dir(k)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         try:
-            datasets.Dataset.from_list(rows, features=FEATURES).save_to_disk(str(tmp))
+            columns = {
+                k: [r[k] for r in rows] for k in FEATURES
+            }  # from_list cannot make an empty one
+            datasets.Dataset.from_dict(columns, features=FEATURES).save_to_disk(str(tmp))
+            (tmp / "stats.json").write_text(json.dumps({"rows": len(rows), **(stats or {})}))
             os.replace(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -176,7 +187,23 @@ class CohortWriter:
         missing = [k for k in range(self.num_shards) if not self.shard_dir(k).is_dir()]
         if missing:
             raise RuntimeError(f"cannot finalize {self.out}: shards {missing[:5]} missing")
-        parts = [datasets.load_from_disk(str(self.shard_dir(k))) for k in range(self.num_shards)]
+        totals: dict[str, int] = {}
+        parts = []
+        for k in range(self.num_shards):
+            stats = json.loads((self.shard_dir(k) / "stats.json").read_text())
+            for key, value in stats.items():
+                totals[key] = totals.get(key, 0) + value
+            if stats["rows"]:  # a shard whose samples were all rejected holds no data files
+                parts.append(datasets.load_from_disk(str(self.shard_dir(k))))
+        atomic_write_bytes(
+            self.out / STATS_FILE, (json.dumps(totals, indent=2, sort_keys=True) + "\n").encode()
+        )
+        if not parts:
+            raise UserInputError(
+                f"{self.out}: no sample passed ({json.dumps(totals, sort_keys=True)}); nothing to save. "
+                "Relax the acceptance settings (they change the request: add --overwrite) or train the "
+                "adapter longer"
+            )
         train = datasets.concatenate_datasets(parts)
         tmp = Path(tempfile.mkdtemp(prefix=".final.tmp-", dir=self.out))
         save_prepared(datasets.DatasetDict({"train": train}), tmp)
@@ -192,7 +219,9 @@ class CohortWriter:
 
 def run_cohort(
     writer: CohortWriter,
-    make_rows: Callable[[range], list[dict[str, Any]]],
+    make_rows: Callable[
+        [range], list[dict[str, Any]] | tuple[list[dict[str, Any]], dict[str, int]]
+    ],
     process: int = 0,
     processes: int = 1,
     barrier: Callable[[], None] = lambda: None,
@@ -202,7 +231,8 @@ def run_cohort(
 
     Args:
         writer: the cohort.
-        make_rows: makes the schema rows of a range of sample indices.
+        make_rows: makes the schema rows of a range of sample indices (optionally with
+            a stats dict, when it may reject samples).
         process: this process's index.
         processes: number of processes.
         barrier: waits for every process (``accelerator.wait_for_everyone``).
@@ -213,7 +243,9 @@ def run_cohort(
     """
     for k in writer.pending(process, processes):
         indices = writer.shard_indices(k)
-        writer.write_shard(k, make_rows(indices))
+        made = make_rows(indices)
+        rows, stats = made if isinstance(made, tuple) else (made, None)
+        writer.write_shard(k, rows, stats)
         progress(len(indices))
     barrier()
     if process == 0:

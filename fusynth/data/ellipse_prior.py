@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fusynth.data.geometry import Ellipse, ellipse_mask, fit_ellipse, mask_outline
+from fusynth.data.geometry import Ellipse, boundary_points, ellipse_mask, fit_ellipse
 from fusynth.errors import UserInputError
 
 ALL = "all"
@@ -36,9 +36,7 @@ def ellipse_features(ellipse: Ellipse, shape: tuple[int, int]) -> np.ndarray:
 
 def mask_ellipse(mask: np.ndarray) -> Ellipse:
     """The ellipse fitted to a filled mask's boundary."""
-    fg = np.asarray(mask) > 0
-    ys, xs = np.nonzero(mask_outline(fg))
-    return fit_ellipse(np.stack([xs, ys], axis=1).astype(np.float64))
+    return fit_ellipse(boundary_points(np.asarray(mask) > 0))
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from fusynth.data.geometry import Ellipse, ellipse_mask, fit_ellipse, mask_outline
+from fusynth.data.geometry import Ellipse, boundary_points, ellipse_mask, fit_ellipse
 
 
 @dataclass(frozen=True)
@@ -63,11 +63,11 @@ def extract_head_mask(
         return Extraction(None, None, 1.0, False, "no pixel above the threshold")
     sizes = ndi.sum(fg, labels, index=np.arange(1, n + 1))
     component = ndi.binary_fill_holes(labels == (int(np.argmax(sizes)) + 1))
-    ys, xs = np.nonzero(mask_outline(component))
-    if len(xs) < 5:
+    points = boundary_points(component)
+    if len(points) < 10:
         return Extraction(None, None, 1.0, False, "component too small to fit")
     try:
-        ellipse = fit_ellipse(np.stack([xs, ys], axis=1).astype(np.float64))
+        ellipse = fit_ellipse(points)
     except ValueError:
         return Extraction(None, None, 1.0, False, "no ellipse fits the component")
     filled = ellipse_mask(component.shape, ellipse)

@@ -171,6 +171,46 @@ def adapter_fingerprint(lora: str | Path | None) -> dict[str, Any]:
 
 
 @torch.no_grad()
+def generate_rgb(
+    pipe: Any,
+    prompts: list[str],
+    seeds: list[int],
+    *,
+    negative_prompt: str | None,
+    steps: int,
+    guidance: float,
+    resolution: int | None = None,
+    **kwargs: Any,
+) -> list[np.ndarray]:
+    """One picture per (prompt, seed), each from its own generator, as ``[H, W, 3]`` uint8.
+
+    Extra keyword arguments go to the pipeline (``image=`` for ControlNet and
+    img2img, ``strength=``, ``controlnet_conditioning_scale=``).
+    """
+    device = pipe.device if pipe.device.type != "mps" else "cpu"
+    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    size = {"height": resolution, "width": resolution} if resolution else {}
+    out = pipe(
+        prompts,
+        negative_prompt=[negative_prompt] * len(prompts) if negative_prompt else None,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=generators,
+        output_type="np",
+        **size,
+        **kwargs,
+    ).images
+    return list(np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8))
+
+
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma of ``[H, W, 3]`` uint8, as ``[H, W]`` uint8."""
+    x = rgb.astype(np.float64)
+    return np.clip(
+        np.rint(x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114), 0, 255
+    ).astype(np.uint8)
+
+
 def generate_images(
     pipe: Any,
     prompts: list[str],
@@ -181,23 +221,56 @@ def generate_images(
     guidance: float,
     resolution: int,
 ) -> list[np.ndarray]:
-    """One image per (prompt, seed), each from its own generator.
-
-    Returns:
-        ``[H, W]`` uint8 grayscale images (ITU-R 601 luma of the decoded RGB).
-    """
-    device = pipe.device if pipe.device.type != "mps" else "cpu"
-    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-    out = pipe(
+    """As :func:`generate_rgb`, returned as ``[H, W]`` uint8 grayscale (luma)."""
+    rgb = generate_rgb(
+        pipe,
         prompts,
-        negative_prompt=[negative_prompt] * len(prompts) if negative_prompt else None,
-        num_inference_steps=steps,
-        guidance_scale=guidance,
-        height=resolution,
-        width=resolution,
-        generator=generators,
-        output_type="np",
-    ).images
-    rgb = np.clip(np.rint(out * 255.0), 0, 255).astype(np.float64)
-    luma = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
-    return [img for img in np.clip(np.rint(luma), 0, 255).astype(np.uint8)]
+        seeds,
+        negative_prompt=negative_prompt,
+        steps=steps,
+        guidance=guidance,
+        resolution=resolution,
+    )
+    return [luma(x) for x in rgb]
+
+
+def load_controlnet_pipeline(
+    ref: BaseRef,
+    adapter: str | Path,
+    scheduler: str = "unipc",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Any:
+    """A ``StableDiffusionControlNetPipeline`` with a fusynth ControlNet output folder.
+
+    Raises:
+        UserInputError: the folder has no ``controlnet/``, or the base cannot load.
+    """
+    import diffusers
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+    check_scheduler(scheduler)
+    folder = Path(adapter) / "controlnet"
+    if not (folder / "config.json").is_file():
+        raise UserInputError(
+            f"--adapter: {adapter} has no controlnet/ folder (a train_controlnet.py output)"
+        )
+    controlnet = ControlNetModel.from_pretrained(str(folder), dtype=dtype)
+    kwargs: dict[str, Any] = {
+        "safety_checker": None,
+        "requires_safety_checker": False,
+        "dtype": dtype,
+    }
+    if ref.revision:
+        kwargs["revision"] = ref.revision
+    if ref.variant:
+        kwargs["variant"] = ref.variant
+    try:
+        pipe = StableDiffusionControlNetPipeline.from_pretrained(
+            ref.name_or_path, controlnet=controlnet, **kwargs
+        )
+    except (OSError, ValueError) as exc:
+        raise UserInputError(f"--base: cannot load {ref.name_or_path} ({exc})") from exc
+    pipe.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)

@@ -1,0 +1,1 @@
+"""Audits of synthetic data: pair consistency, FID/KID, memorization."""

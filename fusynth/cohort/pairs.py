@@ -1,0 +1,528 @@
+"""Head image/mask pairs: the packed method and the ControlNet method behind one request.
+
+* ``packed`` (the seed method): a LoRA trained on pictures packing ``[image, image,
+  mask]`` generates such pictures; the image is the mean of the image channels and the
+  mask comes out of the mask channel through :func:`fusynth.data.masks.extract_head_mask`
+  (threshold, largest component, ellipse fit, fill). A sample whose fit is poor is
+  redrawn with a new seed, up to ``max_attempts`` times; samples that never pass are
+  left out and counted. With ``--masks-from`` the packed picture starts from the given
+  mask (img2img at ``strength``), which steers the head's shape and size.
+* ``controlnet``: a ControlNet draws an image for a given mask, so the pair is right by
+  construction; masks come from a dataset (``--masks-from DIR[:split]``) or from head
+  ellipses sampled from a distribution fitted to the training masks (``ellipse``).
+
+Both write through :class:`fusynth.cohort.writer.CohortWriter`, so sharding, per-sample
+seeds, resume and multi-process behaviour are those of text-to-image cohorts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fusynth import __version__
+from fusynth.cohort.text2img import CohortResult, write_previews
+from fusynth.cohort.writer import CohortWriter, iter_batches, run_cohort
+from fusynth.data.images import encode_png
+from fusynth.data.schema import provenance_json
+from fusynth.errors import UserInputError, suggest
+
+log = logging.getLogger(__name__)
+
+METHODS = ("packed", "controlnet")
+ELLIPSE = "ellipse"
+DEFAULT_PAIR_PROMPT = "an ultrasound image of the fetal head"
+
+
+def attempt_seed(cohort_seed: int, index: int, attempt: int) -> int:
+    """Seed of attempt ``attempt`` at sample ``index``."""
+    state = np.random.SeedSequence([cohort_seed, index, attempt]).generate_state(2)
+    return int(state[0]) << 32 | int(state[1])
+
+
+@dataclass
+class PairsRequest:
+    """Everything ``fusynth generate pairs`` takes."""
+
+    out: str
+    method: str
+    adapter: str
+    n: int
+    masks_from: str | None = None
+    base: str | None = None
+    revision: str | None = None
+    variant: str | None = None
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    scheduler: str = "unipc"
+    steps: int = 30
+    guidance: float = 7.0
+    lora_scale: float = 0.9
+    conditioning: str | None = None
+    conditioning_scale: float = 1.0
+    packing: str | None = None
+    strength: float = 0.75
+    threshold: int = 180
+    max_residual: float = 0.15
+    max_attempts: int = 4
+    group: str | None = None
+    resolution: int | None = None
+    batch_size: int = 4
+    shard_size: int = 64
+    seed: int = 0
+    cpu_threads: int = 2
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        from fusynth.diffusion.pipelines import check_scheduler
+
+        if self.method not in METHODS:
+            raise UserInputError(
+                f"--method: {self.method!r} is not one of {', '.join(METHODS)}{suggest(self.method, METHODS)}"
+            )
+        if self.n <= 0:
+            raise UserInputError(f"--n: a cohort needs at least one pair, got {self.n}")
+        check_scheduler(self.scheduler)
+        for name in ("steps", "batch_size", "shard_size", "cpu_threads", "max_attempts"):
+            if getattr(self, name) <= 0:
+                raise UserInputError(f"--{name}: must be positive, got {getattr(self, name)}")
+        if self.method == "controlnet" and self.masks_from is None:
+            raise UserInputError(
+                "--masks-from: --method controlnet needs masks: a prepared DIR[:split] or 'ellipse'"
+            )
+        if (
+            self.method == "controlnet"
+            and self.masks_from == ELLIPSE
+            and self.group
+            and not self.group.strip()
+        ):
+            raise UserInputError("--group: empty")
+        if not 0 < self.strength <= 1:
+            raise UserInputError(f"--strength: must be in (0, 1], got {self.strength}")
+        if self.method == "packed" and self.masks_from and int(self.steps * self.strength) < 1:
+            raise UserInputError(
+                f"--strength: {self.strength} of --steps {self.steps} runs no denoising step; raise either"
+            )
+        if not 0 < self.threshold < 256:
+            raise UserInputError(f"--threshold: must be in 1..255, got {self.threshold}")
+        if self.resolution is not None and (self.resolution <= 0 or self.resolution % 8):
+            raise UserInputError(
+                f"--resolution: must be a positive multiple of 8, got {self.resolution}"
+            )
+
+
+def adapter_config(req: PairsRequest) -> dict[str, Any]:
+    """The adapter's training ``config.json``, checked against the requested method.
+
+    Raises:
+        UserInputError: not a fusynth training output, or trained for another method,
+            packing or conditioning than requested.
+    """
+    folder = Path(req.adapter)
+    cfg_file = folder / "config.json"
+    if not cfg_file.is_file():
+        raise UserInputError(
+            f"--adapter: {folder} is not a fusynth training output (no config.json)"
+        )
+    cfg = json.loads(cfg_file.read_text())
+    trained = cfg.get("method", "lora")
+    if req.method == "packed":
+        if trained != "lora" or not cfg.get("packing"):
+            raise UserInputError(
+                f"--adapter: {folder} was trained as {trained} with packing {cfg.get('packing')}; "
+                "--method packed needs a LoRA trained with --packing"
+            )
+        if req.packing and req.packing != cfg["packing"]:
+            raise UserInputError(
+                f"--packing: {folder} was trained with packing {cfg['packing']}, not {req.packing}"
+            )
+        if "mask" not in cfg["packing"].split(","):
+            raise UserInputError(f"--adapter: {folder} packs no mask channel ({cfg['packing']})")
+    else:
+        if trained != "controlnet":
+            raise UserInputError(
+                f"--adapter: {folder} is a {trained} output; --method controlnet needs a ControlNet"
+            )
+        if req.conditioning and req.conditioning != cfg["conditioning"]:
+            raise UserInputError(
+                f"--conditioning: {folder} was trained with conditioning {cfg['conditioning']}, not {req.conditioning}"
+            )
+    return cfg
+
+
+class MaskSource:
+    """Masks for the samples of a cohort: a dataset's (cycled) or sampled ellipses."""
+
+    def __init__(
+        self,
+        spec: str,
+        resolution: int,
+        cohort_seed: int,
+        group: str | None,
+        train_data: str | None,
+    ):
+        from fusynth.data.ellipse_prior import fit_ellipse_prior
+
+        self.resolution = resolution
+        self.cohort_seed = cohort_seed
+        self.spec = spec
+        self.group = group
+        if spec == ELLIPSE:
+            if not train_data:
+                raise UserInputError(
+                    "--masks-from ellipse: the adapter's config.json names no training data"
+                )
+            masks, groups, _ = _dataset_masks(
+                train_data, "--masks-from ellipse (the adapter's training data)"
+            )
+            self.prior = fit_ellipse_prior(zip(masks, groups, strict=True))
+            names = [g for g in self.prior.groups if g != "all"]
+            if group is not None and group not in self.prior.groups:
+                raise UserInputError(
+                    f"--group: no masks of group {group!r} in {train_data} (groups: {', '.join(names) or 'none'})"
+                )
+            # Without --group, draw groups in the proportions of the training data.
+            self.weights = (
+                {g: self.prior.groups[g].n for g in names} if group is None and names else {}
+            )
+            self.fingerprint = {
+                "masks_from": ELLIPSE,
+                "ellipse_prior": json.loads(self.prior.to_json()),
+            }
+        else:
+            self.masks, _, self.spacing = _dataset_masks(spec, "--masks-from")
+            self.fingerprint = {"masks_from": spec, "n_source_masks": len(self.masks)}
+
+    def mask(self, index: int) -> tuple[np.ndarray, dict[str, Any], float | None]:
+        """``([R, R] uint8 0/1 mask, provenance, mm per pixel or None)`` of sample ``index``."""
+        from fusynth.data.transforms import square_resize
+
+        if self.spec == ELLIPSE:
+            rng = np.random.default_rng([self.cohort_seed, index, 7919])
+            group = self.group
+            if group is None and self.weights:
+                names = sorted(self.weights)
+                p = np.array([self.weights[g] for g in names], dtype=float)
+                group = names[rng.choice(len(names), p=p / p.sum())]
+            mask, ell = self.prior.sample(rng, (self.resolution, self.resolution), group)
+            return (
+                mask,
+                {"mask_source": ELLIPSE, "mask_group": group, "mask_ellipse": list(ell)},
+                None,
+            )
+        k = index % len(self.masks)
+        raw = self.masks[k]
+        side = max(raw.shape)
+        mask = (square_resize(raw * 255, self.resolution, resample=0) > 127).astype(np.uint8)
+        spacing = self.spacing[k] * side / self.resolution if self.spacing[k] else None
+        return mask, {"mask_source": self.spec, "mask_index": k}, spacing
+
+
+def _dataset_masks(
+    spec: str, flag: str
+) -> tuple[list[np.ndarray], list[str | None], list[float | None]]:
+    from fusynth.data.images import decode_image
+    from fusynth.data.masks import is_outline
+    from fusynth.data.schema import load_split
+
+    ds = load_split(spec)
+    masks, groups, spacing = [], [], []
+    for i, row in enumerate(ds):
+        if row["mask"] is None:
+            continue
+        mask = decode_image(row["mask"])
+        if is_outline(mask):
+            raise UserInputError(
+                f"{flag}: {spec} sample {i} ({row['subject_id']}) has an outline, not a filled mask"
+            )
+        masks.append((mask > 0).astype(np.uint8))
+        groups.append(json.loads(row["provenance"] or "{}").get("trimester"))
+        spacing.append(row["pixel_spacing_mm"])
+    if not masks:
+        raise UserInputError(f"{flag}: {spec} has no masks")
+    if any(g is None for g in groups):
+        groups = [None] * len(groups)
+    return masks, [None if g is None else str(g) for g in groups], spacing
+
+
+def _pair_row(
+    image: np.ndarray,
+    mask: np.ndarray,
+    index: int,
+    cohort_name: str,
+    spacing: float | None,
+    prov: dict[str, Any],
+) -> dict[str, Any]:
+    from fusynth.data.ellipse_prior import mask_ellipse
+
+    try:
+        hc_px = mask_ellipse(mask).perimeter
+    except ValueError:
+        hc_px = None
+    prov = {**prov, "head_circumference_px": hc_px}
+    return {
+        "image": {"bytes": encode_png(image), "path": None},
+        "mask": {"bytes": encode_png(mask.astype(np.uint8)), "path": None},
+        "view": "head",
+        "subject_id": f"synthetic:{cohort_name}-{index:06d}",
+        "cohort": "synthetic",
+        "center": "",
+        "pixel_spacing_mm": spacing,
+        "head_circumference_mm": hc_px * spacing if (hc_px is not None and spacing) else None,
+        "split": "train",
+        "synthetic": True,
+        "provenance": provenance_json(prov),
+    }
+
+
+def generate_pairs(req: PairsRequest) -> CohortResult:
+    """Generate (or finish) a cohort of head image/mask pairs.
+
+    Raises:
+        UserInputError: bad request, adapter, masks, base or output folder.
+    """
+    import torch
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from fusynth.data.masks import conditioning_image, extract_head_mask
+    from fusynth.diffusion.base import folder_sha256, resolve_base
+    from fusynth.diffusion.pipelines import (
+        adapter_fingerprint,
+        base_fingerprint,
+        generate_rgb,
+        load_controlnet_pipeline,
+        load_pipeline,
+        luma,
+    )
+    from fusynth.distributed import partial_state
+
+    state = partial_state()
+    cfg = adapter_config(req)
+    # The adapter's own base unless told otherwise: a mismatched base is the usual mistake.
+    ref = resolve_base(
+        req.base or cfg.get("pretrained_model_name_or_path"),
+        req.revision,
+        req.variant,
+        flag="--base",
+    )
+    resolution = req.resolution or int(cfg.get("resolution") or (64 if ref.smoke else 512))
+    first = next(iter(cfg.get("captions_by_view", {}).values()), None)
+    prompt = req.prompt or (first[0] if isinstance(first, list) else first) or DEFAULT_PAIR_PROMPT
+    source = (
+        MaskSource(req.masks_from, resolution, req.seed, req.group, cfg.get("train_data"))
+        if req.masks_from
+        else None
+    )
+    packing = cfg.get("packing", "").split(",") if req.method == "packed" else []
+    request: dict[str, Any] = {
+        "kind": "pairs",
+        "method": req.method,
+        **base_fingerprint(ref),
+        **(
+            adapter_fingerprint(req.adapter)
+            if req.method == "packed"
+            else {
+                "adapter": str(req.adapter),
+                "adapter_sha256": folder_sha256(Path(req.adapter) / "controlnet"),
+            }
+        ),
+        **(source.fingerprint if source else {"masks_from": None}),
+        "prompt": prompt,
+        "negative_prompt": req.negative_prompt,
+        "scheduler": req.scheduler,
+        "steps": req.steps,
+        "guidance": req.guidance,
+        "resolution": resolution,
+        "batch_size": req.batch_size,
+        "seed": req.seed,
+    }
+    if req.method == "packed":
+        request.update(
+            lora_scale=req.lora_scale,
+            packing=cfg["packing"],
+            threshold=req.threshold,
+            max_residual=req.max_residual,
+            max_attempts=req.max_attempts,
+            strength=req.strength if source else None,
+        )
+    else:
+        request.update(conditioning=cfg["conditioning"], conditioning_scale=req.conditioning_scale)
+    device = state.device
+    request["device"] = device.type
+    if device.type == "cpu":
+        torch.set_num_threads(req.cpu_threads)
+        request["cpu_threads"] = req.cpu_threads
+    writer = CohortWriter(
+        req.out, request, n=req.n, shard_size=req.shard_size, overwrite=req.overwrite
+    )
+    status = writer.check()
+    if status == "done":
+        return CohortResult(writer.out, req.n, 0, 0.0, True)
+    if state.is_main_process:
+        writer.setup(status)
+    state.wait_for_everyone()
+
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    if req.method == "packed":
+        pipe = load_pipeline(
+            ref, req.scheduler, req.adapter, req.lora_scale, device=device, dtype=dtype
+        )
+        if source is not None:
+            from diffusers import StableDiffusionImg2ImgPipeline
+
+            pipe = StableDiffusionImg2ImgPipeline(**pipe.components)
+            pipe.set_progress_bar_config(disable=True)
+    else:
+        pipe = load_controlnet_pipeline(ref, req.adapter, req.scheduler, device=device, dtype=dtype)
+    common = {
+        k: request[k]
+        for k in (
+            "method",
+            "base",
+            "adapter_sha256",
+            "scheduler",
+            "steps",
+            "guidance",
+            "negative_prompt",
+            "resolution",
+        )
+        if k in request
+    }
+    common.update(prompt=prompt, cohort_seed=req.seed, fusynth_version=__version__)
+    cohort_name = writer.out.resolve().name
+    image_channels = [c for c, name in enumerate(packing) if name == "image"]
+    mask_channel = packing.index("mask") if packing else None
+
+    def packed_init(mask: np.ndarray) -> Image.Image:
+        # The image channels start mid-grey: the model fills them in; the mask channel
+        # carries the requested head.
+        pic = np.full((*mask.shape, 3), 96, dtype=np.uint8)
+        pic[..., mask_channel] = mask * 255
+        return Image.fromarray(pic)
+
+    def make_rows(indices: range) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        rows: dict[int, dict[str, Any]] = {}
+        stats = {"attempts": 0, "accepted": 0, "rejected": 0, "left_out": 0}
+        if req.method == "controlnet":
+            for batch in iter_batches(indices, req.batch_size):
+                masks = [source.mask(i) for i in batch]
+                pics = [
+                    Image.fromarray(
+                        np.repeat(conditioning_image(m, cfg["conditioning"])[..., None], 3, axis=2)
+                    )
+                    for m, _, _ in masks
+                ]
+                seeds = [attempt_seed(req.seed, i, 0) for i in batch]
+                rgbs = generate_rgb(
+                    pipe,
+                    [prompt] * len(batch),
+                    seeds,
+                    negative_prompt=req.negative_prompt,
+                    steps=req.steps,
+                    guidance=req.guidance,
+                    resolution=resolution,
+                    image=pics,
+                    controlnet_conditioning_scale=req.conditioning_scale,
+                )
+                for i, seed, rgb, (mask, prov, spacing) in zip(
+                    batch, seeds, rgbs, masks, strict=True
+                ):
+                    rows[i] = _pair_row(
+                        luma(rgb),
+                        mask,
+                        i,
+                        cohort_name,
+                        spacing,
+                        {**common, **prov, "seed": seed, "index": i},
+                    )
+                    stats["attempts"] += 1
+                    stats["accepted"] += 1
+            return [rows[i] for i in sorted(rows)], stats
+        pending = list(indices)
+        for attempt in range(req.max_attempts):
+            if not pending:
+                break
+            rejected = []
+            for start in range(0, len(pending), req.batch_size):
+                batch = pending[start : start + req.batch_size]
+                seeds = [attempt_seed(req.seed, i, attempt) for i in batch]
+                extra: dict[str, Any] = {}
+                masks = [source.mask(i) for i in batch] if source else None
+                if masks:
+                    extra = {
+                        "image": [packed_init(m) for m, _, _ in masks],
+                        "strength": req.strength,
+                    }
+                rgbs = generate_rgb(
+                    pipe,
+                    [prompt] * len(batch),
+                    seeds,
+                    negative_prompt=req.negative_prompt,
+                    steps=req.steps,
+                    guidance=req.guidance,
+                    resolution=None if masks else resolution,
+                    **extra,
+                )
+                for j, (i, seed, rgb) in enumerate(zip(batch, seeds, rgbs, strict=True)):
+                    stats["attempts"] += 1
+                    found = extract_head_mask(
+                        rgb[..., mask_channel], req.threshold, req.max_residual
+                    )
+                    if not found.accepted:
+                        stats["rejected"] += 1
+                        rejected.append(i)
+                        continue
+                    stats["accepted"] += 1
+                    image = np.rint(
+                        rgb[..., image_channels].astype(np.float64).mean(axis=-1)
+                    ).astype(np.uint8)
+                    prov = {
+                        **common,
+                        "seed": seed,
+                        "index": i,
+                        "attempt": attempt,
+                        "fit_residual": found.residual,
+                        "mask_source": "extracted",
+                    }
+                    spacing = None
+                    if masks:
+                        prov["mask_source"] = f"extracted (guided by {masks[j][1]['mask_source']})"
+                        prov["guide"] = masks[j][1]
+                        spacing = masks[j][2]
+                    rows[i] = _pair_row(image, found.mask, i, cohort_name, spacing, prov)
+            pending = rejected
+        stats["left_out"] = len(pending)
+        return [rows[i] for i in sorted(rows)], stats
+
+    todo = sum(
+        len(writer.shard_indices(k))
+        for k in writer.pending(state.process_index, state.num_processes)
+    )
+    bar = tqdm(
+        total=todo,
+        desc=f"pairs[{req.method}]",
+        unit="pair",
+        disable=not state.is_local_main_process,
+    )
+    started = time.perf_counter()
+    dsd = run_cohort(
+        writer,
+        make_rows,
+        state.process_index,
+        state.num_processes,
+        barrier=state.wait_for_everyone,
+        progress=bar.update,
+    )
+    seconds = time.perf_counter() - started
+    bar.close()
+    if dsd is not None and len(dsd["train"]):
+        write_previews(dsd["train"], writer.out / "previews", with_masks=True)
+    state.wait_for_everyone()
+    return CohortResult(writer.out, req.n, todo, seconds, True)

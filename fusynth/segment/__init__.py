@@ -1,0 +1,1 @@
+"""Segmentation with segment-anything: model building and loading, prompting, metrics."""

@@ -1,0 +1,197 @@
+"""Building, saving and loading segment-anything models without unpickling.
+
+Sizes are a plain dict (as segment-anything's own registry), plus ``tiny``: a small
+random-init SAM for smoke runs. The official builder reads checkpoints with a bare
+``torch.load``; here a ``.pth`` is read with ``weights_only=True`` and fusynth's own
+folders hold safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fusynth.errors import UserInputError, suggest
+
+#: Model sizes. ``global_attn``: blocks with global attention; ``window``: local window.
+SAM_CONFIGS: dict[str, dict[str, Any]] = {
+    "vit_b": {
+        "embed_dim": 768,
+        "depth": 12,
+        "num_heads": 12,
+        "global_attn": (2, 5, 8, 11),
+        "image_size": 1024,
+        "window": 14,
+    },
+    "vit_l": {
+        "embed_dim": 1024,
+        "depth": 24,
+        "num_heads": 16,
+        "global_attn": (5, 11, 17, 23),
+        "image_size": 1024,
+        "window": 14,
+    },
+    "vit_h": {
+        "embed_dim": 1280,
+        "depth": 32,
+        "num_heads": 16,
+        "global_attn": (7, 15, 23, 31),
+        "image_size": 1024,
+        "window": 14,
+    },
+    "tiny": {
+        "embed_dim": 32,
+        "depth": 2,
+        "num_heads": 2,
+        "global_attn": (1,),
+        "image_size": 256,
+        "window": 4,
+    },
+}
+CONFIG_FILE = "sam_config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def build_sam(model_type: str, seed: int = 0) -> Any:
+    """A randomly initialised ``segment_anything.modeling.Sam`` of the given size."""
+    from segment_anything.modeling import (
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam,
+        TwoWayTransformer,
+    )
+
+    if model_type not in SAM_CONFIGS:
+        raise UserInputError(
+            f"--model_type: unknown SAM size {model_type!r}{suggest(model_type, SAM_CONFIGS)}; "
+            f"choose from {', '.join(SAM_CONFIGS)}"
+        )
+    c = SAM_CONFIGS[model_type]
+    torch.manual_seed(seed)
+    grid = c["image_size"] // 16
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            depth=c["depth"],
+            embed_dim=c["embed_dim"],
+            img_size=c["image_size"],
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=c["num_heads"],
+            patch_size=16,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=c["global_attn"],
+            window_size=c["window"],
+            out_chans=256,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=256,
+            image_embedding_size=(grid, grid),
+            input_image_size=(c["image_size"], c["image_size"]),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+            transformer_dim=256,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+    return sam.eval()
+
+
+def save_sam(folder: str | os.PathLike, sam: Any, model_type: str) -> Path:
+    """Write ``sam_config.json`` and ``model.safetensors`` (all weights)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in sam.state_dict().items()},
+        str(folder / WEIGHTS_FILE),
+    )
+    (folder / CONFIG_FILE).write_text(json.dumps({"model_type": model_type}, indent=2))
+    return folder
+
+
+def load_sam(
+    path: str | os.PathLike, model_type: str | None = None, flag: str = "--segmenter"
+) -> tuple[Any, str]:
+    """Load a SAM from a fusynth folder or an official/MedSAM ``.pth`` checkpoint.
+
+    Args:
+        path: a folder with ``sam_config.json`` and ``model.safetensors``, or a ``.pth``
+            / ``.safetensors`` file of a whole SAM's state dict.
+        model_type: the size, needed for a bare file.
+
+    Returns:
+        ``(sam, model_type)``.
+
+    Raises:
+        UserInputError: missing files, unknown size, or weights that do not fit.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.is_dir():
+        cfg = path / CONFIG_FILE
+        if not cfg.is_file():
+            raise UserInputError(f"{flag}: {path} has no {CONFIG_FILE} (not a fusynth SAM folder)")
+        model_type = json.loads(cfg.read_text())["model_type"]
+        state = load_file(str(path / WEIGHTS_FILE))
+    elif path.is_file():
+        if model_type is None:
+            guess = [k for k in SAM_CONFIGS if k in path.name]
+            if len(guess) != 1:
+                raise UserInputError(
+                    f"{flag}: give the size of {path.name} with --model_type ({', '.join(SAM_CONFIGS)})"
+                )
+            model_type = guess[0]
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # pickles with code, corrupt files
+                raise UserInputError(f"{flag}: {path} is not a plain weights file ({exc})") from exc
+    else:
+        raise UserInputError(f"{flag}: {path} not found")
+    sam = build_sam(model_type)
+    try:
+        sam.load_state_dict(state)
+    except RuntimeError as exc:
+        raise UserInputError(
+            f"{flag}: {path} does not fit a {model_type} SAM ({str(exc).splitlines()[0]})"
+        ) from exc
+    return sam.eval(), model_type
+
+
+def mask_box(mask: np.ndarray) -> np.ndarray:
+    """``[x0, y0, x1, y1]`` of a mask's foreground (the box prompt)."""
+    ys, xs = np.nonzero(np.asarray(mask) > 0)
+    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float32)
+
+
+@torch.no_grad()
+def predict_with_box(sam: Any, image: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """SAM's single-mask prediction for a box prompt on a ``[H, W]`` uint8 image.
+
+    Returns:
+        ``[H, W]`` bool.
+    """
+    from segment_anything import SamPredictor
+
+    predictor = SamPredictor(sam)
+    predictor.set_image(np.repeat(np.asarray(image)[..., None], 3, axis=2))
+    masks, _, _ = predictor.predict(box=box, multimask_output=False)
+    return masks[0].astype(bool)
