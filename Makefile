@@ -23,8 +23,14 @@ demo: $(STAMP)
 		--validation_prompt "an ultrasound image of the fetal head" --validation_steps 20 \
 		--num_validation_images 4 --output_dir $(DEMO_OUT)/lora --overwrite_output_dir
 	$(BIN)/fusynth generate text2img --lora $(DEMO_OUT)/lora --views head:16,femur:16 --steps 10 \
-		--out $(DEMO_OUT)/cohort
+		--out $(DEMO_OUT)/cohort --overwrite
 	$(BIN)/fusynth data inspect $(DEMO_OUT)/cohort
+	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		recipes/train_controlnet.py --train_data $(DEMO_OUT)/phantom --views head --resolution 64 \
+		--max_train_steps 20 --learning_rate 1e-4 --output_dir $(DEMO_OUT)/controlnet --overwrite_output_dir
+	$(BIN)/fusynth generate pairs --method controlnet --adapter $(DEMO_OUT)/controlnet --masks-from ellipse \
+		--n 8 --steps 10 --out $(DEMO_OUT)/pairs --overwrite
+	$(BIN)/fusynth audit pairs $(DEMO_OUT)/pairs
 	@echo
 	@echo "demo outputs in $(DEMO_OUT)/ (tiny smoke base: the images are noise-like by design):"
 	@echo "  phantom_source/        raw phantom frames, masks and metadata.csv"
@@ -33,6 +39,8 @@ demo: $(STAMP)
 	@echo "  phantom_summary.json   counts, sizes, mask coverage, split check"
 	@echo "  lora/                  LoRA adapter (diffusers + peft), checkpoints, validation grids, card"
 	@echo "  cohort/                synthetic cohort (head, femur) in the same schema, previews/"
+	@echo "  controlnet/            mask-conditioned ControlNet, checkpoints, card"
+	@echo "  pairs/                 synthetic head image/mask pairs, previews/, audit/pairs.csv"
 
 test: $(STAMP)
 	$(BIN)/ruff check .
