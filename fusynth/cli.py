@@ -259,6 +259,55 @@ def _flag(*names: str) -> list[str]:
     return out
 
 
+def _add_cohort_flags(
+    p: argparse.ArgumentParser, scheduler: str, steps: int, unit: str, resolution: str, base: str
+) -> None:
+    """Flags every ``fusynth generate`` command shares (the cohort writer's and the sampler's)."""
+    p.add_argument(
+        "--out", required=True, help="cohort folder (resumable; a prepared dataset when done)"
+    )
+    p.add_argument("--base", help=f"hub id or diffusers folder (default: {base})")
+    p.add_argument("--revision", help="hub revision of --base")
+    p.add_argument("--variant", help="weight variant of --base, e.g. fp16")
+    p.add_argument(*_flag("--negative_prompt"), dest="negative_prompt", help="negative prompt")
+    p.add_argument(
+        "--scheduler", default=scheduler, help=f"euler, euler_a, unipc, ddim or dpm ({scheduler})"
+    )
+    p.add_argument(
+        "--steps", type=_positive_int("--steps"), default=steps, help=f"sampler steps ({steps})"
+    )
+    p.add_argument("--guidance", type=float, default=7.0, help="classifier-free guidance scale (7)")
+    p.add_argument("--resolution", type=int, help=f"image side, multiple of 8 ({resolution})")
+    p.add_argument(
+        *_flag("--batch_size"),
+        dest="batch_size",
+        type=_positive_int("--batch_size"),
+        default=4,
+        help=f"{unit} per forward pass (4)",
+    )
+    p.add_argument(
+        *_flag("--shard_size"),
+        dest="shard_size",
+        type=_positive_int("--shard_size"),
+        default=64,
+        help=f"{unit} per shard, the unit of resume (64)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="cohort seed; sample i's seed derives from (seed, i)"
+    )
+    p.add_argument(
+        *_flag("--cpu_threads"),
+        dest="cpu_threads",
+        type=_positive_int("--cpu_threads"),
+        default=2,
+        help="intra-op threads per process on a CPU; fixed so cohorts are identical for any "
+        "number of processes (2)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a different or finished cohort in --out"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``fusynth`` argument parser."""
     from fusynth.data.images import MASK_KINDS
@@ -353,59 +402,24 @@ def build_parser() -> argparse.ArgumentParser:
     gen_cmds = gen.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = gen_cmds.add_parser("text2img", help="images per fetal view from a base and a LoRA")
     p.add_argument("--views", required=True, help="view:count list, e.g. brain:1000,femur:500")
-    p.add_argument(
-        "--out", required=True, help="cohort folder (resumable; a prepared dataset when done)"
+    _add_cohort_flags(
+        p,
+        scheduler="euler",
+        steps=20,
+        unit="images",
+        resolution="512; 64 for the smoke base",
+        base="the tiny smoke base",
     )
-    p.add_argument("--base", help="hub id or diffusers folder (default: the tiny smoke base)")
-    p.add_argument("--revision", help="hub revision of --base")
-    p.add_argument("--variant", help="weight variant of --base, e.g. fp16")
     p.add_argument("--lora", help="LoRA folder (train_lora.py output) or .safetensors file")
     p.add_argument(
         *_flag("--lora_scale"), dest="lora_scale", type=float, default=1.0, help="LoRA scale (1.0)"
     )
-    p.add_argument(
-        "--scheduler", default="euler", help="euler, euler_a, unipc, ddim or dpm (euler)"
-    )
-    p.add_argument("--steps", type=_positive_int("--steps"), default=20, help="sampler steps (20)")
-    p.add_argument("--guidance", type=float, default=7.0, help="classifier-free guidance scale (7)")
-    p.add_argument(*_flag("--negative_prompt"), dest="negative_prompt", help="negative prompt")
     p.add_argument(
         *_flag("--prompt_template"),
         dest="prompt_template",
         help="prompt per view with {view} (default: the adapter's training captions)",
     )
     p.add_argument("--prompts", help="YAML file of view: prompt")
-    p.add_argument(
-        "--resolution", type=int, help="image side, multiple of 8 (512; 64 for the smoke base)"
-    )
-    p.add_argument(
-        *_flag("--batch_size"),
-        dest="batch_size",
-        type=_positive_int("--batch_size"),
-        default=4,
-        help="images per forward pass (4)",
-    )
-    p.add_argument(
-        *_flag("--shard_size"),
-        dest="shard_size",
-        type=_positive_int("--shard_size"),
-        default=64,
-        help="samples per shard, the unit of resume (64)",
-    )
-    p.add_argument(
-        "--seed", type=int, default=0, help="cohort seed; sample i's seed derives from (seed, i)"
-    )
-    p.add_argument(
-        *_flag("--cpu_threads"),
-        dest="cpu_threads",
-        type=_positive_int("--cpu_threads"),
-        default=2,
-        help="intra-op threads per process on a CPU; fixed so cohorts are identical for any "
-        "number of processes (2)",
-    )
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace a different or finished cohort in --out"
-    )
     p.set_defaults(func=_generate_text2img)
 
     p = gen_cmds.add_parser("pairs", help="fetal head image/mask pairs (packed LoRA or ControlNet)")
@@ -416,8 +430,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="train_lora.py --packing output, or train_controlnet.py output",
     )
     p.add_argument("--n", required=True, type=int, help="number of pairs")
-    p.add_argument(
-        "--out", required=True, help="cohort folder (resumable; a prepared dataset when done)"
+    _add_cohort_flags(
+        p,
+        scheduler="unipc",
+        steps=30,
+        unit="pairs",
+        resolution="the adapter's",
+        base="the adapter's base",
     )
     p.add_argument(
         "--masks-from",
@@ -426,16 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="a prepared DIR[:split] whose masks are reused, or 'ellipse' to sample head ellipses "
         "fitted to the adapter's training masks (controlnet: required; packed: guides img2img)",
     )
-    p.add_argument("--base", help="hub id or diffusers folder (default: the adapter's base)")
-    p.add_argument("--revision", help="hub revision of --base")
-    p.add_argument("--variant", help="weight variant of --base")
+    p.add_argument("--group", help="ellipse masks: draw from one group only (e.g. trimester 2)")
     p.add_argument("--prompt", help="prompt (default: the adapter's training caption)")
-    p.add_argument(*_flag("--negative_prompt"), dest="negative_prompt", help="negative prompt")
-    p.add_argument(
-        "--scheduler", default="unipc", help="euler, euler_a, unipc, ddim or dpm (unipc)"
-    )
-    p.add_argument("--steps", type=_positive_int("--steps"), default=30, help="sampler steps (30)")
-    p.add_argument("--guidance", type=float, default=7.0, help="classifier-free guidance scale (7)")
     p.add_argument(
         *_flag("--lora_scale"),
         dest="lora_scale",
@@ -477,35 +488,6 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="controlnet: strength (1.0)",
-    )
-    p.add_argument("--group", help="ellipse masks: draw from one group only (e.g. trimester 2)")
-    p.add_argument(
-        "--resolution", type=int, help="image side, multiple of 8 (default: the adapter's)"
-    )
-    p.add_argument(
-        *_flag("--batch_size"),
-        dest="batch_size",
-        type=_positive_int("--batch_size"),
-        default=4,
-        help="pairs per forward pass (4)",
-    )
-    p.add_argument(
-        *_flag("--shard_size"),
-        dest="shard_size",
-        type=_positive_int("--shard_size"),
-        default=64,
-        help="pairs per shard, the unit of resume (64)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="cohort seed")
-    p.add_argument(
-        *_flag("--cpu_threads"),
-        dest="cpu_threads",
-        type=_positive_int("--cpu_threads"),
-        default=2,
-        help="intra-op threads per process on a CPU (2)",
-    )
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace a different or finished cohort in --out"
     )
     p.set_defaults(func=_generate_pairs)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from fusynth import __version__
-from fusynth.cohort.text2img import CohortResult, write_previews
-from fusynth.cohort.writer import CohortWriter, iter_batches, run_cohort
+from fusynth.cohort.text2img import write_previews
+from fusynth.cohort.writer import CohortResult, iter_batches, open_cohort, write_cohort
 from fusynth.data.images import encode_png
 from fusynth.data.schema import provenance_json
 from fusynth.errors import UserInputError, suggest
@@ -289,7 +288,6 @@ def generate_pairs(req: PairsRequest) -> CohortResult:
     """
     import torch
     from PIL import Image
-    from tqdm.auto import tqdm
 
     from fusynth.data.masks import conditioning_image, extract_head_mask
     from fusynth.diffusion.base import folder_sha256, resolve_base
@@ -354,21 +352,12 @@ def generate_pairs(req: PairsRequest) -> CohortResult:
         )
     else:
         request.update(conditioning=cfg["conditioning"], conditioning_scale=req.conditioning_scale)
-    device = state.device
-    request["device"] = device.type
-    if device.type == "cpu":
-        torch.set_num_threads(req.cpu_threads)
-        request["cpu_threads"] = req.cpu_threads
-    writer = CohortWriter(
-        req.out, request, n=req.n, shard_size=req.shard_size, overwrite=req.overwrite
+    writer = open_cohort(
+        req.out, request, req.n, req.shard_size, req.overwrite, state, req.cpu_threads
     )
-    status = writer.check()
-    if status == "done":
-        return CohortResult(writer.out, req.n, 0, 0.0, True)
-    if state.is_main_process:
-        writer.setup(status)
-    state.wait_for_everyone()
-
+    if writer is None:
+        return CohortResult(Path(req.out), req.n, 0, 0.0, True)
+    device = state.device
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     if req.method == "packed":
         pipe = load_pipeline(
@@ -501,28 +490,8 @@ def generate_pairs(req: PairsRequest) -> CohortResult:
         stats["left_out"] = len(pending)
         return [rows[i] for i in sorted(rows)], stats
 
-    todo = sum(
-        len(writer.shard_indices(k))
-        for k in writer.pending(state.process_index, state.num_processes)
-    )
-    bar = tqdm(
-        total=todo,
-        desc=f"pairs[{req.method}]",
-        unit="pair",
-        disable=not state.is_local_main_process,
-    )
-    started = time.perf_counter()
-    dsd = run_cohort(
-        writer,
-        make_rows,
-        state.process_index,
-        state.num_processes,
-        barrier=state.wait_for_everyone,
-        progress=bar.update,
-    )
-    seconds = time.perf_counter() - started
-    bar.close()
+    dsd, result = write_cohort(writer, make_rows, state, f"pairs[{req.method}]", "pair")
     if dsd is not None and len(dsd["train"]):
         write_previews(dsd["train"], writer.out / "previews", with_masks=True)
     state.wait_for_everyone()
-    return CohortResult(writer.out, req.n, todo, seconds, True)
+    return result

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from fusynth import __version__
-from fusynth.cohort.writer import CohortWriter, iter_batches, run_cohort, sample_seed
+from fusynth.cohort.writer import CohortResult, iter_batches, open_cohort, sample_seed, write_cohort
 from fusynth.data.images import encode_png
 from fusynth.data.schema import VIEWS, provenance_json
 from fusynth.errors import UserInputError, suggest
@@ -123,22 +122,6 @@ def resolve_prompts(req: Text2ImgRequest) -> dict[str, str]:
     return out
 
 
-@dataclass
-class CohortResult:
-    """What a generation run did."""
-
-    out: Path
-    n: int
-    generated: int
-    seconds: float
-    complete: bool
-
-    @property
-    def images_per_second(self) -> float:
-        """Throughput of this run (samples it generated / wall time)."""
-        return self.generated / self.seconds if self.seconds > 0 else 0.0
-
-
 def generate_text2img(req: Text2ImgRequest) -> CohortResult:
     """Generate (or finish) a text-to-image cohort.
 
@@ -149,7 +132,6 @@ def generate_text2img(req: Text2ImgRequest) -> CohortResult:
         UserInputError: bad request, base, adapter or output folder.
     """
     import torch
-    from tqdm.auto import tqdm
 
     from fusynth.diffusion.base import resolve_base
     from fusynth.diffusion.pipelines import (
@@ -182,25 +164,13 @@ def generate_text2img(req: Text2ImgRequest) -> CohortResult:
         "batch_size": req.batch_size,
         "seed": req.seed,
     }
-    # CPU kernels sum in an order that depends on the thread count, which can move a
-    # pixel by one grey level; a fixed count keeps a cohort identical whatever the
-    # number of processes. Device and threads are part of the request for that reason.
-    device = state.device
-    request["device"] = device.type
-    if device.type == "cpu":
-        torch.set_num_threads(req.cpu_threads)
-        request["cpu_threads"] = req.cpu_threads
     n = sum(req.views.values())
-    writer = CohortWriter(req.out, request, n=n, shard_size=req.shard_size, overwrite=req.overwrite)
-    status = writer.check()
-    if status == "done":
+    writer = open_cohort(req.out, request, n, req.shard_size, req.overwrite, state, req.cpu_threads)
+    if writer is None:
         if state.is_main_process:
-            log.info("%s is complete (%d samples): nothing to do", writer.out, n)
-        return CohortResult(writer.out, n, 0, 0.0, True)
-    if state.is_main_process:
-        writer.setup(status)
-    state.wait_for_everyone()
-
+            log.info("%s is complete (%d samples): nothing to do", req.out, n)
+        return CohortResult(Path(req.out), n, 0, 0.0, True)
+    device = state.device
     pipe = load_pipeline(
         ref,
         req.scheduler,
@@ -269,26 +239,11 @@ def generate_text2img(req: Text2ImgRequest) -> CohortResult:
                 )
         return rows
 
-    todo = sum(
-        len(writer.shard_indices(k))
-        for k in writer.pending(state.process_index, state.num_processes)
-    )
-    bar = tqdm(total=todo, desc="text2img", unit="img", disable=not state.is_local_main_process)
-    started = time.perf_counter()
-    dsd = run_cohort(
-        writer,
-        make_rows,
-        state.process_index,
-        state.num_processes,
-        barrier=state.wait_for_everyone,
-        progress=bar.update,
-    )
-    seconds = time.perf_counter() - started
-    bar.close()
+    dsd, result = write_cohort(writer, make_rows, state, "text2img", "img")
     if dsd is not None:
         write_previews(dsd["train"], writer.out / "previews")
     state.wait_for_everyone()
-    return CohortResult(writer.out, n, todo, seconds, True)
+    return result
 
 
 def write_previews(

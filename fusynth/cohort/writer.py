@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -257,3 +258,81 @@ def iter_batches(indices: range, batch_size: int) -> Iterator[range]:
     """Consecutive sub-ranges of at most ``batch_size`` indices."""
     for start in range(indices.start, indices.stop, batch_size):
         yield range(start, min(start + batch_size, indices.stop))
+
+
+@dataclass
+class CohortResult:
+    """What a generation run did."""
+
+    out: Path
+    n: int
+    generated: int
+    seconds: float
+    complete: bool
+
+    @property
+    def images_per_second(self) -> float:
+        """Throughput of this run (samples it generated / wall time)."""
+        return self.generated / self.seconds if self.seconds > 0 else 0.0
+
+
+def open_cohort(
+    out: str | os.PathLike,
+    request: dict[str, Any],
+    n: int,
+    shard_size: int,
+    overwrite: bool,
+    state: Any,
+    cpu_threads: int,
+) -> CohortWriter | None:
+    """Check ``out`` against the request on every process, set it up on the main one.
+
+    CPU kernels sum in an order that depends on the thread count, which can move a pixel
+    by one grey level; a fixed count keeps a cohort identical whatever the number of
+    processes. So the device, and on a CPU the thread count, are pinned here and become
+    part of the request.
+
+    Returns:
+        The writer, or None when ``out`` already holds this cohort, complete.
+    """
+    import torch
+
+    request["device"] = state.device.type
+    if state.device.type == "cpu":
+        torch.set_num_threads(cpu_threads)
+        request["cpu_threads"] = cpu_threads
+    writer = CohortWriter(out, request, n=n, shard_size=shard_size, overwrite=overwrite)
+    status = writer.check()
+    if status == "done":
+        return None
+    if state.is_main_process:
+        writer.setup(status)
+    state.wait_for_everyone()
+    return writer
+
+
+def write_cohort(
+    writer: CohortWriter, make_rows: Callable[[range], Any], state: Any, desc: str, unit: str
+) -> tuple[datasets.DatasetDict | None, CohortResult]:
+    """:func:`run_cohort` for this process, with a progress bar and timing."""
+    import time
+
+    from tqdm.auto import tqdm
+
+    todo = sum(
+        len(writer.shard_indices(k))
+        for k in writer.pending(state.process_index, state.num_processes)
+    )
+    bar = tqdm(total=todo, desc=desc, unit=unit, disable=not state.is_local_main_process)
+    started = time.perf_counter()
+    dsd = run_cohort(
+        writer,
+        make_rows,
+        state.process_index,
+        state.num_processes,
+        barrier=state.wait_for_everyone,
+        progress=bar.update,
+    )
+    seconds = time.perf_counter() - started
+    bar.close()
+    return dsd, CohortResult(writer.out, writer.n, todo, seconds, True)

@@ -104,6 +104,31 @@ def check_lora_matches(pipe: Any, weights: Path, flag: str = "--lora") -> None:
                 )
 
 
+def _pretrained_pipeline(cls: Any, ref: BaseRef, dtype: torch.dtype, **components: Any) -> Any:
+    """``cls.from_pretrained`` for a base reference, without a safety checker (there is
+    nothing for it to check in ultrasound), with load errors as one line naming --base."""
+    kwargs: dict[str, Any] = {
+        "safety_checker": None,
+        "requires_safety_checker": False,
+        "dtype": dtype,
+    }
+    if ref.revision:
+        kwargs["revision"] = ref.revision
+    if ref.variant:
+        kwargs["variant"] = ref.variant
+    try:
+        return cls.from_pretrained(ref.name_or_path, **components, **kwargs)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserInputError(f"--base: cannot load {ref.name_or_path} ({first})") from exc
+
+
+def _set_scheduler(pipe: Any, name: str) -> None:
+    import diffusers
+
+    pipe.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(pipe.scheduler.config)
+
+
 def load_pipeline(
     ref: BaseRef,
     scheduler: str = "euler",
@@ -117,25 +142,11 @@ def load_pipeline(
     Raises:
         UserInputError: unknown scheduler, unloadable base, missing or mismatched LoRA.
     """
-    import diffusers
     from diffusers import StableDiffusionPipeline
 
     check_scheduler(scheduler)
-    kwargs: dict[str, Any] = {
-        "safety_checker": None,
-        "requires_safety_checker": False,
-        "dtype": dtype,
-    }
-    if ref.revision:
-        kwargs["revision"] = ref.revision
-    if ref.variant:
-        kwargs["variant"] = ref.variant
-    try:
-        pipe = StableDiffusionPipeline.from_pretrained(ref.name_or_path, **kwargs)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserInputError(f"--base: cannot load {ref.name_or_path} ({first})") from exc
-    pipe.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipe.scheduler.config)
+    pipe = _pretrained_pipeline(StableDiffusionPipeline, ref, dtype)
+    _set_scheduler(pipe, scheduler)
     if lora is not None:
         weights = lora_file(lora)
         check_lora_matches(pipe, weights)
@@ -246,7 +257,6 @@ def load_controlnet_pipeline(
     Raises:
         UserInputError: the folder has no ``controlnet/``, or the base cannot load.
     """
-    import diffusers
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
     check_scheduler(scheduler)
@@ -256,21 +266,9 @@ def load_controlnet_pipeline(
             f"--adapter: {adapter} has no controlnet/ folder (a train_controlnet.py output)"
         )
     controlnet = ControlNetModel.from_pretrained(str(folder), dtype=dtype)
-    kwargs: dict[str, Any] = {
-        "safety_checker": None,
-        "requires_safety_checker": False,
-        "dtype": dtype,
-    }
-    if ref.revision:
-        kwargs["revision"] = ref.revision
-    if ref.variant:
-        kwargs["variant"] = ref.variant
-    try:
-        pipe = StableDiffusionControlNetPipeline.from_pretrained(
-            ref.name_or_path, controlnet=controlnet, **kwargs
-        )
-    except (OSError, ValueError) as exc:
-        raise UserInputError(f"--base: cannot load {ref.name_or_path} ({exc})") from exc
-    pipe.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipe.scheduler.config)
+    pipe = _pretrained_pipeline(
+        StableDiffusionControlNetPipeline, ref, dtype, controlnet=controlnet
+    )
+    _set_scheduler(pipe, scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
