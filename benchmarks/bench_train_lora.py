@@ -9,12 +9,12 @@ step instead. This measures what the cache buys in training throughput.
 Both variants are implemented here as step functions that share everything except where
 the UNet's inputs come from: same tiny base (or ``--base``), phantom data, batch order,
 resolution, LoRA rank and targets, AdamW settings, noise/timestep draws (one generator
-per step, :func:`fusynth.diffusion.lora.step_generator`), loss, gradient clipping and
-mixed precision. ``cached`` uses fusynth's own ``encode_images`` / ``tokenize`` /
-``encode_captions`` once, before timing. ``uncached`` tokenizes once too (a plain
-script also re-tokenizes and re-transforms images in its data loader every step; that
-is not counted here, so the measured gap is a lower bound) and runs ``vae.encode`` and
-the text encoder under ``no_grad`` every step, in the training dtype as diffusers does.
+per step, fusynth's ``step_generator``), loss, gradient clipping and mixed precision.
+``cached`` uses fusynth's own ``encode_images`` / ``tokenize`` / ``encode_captions``
+once, before timing. ``uncached`` tokenizes once too (a plain script also re-tokenizes
+and re-transforms images in its data loader every step; that is not counted here, so
+the measured gap is a lower bound) and runs ``vae.encode`` and the text encoder under
+``no_grad`` every step, in the training dtype as diffusers does.
 
 The loop is written here so that both variants time only steady-state steps:
 ``--warmup`` steps first, then ``--steps`` timed steps. For the end-to-end figure the
@@ -26,7 +26,11 @@ includes loading the base and the data, and for ``cached`` the one-off encoding)
 
     .venv/bin/python benchmarks/bench_train_lora.py --resolution 128 --batch 8 --steps 20
 
-Prints images/s and peak RSS per variant and the ratio cached / uncached.
+The three run ``--rounds`` times, alternating, and the table shows each one's fastest
+round (the least disturbed by other load on a shared machine) with every round's figure
+beside it. Prints images/s (timed images / summed step times, and the median over steps
+of one step's images/s, which a busy spell disturbs less) and peak RSS (the highest of
+the rounds) per variant, and the ratios cached / uncached.
 """
 
 from __future__ import annotations
@@ -48,6 +52,15 @@ VARIANTS = ("cached", "uncached", "train_lora")
 SEED = 0
 
 
+def _helpers() -> Any:
+    """fusynth's module with ``load_training_set``, ``epoch_order``, ``step_generator``."""
+    try:
+        from fusynth.diffusion import training  # the shared loop, once moved out of lora.py
+    except ImportError:
+        from fusynth.diffusion import lora as training
+    return training
+
+
 @dataclass
 class Setup:
     """Everything the two step functions share."""
@@ -59,7 +72,7 @@ class Setup:
     optimizer: Any
     params: list[Any]
     pixels: Any  # [N, 3, R, R] in [-1, 1], on CPU
-    view_index: Any  # [N]
+    caption_index: Any  # [N] index into token_ids / embeddings
     token_ids: Any  # [V, 77]
     latents: Any  # LatentCache or None
     embeddings: Any  # [V, 77, D] or None
@@ -81,14 +94,13 @@ def _setup(cfg: dict[str, Any], cached: bool) -> Setup:
         LoraTrainConfig,
         encode_captions,
         encode_images,
-        load_training_set,
         tokenize,
     )
 
     device = torch.device(cfg["device"])
     weight_dtype = torch.bfloat16 if cfg["dtype"] == "bf16" else torch.float32
     comps = load_components(resolve_base(cfg["base"]))
-    data = load_training_set(
+    data = _helpers().load_training_set(
         LoraTrainConfig(train_data=cfg["data"], resolution=cfg["resolution"]), cfg["resolution"]
     )
     for module in (comps.vae, comps.text_encoder, comps.unet):
@@ -125,7 +137,8 @@ def _setup(cfg: dict[str, Any], cached: bool) -> Setup:
         optimizer=optimizer,
         params=params,
         pixels=data.pixels,
-        view_index=data.view_index,
+        # named view_index before captions could vary within a view
+        caption_index=(data.caption_index if hasattr(data, "caption_index") else data.view_index),
         token_ids=token_ids,
         latents=latents,
         embeddings=embeddings,
@@ -144,7 +157,7 @@ def cached_inputs(s: Setup, idx: Any, gen: Any) -> tuple[Any, Any]:
     mean = s.latents.mean[idx, 0]
     std = s.latents.std[idx, 0]
     x0 = (mean + std * torch.randn(mean.shape, generator=gen) - s.shift) * s.scaling
-    cond = s.embeddings[s.view_index[idx]].to(s.device, s.weight_dtype)
+    cond = s.embeddings[s.caption_index[idx]].to(s.device, s.weight_dtype)
     return x0, cond
 
 
@@ -156,7 +169,7 @@ def uncached_inputs(s: Setup, idx: Any, gen: Any) -> tuple[Any, Any]:
         pixels = s.pixels[idx].to(s.device, s.weight_dtype)
         dist = s.vae.encode(pixels).latent_dist
         x0 = ((dist.sample(generator=gen) - s.shift) * s.scaling).float().cpu()
-        cond = s.text_encoder(s.token_ids[s.view_index[idx]].to(s.device))[0]
+        cond = s.text_encoder(s.token_ids[s.caption_index[idx]].to(s.device))[0]
     return x0, cond.to(s.weight_dtype)
 
 
@@ -189,29 +202,32 @@ def train_step(
 
 
 def _loop(cfg: dict[str, Any], cached: bool) -> dict[str, Any]:
+    import statistics
+
     import torch
 
-    from fusynth.diffusion.lora import epoch_order, step_generator
-
+    h = _helpers()
     s = _setup(cfg, cached)
     inputs = cached_inputs if cached else uncached_inputs
     n, batch = len(s.pixels), cfg["batch"]
     per_epoch = -(-n // batch)
-    seen = 0
-    started = 0.0
+    rates, seen, seconds = [], 0, 0.0
     for micro in range(cfg["warmup"] + cfg["steps"]):
-        if micro == cfg["warmup"]:
-            if s.device.type == "cuda":
-                torch.cuda.synchronize()
-            started, seen = time.perf_counter(), 0
         epoch, b = divmod(micro, per_epoch)
-        idx = torch.from_numpy(epoch_order(n, SEED, epoch, 0, 1)[b * batch : (b + 1) * batch])
-        train_step(s, idx, step_generator(SEED, micro, 0), inputs)
-        seen += len(idx)
-    if s.device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - started
-    return {"seconds": seconds, "images": seen, "n_train": n}
+        idx = torch.from_numpy(h.epoch_order(n, SEED, epoch, 0, 1)[b * batch : (b + 1) * batch])
+        started = time.perf_counter()
+        train_step(s, idx, h.step_generator(SEED, micro, 0), inputs)  # .item() syncs
+        step_seconds = time.perf_counter() - started
+        if micro >= cfg["warmup"]:
+            rates.append(len(idx) / step_seconds)
+            seen += len(idx)
+            seconds += step_seconds
+    return {
+        "seconds": seconds,
+        "images": seen,
+        "median_step_images_per_second": statistics.median(rates),
+        "n_train": n,
+    }
 
 
 def _train_lora(cfg: dict[str, Any], out: str) -> dict[str, Any]:
@@ -231,7 +247,11 @@ def _train_lora(cfg: dict[str, Any], out: str) -> dict[str, Any]:
             overwrite_output_dir=True,
         )
     )
-    images = result.global_step * cfg["batch"]
+    # Images it saw (an epoch's last batch may be short), to report its seconds.
+    n = json.loads((Path(out) / "config.json").read_text())["num_train_images"]
+    batch = cfg["batch"]
+    per_epoch = -(-n // batch)
+    images = sum(min(batch, n - (m % per_epoch) * batch) for m in range(result.global_step))
     return {"seconds": images / result.images_per_second, "images": images}
 
 
@@ -276,6 +296,29 @@ def _child(variant: str, cfg_json: str) -> None:
     print(json.dumps(r))
 
 
+def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round least disturbed by other load, with every round's images/s and the
+    highest peak RSS."""
+    best = dict(max(runs, key=lambda r: r["images_per_second"]))
+    best["rounds"] = " ".join(f"{r['images_per_second']:.1f}" for r in runs)
+    best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    return best
+
+
+def _run_child(variant: str, cfg: dict[str, Any], env: dict[str, str]) -> dict[str, Any] | None:
+    """Run one variant in a fresh process; its last stdout line is its JSON result."""
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", variant, json.dumps(cfg)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    if proc.returncode:
+        sys.exit(f"{variant} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    lines = proc.stdout.strip().splitlines()
+    return json.loads(lines[-1]) if lines else None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--resolution", type=int, default=128)
@@ -287,6 +330,7 @@ def main() -> int:
     parser.add_argument("--base", help="diffusers folder (default: the tiny base, built here)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per variant, alternating")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -311,36 +355,32 @@ def main() -> int:
             "dtype": args.dtype,
         }
         load = os.getloadavg()[0]
-        subprocess.run(
-            [sys.executable, __file__, "--child", "inputs", json.dumps(cfg)],
-            check=True,
-            capture_output=True,
-            env=env,
-        )
-        results = {}
-        for variant in VARIANTS:
-            proc = subprocess.run(
-                [sys.executable, __file__, "--child", variant, json.dumps(cfg)],
-                check=True,
-                capture_output=True,
-                text=True,
-                env=env,
-            )
-            results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
-    c, u, t = (results[v] for v in VARIANTS)
+        _run_child("inputs", cfg, env)
+        runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+        for _ in range(args.rounds):  # alternating, so a busy spell hits every variant alike
+            for variant in VARIANTS:
+                runs[variant].append(_run_child(variant, cfg, env))
+    c, u, t = (_best(runs[v]) for v in VARIANTS)
     print(
         f"LoRA rank {args.rank} at {args.resolution} px, batch {args.batch}, "
         f"{args.device} {args.dtype}, {c['threads']} threads, {c['n_train']} training images, "
         f"base {args.base or 'tiny (built here)'}; load average {load:.1f} before the runs"
     )
-    print(f"{'variant':<11} {'images':>7} {'seconds':>8} {'images/s':>9} {'peak RSS MB':>12}")
+    print(
+        f"{'variant':<11} {'images':>7} {'seconds':>8} {'images/s':>9} {'median step':>12} "
+        f"{'peak RSS MB':>12}  images/s of each round"
+    )
     for r in (c, u, t):
+        median = r.get("median_step_images_per_second")
         print(
             f"{r['variant']:<11} {r['images']:>7} {r['seconds']:>8.2f} "
-            f"{r['images_per_second']:>9.2f} {r['peak_rss_mb']:>12.0f}"
+            f"{r['images_per_second']:>9.2f} {f'{median:.2f}' if median else '-':>12} "
+            f"{r['peak_rss_mb']:>12.0f}  {r['rounds']}"
         )
+    key = "median_step_images_per_second"
     print(
-        f"cached / uncached: throughput x{c['images_per_second'] / u['images_per_second']:.2f}, "
+        f"cached / uncached: throughput x{c['images_per_second'] / u['images_per_second']:.2f} "
+        f"(median step x{c[key] / u[key]:.2f}), "
         f"peak memory x{c['peak_rss_mb'] / u['peak_rss_mb']:.2f}"
     )
     print(
