@@ -64,6 +64,44 @@ TINY_CONFIG = {
 }
 
 
+#: Stable Diffusion 1.5's architecture (random weights): for benchmarks that need a
+#: model of the real size where the weights cannot be downloaded.
+SD15_CONFIG = {
+    "unet": {
+        "sample_size": 64,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": (320, 640, 1280, 1280),
+        "layers_per_block": 2,
+        "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        "cross_attention_dim": 768,
+        "attention_head_dim": 8,
+    },
+    "vae": {
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": 4,
+        "block_out_channels": (128, 256, 512, 512),
+        "down_block_types": ("DownEncoderBlock2D",) * 4,
+        "up_block_types": ("UpDecoderBlock2D",) * 4,
+        "layers_per_block": 2,
+        "sample_size": 512,
+    },
+    "text_encoder": {
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "max_position_embeddings": 77,
+        "vocab_size": 49408,
+        "projection_dim": 768,
+        "hidden_act": "quick_gelu",
+    },
+}
+CONFIGS = {"tiny": TINY_CONFIG, "sd15": SD15_CONFIG}
+
+
 @lru_cache(maxsize=1)
 def clip_bpe_files() -> tuple[dict[str, int], list[str]]:
     """CLIP's vocabulary and merges, rebuilt from the BPE file open-clip-torch ships.
@@ -115,11 +153,12 @@ def build_clip_tokenizer():
     )
 
 
-def build_tiny_pipeline(seed: int = 0):
-    """Build the tiny base as a ``StableDiffusionPipeline`` with random weights.
+def build_tiny_pipeline(seed: int = 0, size: str = "tiny"):
+    """Build a random-init SD-style ``StableDiffusionPipeline``.
 
     Args:
         seed: weight initialisation seed.
+        size: ``tiny`` (the smoke base) or ``sd15`` (SD 1.5's architecture).
 
     Returns:
         The pipeline (no safety checker: there is nothing to check in a smoke model).
@@ -132,10 +171,11 @@ def build_tiny_pipeline(seed: int = 0):
     )
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    config = CONFIGS[size]
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**TINY_CONFIG["unet"])
-    vae = AutoencoderKL(**TINY_CONFIG["vae"])
-    text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_CONFIG["text_encoder"]))
+    unet = UNet2DConditionModel(**config["unet"])
+    vae = AutoencoderKL(**config["vae"])
+    text_encoder = CLIPTextModel(CLIPTextConfig(**config["text_encoder"]))
     tokenizer = build_clip_tokenizer()
     scheduler = DDPMScheduler(
         beta_start=0.00085,
@@ -157,12 +197,18 @@ def build_tiny_pipeline(seed: int = 0):
     )
 
 
-def save_tiny_base(out: str | os.PathLike, seed: int = 0, overwrite: bool = False) -> Path:
-    """Build the tiny base and save it as a diffusers folder (atomically)."""
+def save_tiny_base(
+    out: str | os.PathLike, seed: int = 0, overwrite: bool = False, size: str = "tiny"
+) -> Path:
+    """Build a random-init base (``tiny`` or ``sd15``) and save it as a diffusers folder
+    (atomically), marked as a smoke model."""
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        build_tiny_pipeline(seed).save_pretrained(tmp, safe_serialization=True)
+        build_tiny_pipeline(seed, size).save_pretrained(tmp, safe_serialization=True)
         (Path(tmp) / "fusynth_smoke_model.json").write_text(
-            json.dumps({"note": SMOKE_NOTE, "seed": seed, "fusynth_version": __version__}, indent=2)
+            json.dumps(
+                {"note": SMOKE_NOTE, "size": size, "seed": seed, "fusynth_version": __version__},
+                indent=2,
+            )
         )
     return Path(out)
 

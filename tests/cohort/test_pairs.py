@@ -159,6 +159,25 @@ def test_pairs_resume_after_kill(tiny_controlnet, tmp_path):
     assert images(killed) == images(full)
 
 
+def test_two_processes_make_the_same_pairs(tiny_controlnet, tmp_path):
+    from tests.conftest import accelerate_launch
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    argv = ["--n", "4", "--masks-from", "ellipse"]
+    assert main(_cn(tiny_controlnet, one, *argv)) == 0
+    proc = subprocess.run(
+        accelerate_launch(2, "-m", "fusynth.cli", *_cn(tiny_controlnet, two, *argv)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for a, b in zip(_rows(one), _rows(two), strict=True):
+        assert a["provenance"] == b["provenance"]
+        assert np.array_equal(np.asarray(a["image"]), np.asarray(b["image"]))
+        assert np.array_equal(np.asarray(a["mask"]), np.asarray(b["mask"]))
+
+
 @pytest.mark.parametrize(
     ("which", "extra", "needle"),
     [

@@ -132,6 +132,33 @@ def test_data_without_masks_is_refused(tiny_base, phantom_prepared, tmp_path, ca
     assert rc == 2 and "has no mask" in err, err
 
 
+def test_outline_masks_are_refused(tiny_base, pairs_dir, tmp_path, capsys):
+    """A dataset prepared with --mask-kind filled from outline files keeps outlines."""
+    from fusynth.data.geometry import mask_outline
+    from fusynth.data.images import read_grayscale
+    from fusynth.data.prepare import prepare
+    from fusynth.data.readers import ReaderOptions
+    from tests.conftest import save_png
+
+    for path in (pairs_dir / "masks").iterdir():
+        save_png(path, mask_outline(read_grayscale(path) > 0).astype("uint8") * 255)
+    prepare("pairs", pairs_dir, tmp_path / "outlines", options=ReaderOptions(mask_suffix="_mask"))
+    argv = [
+        "--pretrained_model_name_or_path",
+        str(tiny_base),
+        "--train_data",
+        str(tmp_path / "outlines"),
+        "--output_dir",
+        str(tmp_path / "o"),
+        "--resolution",
+        "32",
+        "--max_train_steps",
+        "1",
+    ]
+    assert train_controlnet.main(argv) == 2
+    assert "has an outline, not a filled mask" in capsys.readouterr().err
+
+
 def test_bad_conditioning_and_packing(tiny_base, phantom_prepared, tmp_path, capsys):
     assert (
         train_controlnet.main(
