@@ -38,12 +38,13 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _harness import best_round, run_child  # benchmarks/ is on sys.path when run as a script
 
 VARIANTS = ("cohort", "bare")
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -163,29 +164,6 @@ def _child(variant: str, cfg_json: str) -> None:
     print(json.dumps(r))
 
 
-def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The round least disturbed by other load, with every round's images/s and the
-    highest peak RSS."""
-    best = dict(max(runs, key=lambda r: r["images_per_second"]))
-    best["rounds"] = " ".join(f"{r['images_per_second']:.2f}" for r in runs)
-    best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
-    return best
-
-
-def _run_child(variant: str, cfg: dict[str, Any], env: dict[str, str]) -> dict[str, Any] | None:
-    """Run one variant in a fresh process; its last stdout line is its JSON result."""
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", variant, json.dumps(cfg)],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    if proc.returncode:
-        sys.exit(f"{variant} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-    lines = proc.stdout.strip().splitlines()
-    return json.loads(lines[-1]) if lines else None
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=64, help="images per variant")
@@ -224,12 +202,12 @@ def main() -> int:
         }
         load = os.getloadavg()[0]
         if args.base is None:
-            _run_child("inputs", cfg, env)
+            run_child(__file__, "inputs", cfg, env)
         runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
         for _ in range(args.rounds):  # alternating, so a busy spell hits both alike
             for variant in VARIANTS:
-                runs[variant].append(_run_child(variant, cfg, env))
-    c, b = (_best(runs[v]) for v in VARIANTS)
+                runs[variant].append(run_child(__file__, variant, cfg, env))
+    c, b = (best_round(runs[v], "images_per_second", ".2f") for v in VARIANTS)
     print(
         f"{args.n} images at {args.resolution} px, batch {args.batch}, {args.steps} euler steps, "
         f"guidance {args.guidance}, {args.device}, {c['threads']} threads, "

@@ -80,12 +80,13 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _harness import best_round, run_child  # benchmarks/ is on sys.path when run as a script
 
 PROMPT = "an ultrasound image of the fetal head"
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -371,28 +372,6 @@ def _child(variant: str, cfg_json: str) -> None:
     print(json.dumps(r))
 
 
-def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The round least disturbed by other load, with every round's attempts/s and the
-    highest peak RSS."""
-    best = dict(max(runs, key=lambda r: r["attempts_per_second"]))
-    best["rounds"] = " ".join(f"{r['attempts_per_second']:.2f}" for r in runs)
-    best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
-    return best
-
-
-def _run_child(variant: str, cfg: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
-    """Run one variant in a fresh process; its last stdout line is its JSON result."""
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", variant, json.dumps(cfg)],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    if proc.returncode:
-        sys.exit(f"{variant} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=16, help="pairs requested per variant")
@@ -433,14 +412,14 @@ def main() -> int:
             "lora": str(Path(tmp) / "packed-lora"),
             "controlnet": str(Path(tmp) / "controlnet"),
         }
-        setup = _run_child("inputs", cfg, env)
+        setup = run_child(__file__, "inputs", cfg, env)
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in VARIANTS}
         for _ in range(args.rounds):  # alternating, so a busy spell hits every variant alike
             for name, *_ in TIMED:
-                runs[name].append(_run_child(name, cfg, env))
+                runs[name].append(run_child(__file__, name, cfg, env))
         for name, *_ in VARIANTS[len(TIMED) :]:
-            runs[name].append(_run_child(name, cfg, env))
-    r = {name: _best(found) for name, found in runs.items()}
+            runs[name].append(run_child(__file__, name, cfg, env))
+    r = {name: best_round(found, "attempts_per_second", ".2f") for name, found in runs.items()}
     print(
         f"{args.n} head pairs per variant at {args.resolution} px, batch {args.batch}, "
         f"{args.steps} unipc steps, guidance {args.guidance}, cpu, "

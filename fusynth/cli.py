@@ -122,33 +122,23 @@ def _data_inspect(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- generate
 
 
+def _request(cls: type, args: argparse.Namespace, **overrides: object):
+    """A request dataclass from the parsed flags of the same names."""
+    import dataclasses
+
+    values = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)
+    }
+    return cls(**{**values, **overrides})
+
+
 def _generate_text2img(args: argparse.Namespace) -> int:
     from fusynth.cohort.text2img import Text2ImgRequest, generate_text2img, parse_views
     from fusynth.distributed import partial_state
     from fusynth.recipes import quiet_libraries
 
     quiet_libraries()
-    req = Text2ImgRequest(
-        out=args.out,
-        views=parse_views(args.views),
-        base=args.base,
-        revision=args.revision,
-        variant=args.variant,
-        lora=args.lora,
-        lora_scale=args.lora_scale,
-        scheduler=args.scheduler,
-        steps=args.steps,
-        guidance=args.guidance,
-        negative_prompt=args.negative_prompt,
-        prompt_template=args.prompt_template,
-        prompts=args.prompts,
-        resolution=args.resolution,
-        batch_size=args.batch_size,
-        shard_size=args.shard_size,
-        seed=args.seed,
-        cpu_threads=args.cpu_threads,
-        overwrite=args.overwrite,
-    )
+    req = _request(Text2ImgRequest, args, views=parse_views(args.views))
     result = generate_text2img(req)
     if partial_state().is_main_process:
         if result.generated:
@@ -168,36 +158,7 @@ def _generate_pairs(args: argparse.Namespace) -> int:
     from fusynth.recipes import quiet_libraries
 
     quiet_libraries()
-    req = PairsRequest(
-        out=args.out,
-        method=args.method,
-        adapter=args.adapter,
-        n=args.n,
-        masks_from=args.masks_from,
-        base=args.base,
-        revision=args.revision,
-        variant=args.variant,
-        prompt=args.prompt,
-        negative_prompt=args.negative_prompt,
-        scheduler=args.scheduler,
-        steps=args.steps,
-        guidance=args.guidance,
-        lora_scale=args.lora_scale,
-        conditioning=args.conditioning,
-        conditioning_scale=args.conditioning_scale,
-        packing=args.packing,
-        strength=args.strength,
-        threshold=args.threshold,
-        max_residual=args.max_residual,
-        max_attempts=args.max_attempts,
-        group=args.group,
-        resolution=args.resolution,
-        batch_size=args.batch_size,
-        shard_size=args.shard_size,
-        seed=args.seed,
-        cpu_threads=args.cpu_threads,
-        overwrite=args.overwrite,
-    )
+    req = _request(PairsRequest, args)
     result = generate_pairs(req)
     if partial_state().is_main_process:
         import json
