@@ -6,9 +6,7 @@ fields in ``__post_init__`` and names the flag in every message.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -61,13 +59,3 @@ def resolve_config(cls: type[T], given: Mapping[str, Any], config_file: str | No
             values[key] = value
     values.update({k: v for k, v in given.items() if k != "config"})
     return cls(**values)
-
-
-def given_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict[str, Any]:
-    """Parse ``argv`` keeping only flags that were given (parser built with SUPPRESS)."""
-    return vars(parser.parse_args(argv))
-
-
-def config_to_json(config: Any) -> str:
-    """A dataclass config as indented, sorted JSON (paths as strings)."""
-    return json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True, default=str) + "\n"
