@@ -56,3 +56,26 @@ def run_recipe(
         print(f"fusynth: error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def run_training_recipe(
+    parser: argparse.ArgumentParser,
+    config_cls: type,
+    train: Callable[[Any], Any],
+    what: str,
+    argv: list[str] | None = None,
+) -> int:
+    """:func:`run_recipe` for a training entry point: train, then the main process says
+    how many steps ran, how fast, and where ``what`` (adapter, controlnet) was written."""
+
+    def run(config: Any) -> None:
+        from fusynth.distributed import partial_state
+
+        result = train(config)
+        if partial_state().is_main_process:
+            print(
+                f"trained {result.global_step} steps ({result.images_per_second:.1f} images/s); "
+                f"{what} in {result.output_dir}"
+            )
+
+    return run_recipe(parser, config_cls, run, argv)

@@ -16,7 +16,7 @@ import sys
 
 from fusynth.diffusion.controlnet import CONDITIONING
 from fusynth.diffusion.training import add_common_flags
-from fusynth.recipes import run_recipe
+from fusynth.recipes import run_training_recipe
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,17 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the recipe; returns the exit status."""
     from fusynth.diffusion.controlnet import ControlNetTrainConfig, train_controlnet
-    from fusynth.distributed import partial_state
 
-    def run(config: ControlNetTrainConfig) -> None:
-        result = train_controlnet(config)
-        if partial_state().is_main_process:
-            print(
-                f"trained {result.global_step} steps ({result.images_per_second:.1f} images/s); "
-                f"controlnet in {result.output_dir}"
-            )
-
-    return run_recipe(build_parser(), ControlNetTrainConfig, run, argv)
+    return run_training_recipe(
+        build_parser(), ControlNetTrainConfig, train_controlnet, "controlnet", argv
+    )
 
 
 if __name__ == "__main__":

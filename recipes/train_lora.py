@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from fusynth.diffusion.training import add_common_flags
-from fusynth.recipes import run_recipe
+from fusynth.recipes import run_training_recipe
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,17 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the recipe; returns the exit status."""
     from fusynth.diffusion.lora import LoraTrainConfig, train_lora
 
-    def run(config: LoraTrainConfig) -> None:
-        from fusynth.distributed import partial_state
-
-        result = train_lora(config)
-        if partial_state().is_main_process:
-            print(
-                f"trained {result.global_step} steps ({result.images_per_second:.1f} images/s); "
-                f"adapter in {result.output_dir}"
-            )
-
-    return run_recipe(build_parser(), LoraTrainConfig, run, argv)
+    return run_training_recipe(build_parser(), LoraTrainConfig, train_lora, "adapter", argv)
 
 
 if __name__ == "__main__":

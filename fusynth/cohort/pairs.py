@@ -21,11 +21,12 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from fusynth import __version__
+from fusynth.cohort.request import SamplingRequest
 from fusynth.cohort.text2img import write_previews
 from fusynth.cohort.writer import CohortResult, iter_batches, open_cohort, write_cohort
 from fusynth.data.images import encode_png
@@ -45,23 +46,17 @@ def attempt_seed(cohort_seed: int, index: int, attempt: int) -> int:
     return int(state[0]) << 32 | int(state[1])
 
 
-@dataclass
-class PairsRequest:
+@dataclass(kw_only=True)
+class PairsRequest(SamplingRequest):
     """Everything ``fusynth generate pairs`` takes."""
 
-    out: str
     method: str
     adapter: str
     n: int
     masks_from: str | None = None
-    base: str | None = None
-    revision: str | None = None
-    variant: str | None = None
     prompt: str | None = None
-    negative_prompt: str | None = None
     scheduler: str = "unipc"
     steps: int = 30
-    guidance: float = 7.0
     lora_scale: float = 0.9
     conditioning: str | None = None
     conditioning_scale: float = 1.0
@@ -71,37 +66,20 @@ class PairsRequest:
     max_residual: float = 0.15
     max_attempts: int = 4
     group: str | None = None
-    resolution: int | None = None
-    batch_size: int = 4
-    shard_size: int = 64
-    seed: int = 0
-    cpu_threads: int = 2
-    overwrite: bool = False
+    positive_fields: ClassVar[tuple[str, ...]] = ("max_attempts",)
 
     def __post_init__(self) -> None:
-        from fusynth.diffusion.pipelines import check_scheduler
-
         if self.method not in METHODS:
             raise UserInputError(
                 f"--method: {self.method!r} is not one of {', '.join(METHODS)}{suggest(self.method, METHODS)}"
             )
         if self.n <= 0:
             raise UserInputError(f"--n: a cohort needs at least one pair, got {self.n}")
-        check_scheduler(self.scheduler)
-        for name in ("steps", "batch_size", "shard_size", "cpu_threads", "max_attempts"):
-            if getattr(self, name) <= 0:
-                raise UserInputError(f"--{name}: must be positive, got {getattr(self, name)}")
+        super().__post_init__()
         if self.method == "controlnet" and self.masks_from is None:
             raise UserInputError(
                 "--masks-from: --method controlnet needs masks: a prepared DIR[:split] or 'ellipse'"
             )
-        if (
-            self.method == "controlnet"
-            and self.masks_from == ELLIPSE
-            and self.group
-            and not self.group.strip()
-        ):
-            raise UserInputError("--group: empty")
         if not 0 < self.strength <= 1:
             raise UserInputError(f"--strength: must be in (0, 1], got {self.strength}")
         if self.method == "packed" and self.masks_from and int(self.steps * self.strength) < 1:
@@ -110,10 +88,6 @@ class PairsRequest:
             )
         if not 0 < self.threshold < 256:
             raise UserInputError(f"--threshold: must be in 1..255, got {self.threshold}")
-        if self.resolution is not None and (self.resolution <= 0 or self.resolution % 8):
-            raise UserInputError(
-                f"--resolution: must be a positive multiple of 8, got {self.resolution}"
-            )
 
 
 def adapter_config(req: PairsRequest) -> dict[str, Any]:

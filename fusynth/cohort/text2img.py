@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from fusynth import __version__
+from fusynth.cohort.request import SamplingRequest
 from fusynth.cohort.writer import CohortResult, iter_batches, open_cohort, sample_seed, write_cohort
 from fusynth.data.images import encode_png
 from fusynth.data.schema import VIEWS, provenance_json
@@ -50,43 +51,18 @@ def parse_views(spec: str, flag: str = "--views") -> dict[str, int]:
     return out
 
 
-@dataclass
-class Text2ImgRequest:
+@dataclass(kw_only=True)
+class Text2ImgRequest(SamplingRequest):
     """Everything ``fusynth generate text2img`` takes."""
 
-    out: str
     views: dict[str, int]
-    base: str | None = None
-    revision: str | None = None
-    variant: str | None = None
     lora: str | None = None
     lora_scale: float = 1.0
-    scheduler: str = "euler"
-    steps: int = 20
-    guidance: float = 7.0
-    negative_prompt: str | None = None
     prompt_template: str | None = None
     prompts: str | None = None
-    resolution: int | None = None
-    batch_size: int = 4
-    shard_size: int = 64
-    seed: int = 0
-    cpu_threads: int = 2
-    overwrite: bool = False
 
     def __post_init__(self) -> None:
-        from fusynth.diffusion.pipelines import check_scheduler
-
-        check_scheduler(self.scheduler)
-        for name in ("steps", "batch_size", "shard_size", "cpu_threads"):
-            if getattr(self, name) <= 0:
-                raise UserInputError(f"--{name}: must be positive, got {getattr(self, name)}")
-        if self.guidance < 0:
-            raise UserInputError(f"--guidance: must be >= 0, got {self.guidance}")
-        if self.resolution is not None and (self.resolution <= 0 or self.resolution % 8):
-            raise UserInputError(
-                f"--resolution: must be a positive multiple of 8 (the VAE downsamples 8x), got {self.resolution}"
-            )
+        super().__post_init__()
         if self.prompt_template is not None and "{view}" not in self.prompt_template:
             raise UserInputError(
                 f"--prompt_template: {self.prompt_template!r} has no {{view}} placeholder"

@@ -208,6 +208,11 @@ def test_two_processes_make_the_same_pairs(tiny_controlnet, tmp_path):
             "--n: a cohort needs at least one pair",
         ),
         ("controlnet", ["--method", "contrlnet"], "(did you mean 'controlnet'?)"),
+        (
+            "controlnet",
+            ["--method", "controlnet", "--masks-from", "ellipse", "--guidance", "-1"],
+            "--guidance: must be >= 0",
+        ),
     ],
 )
 def test_bad_input(tiny_controlnet, tiny_packed_lora, tmp_path, capsys, which, extra, needle):
