@@ -141,11 +141,12 @@ class CohortWriter:
         if state == "replace":
             shutil.rmtree(self.out)
         if state in ("new", "replace", "resume"):
-            (self.out / "shards").mkdir(parents=True, exist_ok=True)
+            self.out.mkdir(parents=True, exist_ok=True)
             req_file = self.out / REQUEST_FILE
-            if not req_file.is_file():
+            if not req_file.is_file():  # first, so a folder with anything in it is a cohort
                 data = json.dumps(self.request, indent=2, sort_keys=True) + "\n"
                 atomic_write_bytes(req_file, data.encode())
+            (self.out / "shards").mkdir(exist_ok=True)
 
     def pending(self, process: int = 0, processes: int = 1) -> list[int]:
         """Shards of this process that are not on disk yet."""
@@ -305,6 +306,9 @@ def open_cohort(
     status = writer.check()
     if status == "done":
         return None
+    # Every process must have read ``out`` before the main one changes it: a process that
+    # looked later would see a half-set-up folder and refuse it.
+    state.wait_for_everyone()
     if state.is_main_process:
         writer.setup(status)
     state.wait_for_everyone()
