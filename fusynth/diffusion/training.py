@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -39,6 +38,16 @@ from fusynth.data.schema import VIEWS
 from fusynth.diffusion.base import BaseRef, SDComponents, load_components, resolve_base
 from fusynth.distributed import make_accelerator
 from fusynth.errors import UserInputError, suggest
+from fusynth.loop import (
+    choice,
+    epoch_order,
+    find_resume_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    positive,
+    save_checkpoint,
+    step_generator,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,23 +62,6 @@ LR_SCHEDULERS = (
 MIXED_PRECISION = ("no", "fp16", "bf16")
 REPORT_TO = ("none", "tensorboard")
 DEFAULT_CAPTION = "an ultrasound image of the fetal {view}"
-STATE_FILE = "training_state.json"
-
-
-def choice(value: str, choices: tuple[str, ...], flag: str) -> str:
-    """Validate a string option, suggesting the nearest valid one."""
-    if value not in choices:
-        raise UserInputError(
-            f"{flag}: {value!r} is not one of {', '.join(choices)}{suggest(value, choices)}"
-        )
-    return value
-
-
-def positive(value: Any, flag: str, allow_zero: bool = False) -> None:
-    """Validate a number flag (``> 0``, or ``>= 0`` with ``allow_zero``)."""
-    ok = value >= 0 if allow_zero else value > 0
-    if not ok:
-        raise UserInputError(f"{flag}: must be {'>= 0' if allow_zero else 'positive'}, got {value}")
 
 
 @dataclass
@@ -361,55 +353,6 @@ def encode_captions(text_encoder: Any, ids: torch.Tensor) -> torch.Tensor:
     return text_encoder(ids.to(text_encoder.device))[0].float().cpu()
 
 
-# ----------------------------------------------------------------------------- randomness
-
-
-def step_generator(seed: int, micro_step: int, process: int) -> torch.Generator:
-    """The generator for one micro-batch: a pure function of its coordinates."""
-    state = np.random.SeedSequence([seed, micro_step, process]).generate_state(2)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-
-
-def epoch_order(n: int, seed: int, epoch: int, process: int, processes: int) -> np.ndarray:
-    """This process's sample order for one epoch (same length on every process)."""
-    perm = np.random.default_rng([seed, epoch]).permutation(n)
-    per_process = max(n // processes, 1)
-    return perm[process::processes][:per_process] if n >= processes else perm[:1]
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
-    """``(step, folder)`` of complete ``checkpoint-N`` folders, oldest first."""
-    out = []
-    if output_dir.is_dir():
-        for p in output_dir.iterdir():
-            m = re.fullmatch(r"checkpoint-(\d+)", p.name)
-            if m and (p / STATE_FILE).is_file():
-                out.append((int(m.group(1)), p))
-    return sorted(out)
-
-
-def find_resume_checkpoint(spec: str, output_dir: Path) -> Path:
-    """Resolve ``--resume_from_checkpoint latest|PATH``."""
-    if spec == "latest":
-        found = list_checkpoints(output_dir)
-        if not found:
-            raise UserInputError(
-                f"--resume_from_checkpoint latest: no checkpoint-N folder in {output_dir}"
-            )
-        return found[-1][1]
-    path = Path(spec)
-    if not path.is_absolute() and not path.exists():
-        path = output_dir / spec
-    if not (path / STATE_FILE).is_file():
-        raise UserInputError(
-            f"--resume_from_checkpoint: {spec} is not a checkpoint folder ({STATE_FILE} missing)"
-        )
-    return path
-
-
 # Settings that must match between a checkpoint and the run resuming from it.
 RESUME_KEYS = (
     "seed",
@@ -547,37 +490,27 @@ def _save_checkpoint(
     method: TrainMethod,
     resolution: int,
 ) -> None:
-    output_dir = folder.parent
-    if config.checkpoints_total_limit is not None:
-        existing = list_checkpoints(output_dir)
-        for _, old in existing[: max(len(existing) - config.checkpoints_total_limit + 1, 0)]:
-            shutil.rmtree(old, ignore_errors=True)
-    tmp = output_dir / f".{folder.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    method.save_weights(tmp, t.modules)
-    torch.save(t.optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(t.scheduler.state_dict(), tmp / "scheduler.pt")
-    state = {"global_step": step, **_resume_state(config, method, resolution)}
-    (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    save_checkpoint(
+        folder,
+        step,
+        _resume_state(config, method, resolution),
+        lambda tmp: method.save_weights(tmp, t.modules),
+        t.optimizer,
+        t.scheduler,
+        config.checkpoints_total_limit,
+    )
 
 
 def _load_checkpoint(
     folder: Path, t: _Trainables, config: TrainConfig, method: TrainMethod, resolution: int
 ) -> int:
-    state = json.loads((folder / STATE_FILE).read_text())
-    for key, value in _resume_state(config, method, resolution).items():
-        if state.get(key) != value:
-            raise UserInputError(
-                f"--resume_from_checkpoint: {folder} was trained with --{key} {state.get(key)}, "
-                f"this run has {value}"
-            )
-    method.load_weights(folder, t.modules)
-    t.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-    t.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-    return int(state["global_step"])
+    return load_checkpoint(
+        folder,
+        _resume_state(config, method, resolution),
+        lambda f: method.load_weights(f, t.modules),
+        t.optimizer,
+        t.scheduler,
+    )
 
 
 # ----------------------------------------------------------------------------- the loop

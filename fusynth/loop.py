@@ -1,0 +1,142 @@
+"""What every training loop in fusynth shares: flag checks, seeded randomness that
+makes resume exact, and ``checkpoint-N`` folders.
+
+* All randomness of a micro-batch is drawn from a generator seeded by ``(seed,
+  micro-step, process)`` and the data order of an epoch by ``(seed, epoch)``, so resuming
+  from ``checkpoint-k`` reproduces an uninterrupted run exactly.
+* A checkpoint folder is complete once its ``training_state.json`` exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fusynth.errors import UserInputError, suggest
+
+STATE_FILE = "training_state.json"
+
+
+def choice(value: str, choices: tuple[str, ...], flag: str) -> str:
+    """Validate a string option, suggesting the nearest valid one."""
+    if value not in choices:
+        raise UserInputError(
+            f"{flag}: {value!r} is not one of {', '.join(choices)}{suggest(value, choices)}"
+        )
+    return value
+
+
+def positive(value: Any, flag: str, allow_zero: bool = False) -> None:
+    """Validate a number flag (``> 0``, or ``>= 0`` with ``allow_zero``)."""
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok:
+        raise UserInputError(f"{flag}: must be {'>= 0' if allow_zero else 'positive'}, got {value}")
+
+
+# ----------------------------------------------------------------------------- randomness
+
+
+def step_generator(seed: int, micro_step: int, process: int) -> torch.Generator:
+    """The generator for one micro-batch: a pure function of its coordinates."""
+    state = np.random.SeedSequence([seed, micro_step, process]).generate_state(2)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def epoch_order(n: int, seed: int, epoch: int, process: int, processes: int) -> np.ndarray:
+    """This process's sample order for one epoch (same length on every process)."""
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    per_process = max(n // processes, 1)
+    return perm[process::processes][:per_process] if n >= processes else perm[:1]
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
+    """``(step, folder)`` of complete ``checkpoint-N`` folders, oldest first."""
+    out = []
+    if output_dir.is_dir():
+        for p in output_dir.iterdir():
+            m = re.fullmatch(r"checkpoint-(\d+)", p.name)
+            if m and (p / STATE_FILE).is_file():
+                out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def find_resume_checkpoint(spec: str, output_dir: Path) -> Path:
+    """Resolve ``--resume_from_checkpoint latest|PATH``."""
+    if spec == "latest":
+        found = list_checkpoints(output_dir)
+        if not found:
+            raise UserInputError(
+                f"--resume_from_checkpoint latest: no checkpoint-N folder in {output_dir}"
+            )
+        return found[-1][1]
+    path = Path(spec)
+    if not path.is_absolute() and not path.exists():
+        path = output_dir / spec
+    if not (path / STATE_FILE).is_file():
+        raise UserInputError(
+            f"--resume_from_checkpoint: {spec} is not a checkpoint folder ({STATE_FILE} missing)"
+        )
+    return path
+
+
+def save_checkpoint(
+    folder: Path,
+    step: int,
+    resume_state: dict[str, Any],
+    save_weights: Callable[[Path], None],
+    optimizer: Any,
+    scheduler: Any,
+    total_limit: int | None = None,
+) -> None:
+    """Write ``checkpoint-N`` atomically: trained weights, optimizer, LR scheduler and the
+    settings a resume must match; keep at most ``total_limit`` checkpoints."""
+    output_dir = folder.parent
+    if total_limit is not None:
+        existing = list_checkpoints(output_dir)
+        for _, old in existing[: max(len(existing) - total_limit + 1, 0)]:
+            shutil.rmtree(old, ignore_errors=True)
+    tmp = output_dir / f".{folder.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_weights(tmp)
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    (tmp / STATE_FILE).write_text(json.dumps({"global_step": step, **resume_state}, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def load_checkpoint(
+    folder: Path,
+    resume_state: dict[str, Any],
+    load_weights: Callable[[Path], None],
+    optimizer: Any,
+    scheduler: Any,
+) -> int:
+    """Restore a checkpoint after checking its settings match this run; returns its step.
+
+    Raises:
+        UserInputError: a setting differs, naming the flag and both values.
+    """
+    state = json.loads((folder / STATE_FILE).read_text())
+    for key, value in resume_state.items():
+        if state.get(key) != value:
+            raise UserInputError(
+                f"--resume_from_checkpoint: {folder} was trained with --{key} {state.get(key)}, "
+                f"this run has {value}"
+            )
+    load_weights(folder)
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    return int(state["global_step"])
