@@ -22,4 +22,4 @@ def test_every_subpackage_is_listed_in_pyproject():
 
 def test_card_templates_are_package_data():
     names = {p.name for p in importlib.resources.files("fusynth.model_cards").iterdir()}
-    assert {"lora.md", "controlnet.md"} <= names
+    assert {"lora.md", "controlnet.md", "sam.md"} <= names

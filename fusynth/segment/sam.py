@@ -166,14 +166,46 @@ def load_sam(
                 raise UserInputError(f"{flag}: {path} is not a plain weights file ({exc})") from exc
     else:
         raise UserInputError(f"{flag}: {path} not found")
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # training checkpoints that wrap the state dict
     sam = build_sam(model_type)
-    try:
-        sam.load_state_dict(state)
-    except RuntimeError as exc:
-        raise UserInputError(
-            f"{flag}: {path} does not fit a {model_type} SAM ({str(exc).splitlines()[0]})"
-        ) from exc
+    check_state_dict(sam, state, path, model_type, flag)
+    sam.load_state_dict(state)
     return sam.eval(), model_type
+
+
+def check_state_dict(sam: Any, state: Any, path: Path, model_type: str, flag: str) -> None:
+    """Refuse weights that are not a whole SAM of this size, naming the keys that differ.
+
+    Raises:
+        UserInputError: not a dict of tensors, keys missing or unexpected, shapes differ.
+    """
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserInputError(f"{flag}: {path} is not a SAM state dict (not a mapping of tensors)")
+    own = sam.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(
+                f"{len(missing)} missing ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})"
+            )
+        if extra:
+            parts.append(
+                f"{len(extra)} unexpected ({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''})"
+            )
+        raise UserInputError(
+            f"{flag}: {path} is not a {model_type} SAM state dict: keys {'; '.join(parts)}"
+        )
+    wrong = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise UserInputError(
+            f"{flag}: {path} does not fit a {model_type} SAM: {k} has shape "
+            f"{tuple(state[k].shape)}, expected {tuple(own[k].shape)} "
+            f"({len(wrong)} tensor(s) differ; is --model_type right?)"
+        )
 
 
 def mask_box(mask: np.ndarray) -> np.ndarray:

@@ -1,0 +1,780 @@
+"""Fine-tuning segment-anything on head masks, with box prompts.
+
+:func:`finetune_sam` is the loop behind ``recipes/finetune_sam.py``. What it does
+beyond a plain loop:
+
+* Images are brought into the encoder's frame as segment-anything does it (longest side
+  to the encoder size, pad; masks nearest-neighbour; box from the resized mask).
+* While the image encoder is frozen (the default), its embeddings are computed once per
+  image and cached on disk under a key of the encoder's weights and the resized image, so
+  later epochs and later runs (other seeds, other mixes of the same images) skip it.
+* Randomness (box jitter, data order) comes from :mod:`fusynth.loop`, so resuming from a
+  checkpoint reproduces an uninterrupted run.
+* The mask decoder is trained on its single-mask output with Dice + (B)CE, and its IoU
+  head on the IoU of that mask (as SAM itself was trained), so every trained parameter
+  gets a gradient.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fusynth.distributed import make_accelerator
+from fusynth.errors import UserInputError
+from fusynth.loop import (
+    choice,
+    epoch_order,
+    find_resume_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    positive,
+    save_checkpoint,
+    step_generator,
+)
+from fusynth.segment.data import (
+    SamInput,
+    SegSample,
+    check_disjoint,
+    choose_by_subject,
+    choose_synthetic,
+    default_validation,
+    load_seg_set,
+    sam_input,
+)
+from fusynth.segment.sam import CONFIG_FILE, SAM_CONFIGS, WEIGHTS_FILE, build_sam, load_sam
+
+log = logging.getLogger(__name__)
+
+TRAIN_PARTS = ("decoder", "decoder+prompt", "all")
+LOSSES = ("dice+bce", "dice+ce")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+REPORT_TO = ("none", "tensorboard")
+SMOKE_NOTE = (
+    "using a random-init {size} SAM (no --checkpoint): it exercises fine-tuning offline "
+    "and its masks mean nothing until trained; give --checkpoint sam_vit_b_01ec64.pth "
+    "(or a MedSAM .pth) for real weights"
+)
+
+
+@dataclass
+class SamFinetuneConfig:
+    """Settings of ``recipes/finetune_sam.py``; field names are the flags."""
+
+    model_type: str = "tiny"
+    checkpoint: str | None = None
+    train: str | None = None
+    synthetic: str | None = None
+    n_real: int | None = None
+    n_synthetic: int | None = None
+    synthetic_ratio: float | None = None
+    validation: str | None = None
+    train_parts: str = "decoder"
+    encoder_lora_rank: int = 0
+    box_jitter: int = 10
+    loss: str = "dice+bce"
+    train_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    num_train_epochs: int = 20
+    max_train_steps: int | None = None
+    learning_rate: float | None = None
+    weight_decay: float = 0.0
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = None
+    resume_from_checkpoint: str | None = None
+    embedding_cache: str | None = None
+    no_embedding_cache: bool = False
+    seed: int = 0
+    output_dir: str = "fusynth-sam"
+    overwrite_output_dir: bool = False
+    report_to: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.model_type not in SAM_CONFIGS:
+            choice(self.model_type, tuple(SAM_CONFIGS), "--model_type")
+        choice(self.train_parts, TRAIN_PARTS, "--train_parts")
+        choice(self.loss, LOSSES, "--loss")
+        choice(self.lr_scheduler, LR_SCHEDULERS, "--lr_scheduler")
+        choice(self.mixed_precision, MIXED_PRECISION, "--mixed_precision")
+        choice(self.report_to, REPORT_TO, "--report_to")
+        for name in (
+            "train_batch_size",
+            "gradient_accumulation_steps",
+            "num_train_epochs",
+            "checkpointing_steps",
+        ):
+            positive(getattr(self, name), f"--{name}")
+        for name in ("box_jitter", "encoder_lora_rank", "lr_warmup_steps", "weight_decay"):
+            positive(getattr(self, name), f"--{name}", allow_zero=True)
+        for name in ("max_train_steps", "n_real", "checkpoints_total_limit", "learning_rate"):
+            if getattr(self, name) is not None:
+                positive(getattr(self, name), f"--{name}")
+        if self.n_synthetic is not None:
+            positive(self.n_synthetic, "--n_synthetic", allow_zero=True)
+        if self.synthetic_ratio is not None:
+            positive(self.synthetic_ratio, "--synthetic_ratio", allow_zero=True)
+            if self.n_synthetic is not None:
+                raise UserInputError("--synthetic_ratio: give it or --n_synthetic, not both")
+        if (self.n_synthetic or self.synthetic_ratio) and not self.synthetic:
+            raise UserInputError("--n_synthetic/--synthetic_ratio: need --synthetic COHORT")
+        if self.encoder_lora_rank and self.train_parts == "all":
+            raise UserInputError(
+                "--encoder_lora_rank: LoRA on the encoder and --train_parts all exclude each other"
+            )
+
+    @property
+    def lr(self) -> float:
+        """The learning rate: as given, else 1e-4 from released weights and 1e-3 from a
+        random init (a smoke model learns nothing useful at 1e-4 in a short run)."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 1e-4 if self.checkpoint else 1e-3
+
+    @property
+    def encoder_frozen(self) -> bool:
+        """True when the image encoder's weights do not change (embeddings can be cached)."""
+        return self.train_parts != "all" and not self.encoder_lora_rank
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class SamTrainingData:
+    """The chosen samples in the encoder frame, and where they came from."""
+
+    inputs: list[SamInput]
+    samples: list[SegSample]
+    validation: list[SamInput]
+    source: dict[str, Any]
+
+
+def choose_training_data(config: SamFinetuneConfig, size: int) -> SamTrainingData:
+    """Real (chosen by subject) plus synthetic samples, and a patient-disjoint validation set."""
+    if config.train is None:
+        from fusynth.data.phantom_cohort import default_dataset
+
+        train_spec = f"{default_dataset()}:train"
+    else:
+        train_spec = config.train
+    real_set = load_seg_set(train_spec, "--train")
+    k = config.n_real if config.n_real is not None else len(real_set.samples)
+    real = choose_by_subject(real_set.samples, k, config.seed, "--n_real")
+    synthetic: list[SegSample] = []
+    if config.synthetic:
+        synth_set = load_seg_set(config.synthetic, "--synthetic")
+        if config.n_synthetic is not None:
+            m = config.n_synthetic
+        elif config.synthetic_ratio is not None:
+            m = round(config.synthetic_ratio * len(real))
+        else:
+            m = len(synth_set.samples)
+        synthetic = choose_synthetic(synth_set.samples, m, config.seed, "--n_synthetic")
+    val_spec = config.validation
+    if val_spec is None:
+        val_spec = default_validation(train_spec)
+    validation: list[SegSample] = []
+    if val_spec and val_spec != "none":
+        validation = load_seg_set(val_spec, "--validation").samples
+        check_disjoint(real, validation, f"--validation {val_spec}")
+    samples = real + synthetic
+    source = {
+        "train": train_spec,
+        "synthetic": config.synthetic,
+        "validation": val_spec if validation else None,
+        "num_real": len(real),
+        "num_real_subjects": len({s.subject_id for s in real}),
+        "num_synthetic": len(synthetic),
+        "num_validation": len(validation),
+        "skipped_empty_masks": real_set.skipped_empty,
+    }
+    return SamTrainingData(
+        inputs=[sam_input(s, size) for s in samples],
+        samples=samples,
+        validation=[sam_input(s, size) for s in validation],
+        source=source,
+    )
+
+
+# ----------------------------------------------------------------------------- embedding cache
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of named tensors (names, dtypes, shapes and bytes), order-independent."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def image_digest(image: np.ndarray) -> str:
+    """sha256 of a resized encoder-frame image (shape and bytes)."""
+    h = hashlib.sha256(f"{image.shape}|".encode())
+    h.update(np.ascontiguousarray(image).tobytes())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def encode_image(sam: Any, image: np.ndarray) -> torch.Tensor:
+    """The image encoder's embedding ``[256, g, g]`` of one encoder-frame image."""
+    x = torch.as_tensor(image, device=sam.device).permute(2, 0, 1).float()
+    return sam.image_encoder(sam.preprocess(x[None]))[0].float().cpu()
+
+
+class EmbeddingCache:
+    """Image embeddings of one frozen encoder, on disk (one safetensors file per image).
+
+    The folder is ``ROOT/<encoder digest>/<image digest>.safetensors``: a different
+    checkpoint, size or image never reuses another's embedding.
+    """
+
+    def __init__(self, root: str | os.PathLike | None, sam: Any, model_type: str) -> None:
+        self.enabled = root is not None
+        digest = tensor_digest(sam.image_encoder.state_dict())
+        self.model_key = f"{model_type}-{digest[:16]}"
+        self.folder = Path(root) / self.model_key if root is not None else None
+        self.hits = self.misses = 0
+
+    def path(self, image: np.ndarray) -> Path | None:
+        """Where the embedding of ``image`` lives (None when caching is off)."""
+        return self.folder / f"{image_digest(image)}.safetensors" if self.folder else None
+
+    def embed(self, sam: Any, images: list[np.ndarray], write: bool = True) -> torch.Tensor:
+        """Embeddings ``[N, 256, g, g]``, read from disk or computed (and written)."""
+        from safetensors.torch import load_file, save_file
+
+        from fusynth.io import atomic_write_bytes
+
+        out = []
+        for image in images:
+            path = self.path(image)
+            if path is not None and path.is_file():
+                out.append(load_file(str(path))["embedding"])
+                self.hits += 1
+                continue
+            emb = encode_image(sam, image)
+            self.misses += 1
+            if path is not None and write:
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                save_file({"embedding": emb.contiguous()}, str(tmp))
+                atomic_write_bytes(path, tmp.read_bytes())
+                tmp.unlink()
+            out.append(emb)
+        return torch.stack(out) if out else torch.empty(0)
+
+
+def default_cache_root() -> Path:
+    """``$FUSYNTH_CACHE/sam_embeddings`` (``~/.cache/fusynth`` by default)."""
+    from fusynth.data.phantom_cohort import cache_root
+
+    return cache_root() / "sam_embeddings"
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def trainable_names(config: SamFinetuneConfig) -> tuple[str, ...]:
+    """Top-level SAM parts whose weights train."""
+    return {
+        "decoder": ("mask_decoder",),
+        "decoder+prompt": ("mask_decoder", "prompt_encoder"),
+        "all": ("mask_decoder", "prompt_encoder", "image_encoder"),
+    }[config.train_parts]
+
+
+def add_encoder_lora(sam: Any, rank: int) -> None:
+    """peft LoRA on the image encoder's attention (``qkv`` and ``proj``)."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=rank, lora_alpha=rank, target_modules=["qkv", "proj"], lora_dropout=0.0)
+    sam.image_encoder = get_peft_model(sam.image_encoder, cfg)
+
+
+def merge_encoder_lora(sam: Any) -> None:
+    """Fold the encoder LoRA back into plain weights (a stock SAM state dict)."""
+    from peft import PeftModel
+
+    if isinstance(sam.image_encoder, PeftModel):
+        sam.image_encoder = sam.image_encoder.merge_and_unload()
+
+
+class BoxPromptedSam(torch.nn.Module):
+    """SAM with one box per image: the module that is trained (and wrapped by DDP).
+
+    ``forward`` takes either cached image embeddings or encoder-frame images, and boxes,
+    and returns single-mask low-resolution logits ``[B, 1, g*4, g*4]`` and IoU predictions.
+    segment-anything's decoder expects one image and several prompts, so images are
+    decoded one at a time.
+    """
+
+    def __init__(self, sam: Any, train_prompt_encoder: bool) -> None:
+        super().__init__()
+        self.sam = sam
+        self.train_prompt_encoder = train_prompt_encoder
+
+    def forward(
+        self,
+        boxes: torch.Tensor,
+        embeddings: torch.Tensor | None = None,
+        images: list[torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        sam = self.sam
+        if embeddings is None:
+            batch = torch.cat([sam.preprocess(x[None]) for x in images])
+            embeddings = sam.image_encoder(batch)
+        with torch.set_grad_enabled(self.train_prompt_encoder and torch.is_grad_enabled()):
+            sparse, dense = sam.prompt_encoder(points=None, boxes=boxes, masks=None)
+        pe = sam.prompt_encoder.get_dense_pe()
+        logits, ious = [], []
+        for i in range(len(boxes)):
+            low, iou = sam.mask_decoder(
+                image_embeddings=embeddings[i : i + 1],
+                image_pe=pe,
+                sparse_prompt_embeddings=sparse[i : i + 1],
+                dense_prompt_embeddings=dense[i : i + 1],
+                multimask_output=False,
+            )
+            logits.append(low)
+            ious.append(iou)
+        return torch.cat(logits), torch.cat(ious)
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def segmentation_loss(
+    logits: torch.Tensor, target: torch.Tensor, kind: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss of single-channel logits ``[B, 1, H, W]`` against a 0/1 target.
+
+    ``dice+bce``: soft Dice of the head + binary cross-entropy. ``dice+ce``: the
+    two-class form (background, head), Dice averaged over both classes + cross-entropy,
+    as MONAI's ``DiceCELoss(softmax=True, to_onehot_y=True)``.
+
+    Returns:
+        ``(loss, hard IoU per sample)``.
+    """
+    target = target.float()
+    dims = (1, 2, 3)
+    if kind == "dice+bce":
+        p = torch.sigmoid(logits)
+        dice = 1 - (2 * (p * target).sum(dims) + 1e-5) / (p.sum(dims) + target.sum(dims) + 1e-5)
+        loss = dice.mean() + F.binary_cross_entropy_with_logits(logits, target)
+    else:
+        two = torch.cat([torch.zeros_like(logits), logits], dim=1)  # softmax([0, z]) = sigmoid
+        probs = two.softmax(dim=1)
+        onehot = torch.cat([1 - target, target], dim=1)
+        inter = (probs * onehot).sum((2, 3))
+        dice = 1 - (2 * inter + 1e-5) / (probs.sum((2, 3)) + onehot.sum((2, 3)) + 1e-5)
+        loss = dice.mean() + F.cross_entropy(two, target[:, 0].long())
+    with torch.no_grad():
+        pred = logits > 0
+        t = target > 0.5
+        inter = (pred & t).sum(dims).float()
+        union = (pred | t).sum(dims).float()
+        iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    return loss, iou
+
+
+def jittered_boxes(
+    inputs: list[SamInput], jitter_px: int, size: int, gen: torch.Generator
+) -> torch.Tensor:
+    """Boxes ``[B, 4]`` in the encoder frame, each coordinate moved by up to ``jitter_px``
+    native pixels (uniform integers, scaled to the encoder frame), kept inside the image."""
+    boxes = torch.from_numpy(np.stack([x.box for x in inputs]))
+    if jitter_px:
+        offsets = torch.randint(-jitter_px, jitter_px + 1, boxes.shape, generator=gen).float()
+        scale = torch.tensor([x.scale for x in inputs])[:, None]
+        boxes = boxes + offsets * scale
+    limits = torch.tensor([[x.image.shape[1] - 1, x.image.shape[0] - 1] * 2 for x in inputs])
+    boxes = torch.minimum(boxes.clamp(min=0), limits.float())
+    lo = torch.minimum(boxes[:, :2], boxes[:, 2:])
+    hi = torch.maximum(boxes[:, :2], boxes[:, 2:])
+    return torch.cat([lo, hi], dim=1)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class SamTrainResult:
+    """What a run wrote and measured."""
+
+    output_dir: Path
+    global_step: int
+    images_per_second: float
+    losses: list[float]
+    validation_dice: list[float]
+    cache_hits: int
+    cache_misses: int
+
+
+RESUME_KEYS = (
+    "seed",
+    "model_type",
+    "train_parts",
+    "encoder_lora_rank",
+    "train_batch_size",
+    "gradient_accumulation_steps",
+    "box_jitter",
+    "loss",
+)
+
+
+def _check_output_dir(config: SamFinetuneConfig) -> Path:
+    out = Path(config.output_dir)
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--output_dir: {out} exists and is not a folder")
+    fresh = config.resume_from_checkpoint is None and not config.overwrite_output_dir
+    if fresh and out.is_dir() and ((out / WEIGHTS_FILE).exists() or list_checkpoints(out)):
+        raise UserInputError(
+            f"--output_dir: {out} already holds a run; resume it with "
+            "--resume_from_checkpoint latest or pass --overwrite_output_dir"
+        )
+    return out
+
+
+def _load_model(config: SamFinetuneConfig) -> tuple[Any, str, dict[str, Any]]:
+    if config.checkpoint:
+        sam, model_type = load_sam(config.checkpoint, config.model_type, flag="--checkpoint")
+        from fusynth.diffusion.base import file_sha256, folder_sha256
+
+        path = Path(config.checkpoint)
+        digest = folder_sha256(path) if path.is_dir() else file_sha256(path)
+        return sam, model_type, {"checkpoint": str(path), "checkpoint_sha256": digest}
+    log.warning(SMOKE_NOTE.format(size=config.model_type))
+    # A fixed init, like released weights: runs with other seeds differ in data and
+    # jitter only, and share the embedding cache.
+    return build_sam(config.model_type, seed=0), config.model_type, {"checkpoint": None}
+
+
+def _trained_state(sam: Any) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().clone() for n, p in sam.named_parameters() if p.requires_grad}
+
+
+def _save_trained(folder: Path, sam: Any) -> None:
+    from safetensors.torch import save_file
+
+    save_file(
+        {k: v.contiguous() for k, v in _trained_state(sam).items()},
+        str(folder / "trained.safetensors"),
+    )
+
+
+def _load_trained(folder: Path, sam: Any) -> None:
+    from safetensors.torch import load_file
+
+    state = load_file(str(folder / "trained.safetensors"))
+    params = dict(sam.named_parameters())
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
+
+
+@torch.no_grad()
+def validation_dice(
+    model: BoxPromptedSam, inputs: list[SamInput], embeddings: torch.Tensor | None, device
+) -> float:
+    """Mean Dice in the encoder frame with exact boxes (a training-time signal; the
+    native-resolution metrics are ``fusynth evaluate segmentation``)."""
+    if not inputs:
+        return math.nan
+    was = model.training
+    model.eval()
+    scores = []
+    for i, x in enumerate(inputs):
+        box = torch.from_numpy(x.box[None]).to(device)
+        if embeddings is not None:
+            low, _ = model(box, embeddings=embeddings[i : i + 1].to(device))
+        else:
+            low, _ = model(
+                box, images=[torch.as_tensor(x.image, device=device).permute(2, 0, 1).float()]
+            )
+        size = x.mask.shape[0]
+        pred = F.interpolate(low, (size, size), mode="bilinear", align_corners=False)[0, 0] > 0
+        t = torch.from_numpy(x.mask).to(device)
+        denom = pred.sum() + t.sum()
+        scores.append(float(2 * (pred & t).sum() / denom) if denom else 1.0)
+    model.train(was)
+    return float(np.mean(scores))
+
+
+def finetune_sam(config: SamFinetuneConfig) -> SamTrainResult:
+    """Fine-tune SAM with box prompts; write weights, checkpoints, config and card.
+
+    Raises:
+        UserInputError: bad settings or inputs, naming the flag or file.
+    """
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+    from diffusers.optimization import get_scheduler
+    from tqdm.auto import tqdm
+
+    output_dir = _check_output_dir(config)
+    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise UserInputError("--mixed_precision fp16 needs a CUDA GPU; use bf16 or no on a CPU")
+    resume = None
+    if config.resume_from_checkpoint is not None:
+        resume = find_resume_checkpoint(config.resume_from_checkpoint, output_dir)
+    sam, model_type, base_info = _load_model(config)
+    size = sam.image_encoder.img_size
+    data = choose_training_data(config, size)
+
+    accelerator = make_accelerator(
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        log_with=None if config.report_to == "none" else config.report_to,
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / "logs")
+        ),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    if config.overwrite_output_dir and resume is None and accelerator.is_main_process:
+        shutil.rmtree(output_dir, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    device = accelerator.device
+    sam.to(device)
+    sam.requires_grad_(False)
+    for part in trainable_names(config):
+        getattr(sam, part).requires_grad_(True)
+    if config.encoder_lora_rank:
+        torch.manual_seed(config.seed)
+        add_encoder_lora(sam, config.encoder_lora_rank)  # marks only LoRA weights trainable
+        sam.image_encoder.to(device)
+
+    # Frozen encoder: embeddings once, from the disk cache when there; the main process
+    # fills the cache first so the others only read it.
+    embeddings = val_embeddings = None
+    cache = None
+    if config.encoder_frozen:
+        root = (
+            None if config.no_embedding_cache else (config.embedding_cache or default_cache_root())
+        )
+        cache = EmbeddingCache(root, sam, model_type)
+        if accelerator.is_main_process:
+            embeddings = cache.embed(sam, [x.image for x in data.inputs])
+            val_embeddings = cache.embed(sam, [x.image for x in data.validation])
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            embeddings = cache.embed(sam, [x.image for x in data.inputs], write=False)
+            val_embeddings = cache.embed(sam, [x.image for x in data.validation], write=False)
+        sam.image_encoder.to("cpu")  # not needed in the loop: free its device memory
+        if accelerator.is_main_process:
+            log.info(
+                "image embeddings: %d read from the cache, %d computed (%s)",
+                cache.hits,
+                cache.misses,
+                cache.folder or "cache off",
+            )
+    if accelerator.is_main_process:
+        log.info(
+            "fine-tuning %s SAM (%s) on %d real images (%d subjects) + %d synthetic at %d px; "
+            "%d validation images",
+            model_type,
+            config.train_parts
+            + (f" + encoder LoRA r={config.encoder_lora_rank}" if config.encoder_lora_rank else ""),
+            data.source["num_real"],
+            data.source["num_real_subjects"],
+            data.source["num_synthetic"],
+            size,
+            data.source["num_validation"],
+        )
+
+    model = BoxPromptedSam(sam, train_prompt_encoder="prompt_encoder" in trainable_names(config))
+    params = [p for p in sam.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    processes, process = accelerator.num_processes, accelerator.process_index
+    n = len(data.inputs)
+    per_process = len(epoch_order(n, config.seed, 0, process, processes))
+    batches_per_epoch = math.ceil(per_process / config.train_batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
+    max_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
+    lr_scheduler = get_scheduler(
+        config.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=config.lr_warmup_steps,
+        num_training_steps=max_steps,
+    )
+    prepared, optimizer = accelerator.prepare(model, optimizer)
+    resume_state = {k: getattr(config, k) for k in RESUME_KEYS}
+    global_step = 0
+    if resume is not None:
+        global_step = load_checkpoint(
+            resume, resume_state, lambda f: _load_trained(f, sam), optimizer, lr_scheduler
+        )
+        log.info("resumed from %s at step %d", resume, global_step)
+    run_config = _run_config(config, model_type, size, base_info, data, processes, max_steps)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.json").write_text(
+            json.dumps(run_config, indent=2, default=str) + "\n"
+        )
+        if config.report_to != "none":
+            accelerator.init_trackers(
+                "fusynth-sam",
+                config={
+                    k: v if isinstance(v, int | float | str | bool) else str(v)
+                    for k, v in run_config.items()
+                },
+            )
+
+    losses: list[float] = []
+    val_history: list[dict[str, float]] = []
+    micro = global_step * config.gradient_accumulation_steps
+    seen, started = 0, time.perf_counter()
+    bar = tqdm(
+        total=max_steps,
+        initial=global_step,
+        desc="finetune_sam",
+        disable=not accelerator.is_local_main_process,
+    )
+    prepared.train()
+    running = 0.0
+    while global_step < max_steps:
+        epoch, b = divmod(micro, batches_per_epoch)
+        order = epoch_order(n, config.seed, epoch, process, processes)
+        idx = order[b * config.train_batch_size : (b + 1) * config.train_batch_size]
+        gen = step_generator(config.seed, micro, process)
+        batch = [data.inputs[i] for i in idx]
+        boxes = jittered_boxes(batch, config.box_jitter, size, gen).to(device)
+        target = torch.from_numpy(np.stack([x.mask for x in batch]))[:, None].to(device)
+        with accelerator.accumulate(prepared):
+            with accelerator.autocast():
+                if embeddings is not None:
+                    low, iou_pred = prepared(
+                        boxes, embeddings=embeddings[torch.from_numpy(idx)].to(device)
+                    )
+                else:
+                    images = [
+                        torch.as_tensor(x.image, device=device).permute(2, 0, 1).float()
+                        for x in batch
+                    ]
+                    low, iou_pred = prepared(boxes, images=images)
+            logits = F.interpolate(low.float(), (size, size), mode="bilinear", align_corners=False)
+            loss, iou = segmentation_loss(logits, target, config.loss)
+            loss = loss + F.mse_loss(iou_pred.float()[:, 0], iou)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad()
+        running += (
+            accelerator.reduce(loss.detach(), reduction="mean").item()
+            / config.gradient_accumulation_steps
+        )
+        micro += 1
+        seen += len(idx) * processes
+        if not accelerator.sync_gradients:
+            continue
+        lr_scheduler.step()
+        global_step += 1
+        losses.append(running)
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.4f}")
+        logs = {"loss": running, "lr": lr_scheduler.get_last_lr()[0]}
+        running = 0.0
+        end_of_epoch = global_step % steps_per_epoch == 0 or global_step == max_steps
+        if end_of_epoch and data.validation and accelerator.is_main_process:
+            dice = validation_dice(model, data.validation, val_embeddings, device)
+            val_history.append({"step": global_step, "dice": dice})
+            logs["val_dice"] = dice
+        if config.report_to != "none":
+            accelerator.log(logs, step=global_step)
+        if global_step % config.checkpointing_steps == 0 or global_step == max_steps:
+            if accelerator.is_main_process:
+                save_checkpoint(
+                    output_dir / f"checkpoint-{global_step}",
+                    global_step,
+                    resume_state,
+                    lambda tmp: _save_trained(tmp, sam),
+                    optimizer,
+                    lr_scheduler,
+                    config.checkpoints_total_limit,
+                )
+            accelerator.wait_for_everyone()
+    bar.close()
+    elapsed = time.perf_counter() - started
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _save_final(output_dir, sam, model_type, run_config, global_step, losses, val_history)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return SamTrainResult(
+        output_dir,
+        global_step,
+        seen / elapsed if elapsed > 0 else 0.0,
+        losses,
+        [v["dice"] for v in val_history],
+        cache.hits if cache else 0,
+        cache.misses if cache else 0,
+    )
+
+
+def _run_config(config, model_type, size, base_info, data, processes, max_steps) -> dict[str, Any]:
+    from fusynth import __version__
+
+    resolved = dataclasses.asdict(config)
+    resolved.update(
+        model_type=model_type,
+        learning_rate=config.lr,
+        image_size=size,
+        smoke_model=base_info["checkpoint"] is None,
+        max_train_steps=max_steps,
+        num_processes=processes,
+        fusynth_version=__version__,
+        **base_info,
+        **data.source,
+    )
+    return resolved
+
+
+def _save_final(output_dir, sam, model_type, run_config, step, losses, val_history) -> None:
+    """Write the whole SAM (encoder LoRA merged) as safetensors, its config, the run's
+    config, the loss log and the card; each replaces its old version only when all is
+    written."""
+    import copy
+
+    from safetensors.torch import save_file
+
+    from fusynth.segment.card import render_sam_card
+
+    final = copy.deepcopy(sam).cpu()
+    merge_encoder_lora(final)
+    tmp = output_dir / ".final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in final.state_dict().items()}, str(tmp / WEIGHTS_FILE))
+    (tmp / CONFIG_FILE).write_text(
+        json.dumps({"model_type": model_type, "trained_parts": run_config["train_parts"]}, indent=2)
+    )
+    (tmp / "config.json").write_text(json.dumps(run_config, indent=2, default=str) + "\n")
+    (tmp / "train_log.json").write_text(
+        json.dumps({"global_step": step, "losses": losses, "validation": val_history}, indent=1)
+    )
+    (tmp / "README.md").write_text(render_sam_card(run_config, step, val_history))
+    for item in tmp.iterdir():
+        target = output_dir / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(item, target)
+    tmp.rmdir()

@@ -1,0 +1,114 @@
+"""Fine-tune segment-anything on fetal head masks with box prompts.
+
+    accelerate launch recipes/finetune_sam.py --model_type vit_b \
+        --checkpoint sam_vit_b_01ec64.pth --train hc18-prepared:train \
+        --synthetic pairs-cohort --n_real 5 --n_synthetic 500 --output_dir sam-5r500s
+
+``--config FILE.yaml`` sets any flag and flags override it. With no ``--checkpoint`` a
+random-init SAM of ``--model_type`` (``tiny`` by default) is used, for smoke runs; with
+no ``--train`` the built-in phantom. The loop is ``fusynth.segment.finetune.finetune_sam``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fusynth.recipes import run_training_recipe
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The recipe's flags (defaults live in ``SamFinetuneConfig``)."""
+    from fusynth.segment.finetune import (
+        LOSSES,
+        LR_SCHEDULERS,
+        MIXED_PRECISION,
+        REPORT_TO,
+        TRAIN_PARTS,
+    )
+    from fusynth.segment.sam import SAM_CONFIGS
+
+    p = argparse.ArgumentParser(
+        prog="finetune_sam.py",
+        description=__doc__.splitlines()[0],
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("--config", help="YAML file of flag values; flags given here override it")
+    g = p.add_argument_group("model")
+    g.add_argument("--model_type", choices=tuple(SAM_CONFIGS), help="SAM size (tiny: smoke model)")
+    g.add_argument(
+        "--checkpoint",
+        help="official or MedSAM .pth, a .safetensors state dict, or a fusynth SAM folder "
+        "(default: random init)",
+    )
+    g.add_argument("--train_parts", choices=TRAIN_PARTS, help="what trains (decoder)")
+    g.add_argument(
+        "--encoder_lora_rank",
+        type=int,
+        help="peft LoRA of this rank on the encoder attention (0: off)",
+    )
+    g = p.add_argument_group("data")
+    g.add_argument("--train", help="real training data DIR[:split] (default: the phantom)")
+    g.add_argument("--synthetic", help="a pairs cohort to add")
+    g.add_argument("--n_real", type=int, help="real images to use, chosen by subject (all)")
+    g.add_argument("--n_synthetic", type=int, help="synthetic pairs to add (all of --synthetic)")
+    g.add_argument(
+        "--synthetic_ratio",
+        type=float,
+        help="synthetic pairs per real image, instead of --n_synthetic",
+    )
+    g.add_argument(
+        "--validation",
+        help="patient-disjoint validation DIR[:split], or none (default: the --train folder's validation split)",
+    )
+    g.add_argument(
+        "--box_jitter", type=int, help="move each box edge by up to this many native pixels (10)"
+    )
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--loss", choices=LOSSES, help="(dice+bce)")
+    g.add_argument("--train_batch_size", type=int, help="per-process batch size (4)")
+    g.add_argument("--gradient_accumulation_steps", type=int, help="(1)")
+    g.add_argument("--num_train_epochs", type=int, help="(20)")
+    g.add_argument("--max_train_steps", type=int, help="optimizer steps (overrides epochs)")
+    g.add_argument(
+        "--learning_rate",
+        type=float,
+        help="AdamW learning rate (1e-4 with --checkpoint, 1e-3 from random init)",
+    )
+    g.add_argument("--weight_decay", type=float, help="(0.0)")
+    g.add_argument("--lr_scheduler", choices=LR_SCHEDULERS, help="(constant)")
+    g.add_argument("--lr_warmup_steps", type=int, help="(0)")
+    g.add_argument("--max_grad_norm", type=float, help="gradient clipping (1.0)")
+    g.add_argument("--mixed_precision", choices=MIXED_PRECISION, help="(no)")
+    g.add_argument("--seed", type=int, help="data choice, order and box jitter (0)")
+    g = p.add_argument_group("cache, checkpoints, output")
+    g.add_argument(
+        "--embedding_cache",
+        help="folder of cached image embeddings ($FUSYNTH_CACHE/sam_embeddings)",
+    )
+    g.add_argument(
+        "--no_embedding_cache", action="store_true", help="keep embeddings in memory only"
+    )
+    g.add_argument("--checkpointing_steps", type=int, help="save checkpoint-N every N steps (500)")
+    g.add_argument("--checkpoints_total_limit", type=int, help="keep at most this many checkpoints")
+    g.add_argument("--resume_from_checkpoint", help="latest, or a checkpoint folder")
+    g.add_argument("--output_dir", help="(fusynth-sam)")
+    g.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="start over in an output_dir that holds a run",
+    )
+    g.add_argument("--report_to", choices=REPORT_TO, help="(none)")
+    p.add_argument("--debug", action="store_true", help="tracebacks on errors")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the recipe; returns the exit status."""
+    from fusynth.segment.finetune import SamFinetuneConfig, finetune_sam
+
+    return run_training_recipe(build_parser(), SamFinetuneConfig, finetune_sam, "model", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
