@@ -31,6 +31,15 @@ demo: $(STAMP)
 	$(BIN)/fusynth generate pairs --method controlnet --adapter $(DEMO_OUT)/controlnet --masks-from ellipse \
 		--n 8 --steps 10 --out $(DEMO_OUT)/pairs --overwrite
 	$(BIN)/fusynth audit pairs $(DEMO_OUT)/pairs
+	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		recipes/finetune_sam.py --train $(DEMO_OUT)/phantom:train --synthetic $(DEMO_OUT)/pairs \
+		--max_train_steps 40 --embedding_cache $(DEMO_OUT)/sam_embeddings \
+		--output_dir $(DEMO_OUT)/sam --overwrite_output_dir
+	$(BIN)/fusynth evaluate segmentation --model $(DEMO_OUT)/sam --data $(DEMO_OUT)/phantom:test \
+		--box_jitter 0,10 --rounds 2 --out $(DEMO_OUT)/sam_eval --overwrite
+	$(BIN)/fusynth experiment seg-augment --real $(DEMO_OUT)/phantom --test $(DEMO_OUT)/phantom \
+		--synthetic $(DEMO_OUT)/pairs --n_real 4,8 --n_synthetic 0,8 --repeats 2 --max_train_steps 20 \
+		--embedding_cache $(DEMO_OUT)/sam_embeddings --out $(DEMO_OUT)/seg_augment --overwrite
 	@echo
 	@echo "demo outputs in $(DEMO_OUT)/ (tiny smoke base: the images are noise-like by design):"
 	@echo "  phantom_source/        raw phantom frames, masks and metadata.csv"
@@ -41,6 +50,9 @@ demo: $(STAMP)
 	@echo "  cohort/                synthetic cohort (head, femur) in the same schema, previews/"
 	@echo "  controlnet/            mask-conditioned ControlNet, checkpoints, card"
 	@echo "  pairs/                 synthetic head image/mask pairs, previews/, audit/pairs.csv"
+	@echo "  sam/                   SAM (tiny smoke model) fine-tuned on phantom heads + the pairs, card"
+	@echo "  sam_eval/              its native-resolution evaluation: per_image.csv, summary.json, overlays/"
+	@echo "  seg_augment/           the augmentation experiment: table.md, results.csv, dice_vs_real.png"
 
 test: $(STAMP)
 	$(BIN)/ruff check .

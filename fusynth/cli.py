@@ -202,6 +202,69 @@ def _audit_pairs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_segmentation(args: argparse.Namespace) -> int:
+    from fusynth.recipes import quiet_libraries
+    from fusynth.segment.evaluate import evaluate_segmentation, parse_int_list
+
+    quiet_libraries()
+    summary = evaluate_segmentation(
+        args.model,
+        args.data,
+        args.out,
+        box_jitter=parse_int_list(args.box_jitter, "--box_jitter"),
+        rounds=args.rounds,
+        seed=args.seed,
+        model_type=args.model_type,
+        overwrite=args.overwrite,
+        n_examples=args.n_examples,
+    )
+    for jitter, stats in summary["by_jitter"].items():
+        dice, hd95 = stats["dice"], stats["hd95_px"]
+        line = (
+            f"box jitter {jitter} px: Dice {_stat(dice, 3)}, HD95 {_stat(hd95, 1)} px, "
+            f"ASSD {_stat(stats['assd_px'], 1)} px"
+        )
+        if stats.get("hc_abs_error_mm"):
+            line += f", HC error {_stat(stats['hc_abs_error_mm'], 1)} mm"
+        print(line)
+    print(f"{summary['n_images']} images; report in {args.out}")
+    return 0
+
+
+def _stat(s: dict | None, digits: int) -> str:
+    """``mean [low, high]`` of a summary entry, or n/a."""
+    if not s or s.get("mean") is None:
+        return "n/a"
+    if s.get("ci_low") is None:
+        return f"{s['mean']:.{digits}f}"
+    return f"{s['mean']:.{digits}f} [{s['ci_low']:.{digits}f}, {s['ci_high']:.{digits}f}]"
+
+
+def _experiment_seg_augment(args: argparse.Namespace) -> int:
+    from fusynth.recipes import quiet_libraries
+    from fusynth.segment.evaluate import parse_int_list
+    from fusynth.segment.experiment import FINETUNE_KEYS, SegAugmentConfig, seg_augment
+
+    quiet_libraries()
+    config = SegAugmentConfig(
+        real=args.real,
+        test=[t for t in args.test.split(",") if t],
+        out=args.out,
+        synthetic=args.synthetic,
+        n_real=parse_int_list(args.n_real, "--n_real"),
+        n_synthetic=parse_int_list(args.n_synthetic, "--n_synthetic"),
+        repeats=args.repeats,
+        seed=args.seed,
+        keep_models=args.keep_models,
+        overwrite=args.overwrite,
+        **{k: getattr(args, k) for k in FINETUNE_KEYS if getattr(args, k) is not None},
+    )
+    result = seg_augment(config)
+    print((result["out"] / "table.md").read_text(), end="")
+    print(f"results, table and chart in {result['out']}")
+    return 0
+
+
 def _lora_convert(args: argparse.Namespace) -> int:
     from fusynth.diffusion.kohya import convert_lora_file
 
@@ -512,6 +575,69 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop", help="write the cohort without failing pairs to this folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --drop folder")
     p.set_defaults(func=_audit_pairs)
+
+    ev = groups.add_parser("evaluate", help="evaluate models")
+    ev_cmds = ev.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = ev_cmds.add_parser(
+        "segmentation", help="box-prompted SAM segmentation at native resolution"
+    )
+    p.add_argument("--model", required=True, help="SAM folder (finetune_sam output) or checkpoint")
+    p.add_argument("--data", required=True, help="prepared dataset with masks, DIR[:split]")
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument(
+        "--box_jitter",
+        default="0",
+        help="comma-separated box jitter values in pixels, e.g. 0,10,20 (0)",
+    )
+    p.add_argument(
+        "--rounds", type=int, default=1, help="jittered prompts per image and value > 0 (1)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the jitter and bootstrap (0)")
+    p.add_argument("--model_type", help="SAM size of a bare checkpoint (vit_b, vit_l, vit_h, tiny)")
+    p.add_argument(
+        "--n_examples", type=int, default=4, help="images in the worst/best overlays (4)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=_evaluate_segmentation)
+
+    exp = groups.add_parser("experiment", help="experiments that train and evaluate")
+    exp_cmds = exp.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = exp_cmds.add_parser(
+        "seg-augment", help="SAM fine-tuning with K real + M synthetic pairs, every cell"
+    )
+    p.add_argument(
+        "--real", required=True, help="prepared dataset with masks: its train split is the pool"
+    )
+    p.add_argument(
+        "--test", required=True, help="comma-separated test sets DIR[:split] (split: test)"
+    )
+    p.add_argument("--synthetic", help="pairs cohort for the synthetic arm")
+    p.add_argument("--out", required=True, help="experiment folder")
+    p.add_argument("--n_real", default="5,10,20,50", help="real image counts (5,10,20,50)")
+    p.add_argument("--n_synthetic", default="0,500", help="synthetic pair counts (0,500)")
+    p.add_argument("--repeats", type=int, default=3, help="repeats per cell, seeds seed+r (3)")
+    p.add_argument("--seed", type=int, default=0, help="(0)")
+    p.add_argument("--model_type", help="SAM size (tiny: random-init smoke model)")
+    p.add_argument("--checkpoint", help="official or MedSAM .pth to start every cell from")
+    p.add_argument("--train_parts", help="decoder, decoder+prompt or all (decoder)")
+    p.add_argument("--encoder_lora_rank", type=int, help="(0: off)")
+    p.add_argument("--box_jitter", type=int, help="training box jitter in pixels (10)")
+    p.add_argument("--loss", help="dice+bce or dice+ce (dice+bce)")
+    p.add_argument("--train_batch_size", type=int, help="(4)")
+    p.add_argument("--num_train_epochs", type=int, help="epochs per cell (20)")
+    p.add_argument("--max_train_steps", type=int, help="steps per cell (overrides epochs)")
+    p.add_argument("--learning_rate", type=float, help="(1e-4 with --checkpoint, else 1e-3)")
+    p.add_argument("--mixed_precision", help="no, fp16 or bf16 (no)")
+    p.add_argument("--embedding_cache", help="image embedding cache folder")
+    p.add_argument(
+        "--keep_models",
+        action="store_true",
+        help="keep each cell's weights (deleted after evaluation)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an experiment with another request"
+    )
+    p.set_defaults(func=_experiment_seg_augment)
 
     lora = groups.add_parser("lora", help="LoRA adapter utilities")
     lora_cmds = lora.add_subparsers(dest="command", required=True, parser_class=_Parser)

@@ -85,6 +85,7 @@ class SamFinetuneConfig:
     validation: str | None = None
     train_parts: str = "decoder"
     encoder_lora_rank: int = 0
+    validation_epochs: int = 1
     box_jitter: int = 10
     loss: str = "dice+bce"
     train_batch_size: int = 4
@@ -120,6 +121,7 @@ class SamFinetuneConfig:
             "gradient_accumulation_steps",
             "num_train_epochs",
             "checkpointing_steps",
+            "validation_epochs",
         ):
             positive(getattr(self, name), f"--{name}")
         for name in ("box_jitter", "encoder_lora_rank", "lr_warmup_steps", "weight_decay"):
@@ -313,9 +315,7 @@ def add_encoder_lora(sam: Any, rank: int) -> None:
 
 def merge_encoder_lora(sam: Any) -> None:
     """Fold the encoder LoRA back into plain weights (a stock SAM state dict)."""
-    from peft import PeftModel
-
-    if isinstance(sam.image_encoder, PeftModel):
+    if hasattr(sam.image_encoder, "merge_and_unload"):  # a peft model
         sam.image_encoder = sam.image_encoder.merge_and_unload()
 
 
@@ -693,8 +693,12 @@ def finetune_sam(config: SamFinetuneConfig) -> SamTrainResult:
         bar.set_postfix(loss=f"{running:.4f}")
         logs = {"loss": running, "lr": lr_scheduler.get_last_lr()[0]}
         running = 0.0
-        end_of_epoch = global_step % steps_per_epoch == 0 or global_step == max_steps
-        if end_of_epoch and data.validation and accelerator.is_main_process:
+        validate = global_step % (steps_per_epoch * config.validation_epochs) == 0
+        if (
+            (validate or global_step == max_steps)
+            and data.validation
+            and accelerator.is_main_process
+        ):
             dice = validation_dice(model, data.validation, val_embeddings, device)
             val_history.append({"step": global_step, "dice": dice})
             logs["val_dice"] = dice

@@ -1,0 +1,351 @@
+"""The augmentation experiment: what do synthetic pairs add to a few real images?
+
+For every number of real training images K, number of synthetic pairs M and repeat r,
+fine-tune SAM on K real images (chosen by subject with seed ``seed + r``) plus M
+synthetic pairs, then evaluate it on each test set at native resolution. Both arms of a
+repeat (M = 0 and M > 0) use the same seed, hence the same real images, the same data
+order for the real part and the same box jitter. Validation is the real folder's
+validation split; test sets must share no subject with the real training pool.
+
+Layout of ``OUT``::
+
+    experiment.json          the request; a different one is refused
+    cells/k5-m500-r0/        one cell: model/ (card, config, log) and eval-<test>/
+    results.csv              one row per cell and test set
+    table.csv, table.md      mean ± sd over repeats
+    dice_vs_real.png         Dice against real training images, with and without synthetic
+
+A cell is done once its ``cell.json`` exists, so an interrupted experiment reruns only
+what is missing (a cell stopped mid-training resumes from its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fusynth.data.schema import parse_data_spec
+from fusynth.errors import UserInputError
+from fusynth.io import atomic_write_bytes
+from fusynth.stats import mean_sd
+
+log = logging.getLogger(__name__)
+
+REQUEST_FILE = "experiment.json"
+CELL_FILE = "cell.json"
+#: Per-image metrics averaged over a test set for each cell.
+CELL_METRICS = ("dice", "iou", "hd95_px", "assd_px", "hd95_mm", "assd_mm", "hc_abs_error_mm")
+#: Metrics in the table (mean ± sd over repeats).
+TABLE_METRICS = ("dice", "hd95_px", "hd95_mm", "hc_abs_error_mm")
+#: Settings passed through to every cell's fine-tuning.
+FINETUNE_KEYS = (
+    "model_type",
+    "checkpoint",
+    "train_parts",
+    "encoder_lora_rank",
+    "box_jitter",
+    "loss",
+    "train_batch_size",
+    "num_train_epochs",
+    "max_train_steps",
+    "learning_rate",
+    "mixed_precision",
+    "embedding_cache",
+)
+
+
+@dataclass
+class SegAugmentConfig:
+    """Settings of ``fusynth experiment seg-augment``; field names are the flags."""
+
+    real: str
+    test: list[str]
+    out: str
+    synthetic: str | None = None
+    n_real: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
+    n_synthetic: list[int] = field(default_factory=lambda: [0, 500])
+    repeats: int = 3
+    seed: int = 0
+    model_type: str = "tiny"
+    checkpoint: str | None = None
+    train_parts: str = "decoder"
+    encoder_lora_rank: int = 0
+    box_jitter: int = 10
+    loss: str = "dice+bce"
+    train_batch_size: int = 4
+    num_train_epochs: int = 20
+    max_train_steps: int | None = None
+    learning_rate: float | None = None
+    mixed_precision: str = "no"
+    embedding_cache: str | None = None
+    keep_models: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.n_real or any(k <= 0 for k in self.n_real):
+            raise UserInputError(f"--n_real: give positive counts, got {self.n_real}")
+        if not self.n_synthetic or any(m < 0 for m in self.n_synthetic):
+            raise UserInputError(f"--n_synthetic: give counts >= 0, got {self.n_synthetic}")
+        if any(self.n_synthetic) and not self.synthetic:
+            raise UserInputError("--n_synthetic: counts above 0 need --synthetic COHORT")
+        if self.repeats < 1:
+            raise UserInputError(f"--repeats: must be at least 1, got {self.repeats}")
+        if not self.test:
+            raise UserInputError("--test: give at least one test set DIR[:split]")
+        self.n_real = sorted(set(self.n_real))
+        self.n_synthetic = sorted(set(self.n_synthetic))
+
+    def request(self) -> dict[str, Any]:
+        """What determines the results (not where they go or whether to keep models)."""
+        d = dataclasses.asdict(self)
+        for k in ("out", "keep_models", "overwrite", "embedding_cache"):
+            d.pop(k)
+        return d
+
+
+def test_spec(spec: str) -> str:
+    """``DIR`` means ``DIR:test``."""
+    path, split = parse_data_spec(spec)
+    return f"{path}:{split or 'test'}"
+
+
+def test_name(spec: str) -> str:
+    """A short label of a test set: ``folder:split``."""
+    path, split = parse_data_spec(test_spec(spec))
+    return f"{Path(path).name}:{split}"
+
+
+def cell_name(k: int, m: int, r: int) -> str:
+    """Folder name of one cell."""
+    return f"k{k}-m{m}-r{r}"
+
+
+def _check_request(config: SegAugmentConfig, out: Path) -> None:
+    req = out / REQUEST_FILE
+    want = json.loads(json.dumps(config.request()))
+    if req.is_file():
+        old = json.loads(req.read_text())
+        if old != want and not config.overwrite:
+            key = sorted(k for k in set(old) | set(want) if old.get(k) != want.get(k))[0]
+            raise UserInputError(
+                f"--out: {out} holds an experiment with a different request ({key}: "
+                f"{old.get(key)!r} there, {want.get(key)!r} now); use another --out or --overwrite"
+            )
+        if old != want:
+            shutil.rmtree(out)
+    elif out.is_dir() and any(out.iterdir()):
+        if not config.overwrite:
+            raise UserInputError(
+                f"--out: {out} is not empty and is not an experiment; use another --out or --overwrite"
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(req, (json.dumps(want, indent=2) + "\n").encode())
+
+
+def _check_inputs(config: SegAugmentConfig) -> None:
+    """Fail before any training: counts that the data cannot give, leaking test sets."""
+    from fusynth.segment.data import check_disjoint, load_seg_set
+
+    pool = load_seg_set(f"{parse_data_spec(config.real)[0]}:train", "--real").samples
+    if max(config.n_real) > len(pool):
+        raise UserInputError(
+            f"--n_real: asks for {max(config.n_real)} images but {config.real}:train has "
+            f"{len(pool)} with masks"
+        )
+    if config.synthetic and max(config.n_synthetic):
+        cohort = load_seg_set(config.synthetic, "--synthetic").samples
+        if max(config.n_synthetic) > len(cohort):
+            raise UserInputError(
+                f"--n_synthetic: asks for {max(config.n_synthetic)} pairs but "
+                f"{config.synthetic} has {len(cohort)}"
+            )
+    for spec in config.test:
+        test = load_seg_set(test_spec(spec), "--test").samples
+        check_disjoint(pool, test, f"--test {spec}")
+
+
+def _cell_metrics(per_image_csv: Path) -> dict[str, float]:
+    """Mean of each metric over a test set's images (NaN and blanks left out)."""
+    with per_image_csv.open() as fh:
+        rows = list(csv.DictReader(fh))
+    out = {
+        "n_images": len(rows),
+        "empty_predictions": sum(1 for r in rows if r.get("hd95_px") in (None, "")),
+    }
+    for m in CELL_METRICS:
+        values = [float(r[m]) for r in rows if r.get(m) not in (None, "")]
+        values = [v for v in values if math.isfinite(v)]
+        out[m] = sum(values) / len(values) if values else math.nan
+    return out
+
+
+def run_cell(config: SegAugmentConfig, out: Path, k: int, m: int, r: int) -> dict[str, Any]:
+    """Train and evaluate one cell (or read it back when done)."""
+    from fusynth.loop import list_checkpoints
+    from fusynth.segment.evaluate import evaluate_segmentation
+    from fusynth.segment.finetune import SamFinetuneConfig, finetune_sam
+    from fusynth.segment.sam import WEIGHTS_FILE
+
+    folder = out / "cells" / cell_name(k, m, r)
+    done = folder / CELL_FILE
+    if done.is_file():
+        return json.loads(done.read_text())
+    model_dir = folder / "model"
+    has_run = (model_dir / WEIGHTS_FILE).is_file()
+    if not has_run:
+        resume = "latest" if list_checkpoints(model_dir) else None
+        ft = SamFinetuneConfig(
+            **{key: getattr(config, key) for key in FINETUNE_KEYS},
+            train=f"{parse_data_spec(config.real)[0]}:train",
+            synthetic=config.synthetic if m else None,
+            n_real=k,
+            n_synthetic=m if m else None,
+            seed=config.seed + r,
+            output_dir=str(model_dir),
+            overwrite_output_dir=resume is None,
+            resume_from_checkpoint=resume,
+            validation_epochs=10**6,  # validate once, at the end: the test sets judge
+            checkpointing_steps=200,
+            checkpoints_total_limit=1,
+        )
+        finetune_sam(ft)
+    metrics = {}
+    for spec in config.test:
+        name = test_name(spec)
+        eval_dir = folder / f"eval-{name.replace(':', '-')}"
+        if not (eval_dir / "per_image.csv").is_file():
+            evaluate_segmentation(
+                model_dir, test_spec(spec), eval_dir, seed=config.seed, overwrite=True
+            )
+        metrics[name] = _cell_metrics(eval_dir / "per_image.csv")
+    train_log = json.loads((model_dir / "train_log.json").read_text())
+    record = {
+        "n_real": k,
+        "n_synthetic": m,
+        "repeat": r,
+        "seed": config.seed + r,
+        "steps": train_log["global_step"],
+        "metrics": metrics,
+    }
+    for ckpt in model_dir.glob("checkpoint-*"):
+        shutil.rmtree(ckpt)
+    if not config.keep_models:
+        (model_dir / WEIGHTS_FILE).unlink()
+    atomic_write_bytes(done, (json.dumps(record, indent=2) + "\n").encode())
+    return record
+
+
+def _fmt(mean: float, sd: float, digits: int) -> str:
+    if not math.isfinite(mean):
+        return "n/a"
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}" if math.isfinite(sd) else f"{mean:.{digits}f}"
+
+
+def summarise(config: SegAugmentConfig, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and sd over repeats of each metric, per test set, K and M."""
+    rows = []
+    for spec in config.test:
+        name = test_name(spec)
+        for k in config.n_real:
+            for m in config.n_synthetic:
+                cell = [
+                    r["metrics"][name] for r in records if (r["n_real"], r["n_synthetic"]) == (k, m)
+                ]
+                row: dict[str, Any] = {
+                    "test": name,
+                    "n_real": k,
+                    "n_synthetic": m,
+                    "repeats": len(cell),
+                }
+                for metric in TABLE_METRICS:
+                    row[f"{metric}_mean"], row[f"{metric}_sd"] = mean_sd([c[metric] for c in cell])
+                rows.append(row)
+    return rows
+
+
+def _csv_bytes(rows: list[dict[str, Any]]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(
+            {k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        )
+    return buf.getvalue().encode()
+
+
+def _markdown(config: SegAugmentConfig, table: list[dict[str, Any]]) -> str:
+    shown = [m for m in TABLE_METRICS if any(math.isfinite(r[f"{m}_mean"]) for r in table)]
+    digits = {"dice": 3}
+    lines = [
+        f"Mean ± sd over {config.repeats} repeat(s); metrics at native resolution.",
+        "",
+        "| test set | real | synthetic | " + " | ".join(shown) + " |",
+        "|---|---:|---:|" + "---:|" * len(shown),
+    ]
+    for r in table:
+        cells = [_fmt(r[f"{m}_mean"], r[f"{m}_sd"], digits.get(m, 1)) for m in shown]
+        lines.append(
+            f"| {r['test']} | {r['n_real']} | {r['n_synthetic']} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def seg_augment(config: SegAugmentConfig) -> dict[str, Any]:
+    """Run (or finish) the experiment; returns the table rows and where files are."""
+    from fusynth.plots import line_chart
+
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--out: {out} exists and is not a folder")
+    _check_inputs(config)
+    _check_request(config, out)
+    cells = [
+        (k, m, r) for r in range(config.repeats) for k in config.n_real for m in config.n_synthetic
+    ]
+    records = []
+    for i, (k, m, r) in enumerate(cells, 1):
+        log.info("cell %d/%d: %d real + %d synthetic, repeat %d", i, len(cells), k, m, r)
+        records.append(run_cell(config, out, k, m, r))
+    results = [
+        {
+            "test": name,
+            "n_real": rec["n_real"],
+            "n_synthetic": rec["n_synthetic"],
+            "repeat": rec["repeat"],
+            "seed": rec["seed"],
+            "steps": rec["steps"],
+            **values,
+        }
+        for rec in records
+        for name, values in rec["metrics"].items()
+    ]
+    atomic_write_bytes(out / "results.csv", _csv_bytes(results))
+    table = summarise(config, records)
+    atomic_write_bytes(out / "table.csv", _csv_bytes(table))
+    atomic_write_bytes(out / "table.md", _markdown(config, table).encode())
+    series = {}
+    for spec in config.test:
+        name = test_name(spec)
+        for m in config.n_synthetic:
+            rows = [r for r in table if r["test"] == name and r["n_synthetic"] == m]
+            label = f"{name}, {'real only' if m == 0 else f'+{m} synthetic'}"
+            series[label] = ([r["dice_mean"] for r in rows], [r["dice_sd"] for r in rows])
+    line_chart(
+        out / "dice_vs_real.png",
+        config.n_real,
+        series,
+        title="Dice against real training images, with and without synthetic pairs",
+        xlabel="real training images",
+        ylabel="Dice (mean ± sd over repeats)",
+    )
+    return {"table": table, "out": out}

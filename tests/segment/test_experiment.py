@@ -1,0 +1,199 @@
+"""``fusynth experiment seg-augment`` and ``fusynth evaluate segmentation`` end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fusynth.cli import main
+from tests.conftest import SHARED_DATA, requires_shared_data
+from tests.segment.test_finetune import _dataset, _head
+
+FAST = ["--max_train_steps", "3", "--train_batch_size", "2"]
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    rows = [("train", f"t{i}", _head(i=i % 5)) for i in range(8)]
+    rows += [("validation", f"v{i}", _head(i=i)) for i in range(2)]
+    rows += [("test", f"x{i}", _head(i=i)) for i in range(3)]
+    return _dataset(tmp_path_factory.mktemp("real") / "real", rows)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    rows = [("train", f"synthetic:{i}", _head(i=i % 4)) for i in range(6)]
+    return _dataset(tmp_path_factory.mktemp("synth") / "synth", rows)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("FUSYNTH_CACHE", str(tmp_path_factory.getbasetemp() / "fusynth-cache"))
+
+
+def _run(real, synthetic, out, *extra):
+    return main(
+        [
+            "experiment", "seg-augment", "--real", str(real), "--test", str(real),
+            "--synthetic", str(synthetic), "--n_real", "2,4", "--n_synthetic", "0,4",
+            "--repeats", "2", "--out", str(out), *FAST, *extra,
+        ]
+    )  # fmt: skip
+
+
+def _csv(path):
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_experiment_writes_every_cell_a_table_and_a_chart(real, synthetic, tmp_path, capsys):
+    out = tmp_path / "exp"
+    assert _run(real, synthetic, out) == 0
+    printed = capsys.readouterr().out
+    assert "| real:test | 2 | 0 |" in printed
+    results = _csv(out / "results.csv")
+    assert len(results) == 2 * 2 * 2  # K x M x repeats, one test set
+    assert {(r["n_real"], r["n_synthetic"], r["repeat"]) for r in results} == {
+        (k, m, r) for k in ("2", "4") for m in ("0", "4") for r in ("0", "1")
+    }
+    # Both arms of a repeat share the seed (same real images and jitter).
+    for r in ("0", "1"):
+        assert len({x["seed"] for x in results if x["repeat"] == r}) == 1
+    table = _csv(out / "table.csv")
+    assert len(table) == 4 and all(row["repeats"] == "2" for row in table)
+    cell = [float(x["dice"]) for x in results if (x["n_real"], x["n_synthetic"]) == ("4", "4")]
+    row = next(t for t in table if (t["n_real"], t["n_synthetic"]) == ("4", "4"))
+    assert float(row["dice_mean"]) == pytest.approx(np.mean(cell))
+    assert float(row["dice_sd"]) == pytest.approx(np.std(cell, ddof=1))
+    with Image.open(out / "dice_vs_real.png") as im:
+        assert im.size[0] > 300
+    # Each cell's model config shows what it trained on; the weights are gone by default.
+    cfg = json.loads((out / "cells" / "k4-m4-r1" / "model" / "config.json").read_text())
+    assert (cfg["num_real"], cfg["num_synthetic"], cfg["seed"]) == (4, 4, 1)
+    assert not (out / "cells" / "k4-m4-r1" / "model" / "model.safetensors").exists()
+    assert (out / "cells" / "k4-m4-r1" / "eval-real-test" / "summary.json").is_file()
+
+    # A rerun finds every cell done and trains nothing.
+    stamp = (out / "cells" / "k2-m0-r0" / "cell.json").stat().st_mtime_ns
+    assert _run(real, synthetic, out) == 0
+    assert (out / "cells" / "k2-m0-r0" / "cell.json").stat().st_mtime_ns == stamp
+    # An interrupted cell is redone; the others are kept.
+    (out / "cells" / "k2-m4-r1" / "cell.json").unlink()
+    assert _run(real, synthetic, out) == 0
+    assert _csv(out / "results.csv") == results
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--n_real", "2,40"], "--n_real: asks for 40 images but"),
+        (["--n_synthetic", "0,7"], "--n_synthetic: asks for 7 pairs but"),
+        (["--repeats", "0"], "--repeats: must be at least 1"),
+        (["--n_real", "2,x"], "--n_real"),
+    ],
+)
+def test_bad_requests_exit_2_before_training(real, synthetic, tmp_path, capsys, extra, needle):
+    out = tmp_path / "exp"
+    assert _run(real, synthetic, out, *extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0]
+    assert not (out / "cells").exists()
+
+
+def test_a_test_set_sharing_subjects_with_training_is_refused(real, synthetic, tmp_path, capsys):
+    code = main(
+        ["experiment", "seg-augment", "--real", str(real), "--test", f"{real}:train",
+         "--synthetic", str(synthetic), "--out", str(tmp_path / "e"), "--n_real", "2", "--n_synthetic", "0,4"]
+    )  # fmt: skip
+    assert code == 2 and "shares 8 subject(s)" in capsys.readouterr().err
+
+
+def test_a_changed_request_is_refused(real, synthetic, tmp_path, capsys):
+    out = tmp_path / "exp"
+    args = ["--n_synthetic", "0", "--n_real", "2", "--repeats", "1"]
+    assert _run(real, synthetic, out, *args) == 0
+    assert _run(real, synthetic, out, *args, "--box_jitter", "3") == 2
+    assert "box_jitter: 10 there, 3 now" in capsys.readouterr().err
+
+
+def test_evaluate_segmentation_cli(real, tmp_path, capsys):
+    from fusynth.segment.finetune import SamFinetuneConfig, finetune_sam
+
+    model = finetune_sam(
+        SamFinetuneConfig(train=f"{real}:train", output_dir=str(tmp_path / "m"), max_train_steps=2)
+    ).output_dir
+    out = tmp_path / "eval"
+    code = main(
+        ["evaluate", "segmentation", "--model", str(model), "--data", f"{real}:test",
+         "--out", str(out), "--box_jitter", "0,4", "--rounds", "2"]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "box jitter 0 px: Dice" in printed and "box jitter 4 px" in printed
+    assert len(_csv(out / "per_image.csv")) == 3 * (1 + 2)
+    assert main(["evaluate", "segmentation", "--model", str(model), "--data", f"{real}:test",
+                 "--out", str(tmp_path / "e2"), "--box_jitter", "-1"]) == 2  # fmt: skip
+    assert "--box_jitter" in capsys.readouterr().err
+
+
+@requires_shared_data
+def test_experiment_on_prepared_hc18_with_a_mask_guided_cohort(tiny_controlnet, tmp_path, capsys):
+    """The issue's acceptance run, at CI size: HC18 (prepared), a ControlNet pairs cohort,
+    tiny defaults; the evaluation reports Dice, HD95, ASSD and head-circumference error."""
+    hc18 = tmp_path / "hc18"
+    assert main(["data", "prepare", "--format", "hc18", str(SHARED_DATA / "hc18"), str(hc18)]) == 0
+    pairs = tmp_path / "pairs"
+    assert main(
+        ["generate", "pairs", "--method", "controlnet", "--adapter", str(tiny_controlnet),
+         "--masks-from", f"{hc18}:train", "--n", "4", "--steps", "2", "--out", str(pairs)]
+    ) == 0  # fmt: skip
+    out = tmp_path / "exp"
+    code = main(
+        ["experiment", "seg-augment", "--real", str(hc18), "--test", str(hc18),
+         "--synthetic", str(pairs), "--n_real", "2,4", "--n_synthetic", "0,4", "--repeats", "1",
+         "--out", str(out), "--max_train_steps", "12"]
+    )  # fmt: skip
+    assert code == 0
+    table = (out / "table.md").read_text()
+    assert "| hc18:test | 4 | 4 |" in table
+    for cell in ("k4-m0-r0", "k4-m4-r0"):
+        summary = json.loads((out / "cells" / cell / "eval-hc18-test" / "summary.json").read_text())
+        assert summary["n_images"] == 12
+        stats = summary["by_jitter"]["0"]
+        assert stats["dice"]["n"] == 12
+        assert {"hd95_px", "assd_px", "hc_abs_error_mm"} <= set(stats)
+    # The real-only cell segments something after 12 steps: surface distances exist.
+    assert stats is not None
+    real_only = json.loads(
+        (out / "cells" / "k4-m0-r0" / "eval-hc18-test" / "summary.json").read_text()
+    )["by_jitter"]["0"]
+    assert real_only["dice"]["mean"] > 0.1
+    assert real_only["hd95_px"]["n"] >= 1 and real_only["assd_px"]["n"] >= 1
+    # HC18's sample ships no pixel-size CSV: mm metrics and the HC error are absent, not 0.
+    assert stats["hc_abs_error_mm"] is None
+
+
+def test_hc_error_in_mm_on_data_with_spacing(phantom_prepared, tmp_path):
+    """The phantom records pixel spacing and HC: the report has HC error in mm."""
+    from fusynth.segment.evaluate import evaluate_segmentation
+    from fusynth.segment.finetune import SamFinetuneConfig, finetune_sam
+
+    model = finetune_sam(
+        SamFinetuneConfig(
+            train=f"{phantom_prepared}:train",
+            validation="none",
+            output_dir=str(tmp_path / "m"),
+            max_train_steps=1,
+            embedding_cache=str(tmp_path / "c"),
+        )
+    ).output_dir
+    summary = evaluate_segmentation(model, f"{phantom_prepared}:test", tmp_path / "e")
+    rows = _csv(tmp_path / "e" / "per_image.csv")
+    assert all(r["hc_true_mm"] for r in rows)
+    with_hc = [r for r in rows if r["hc_abs_error_mm"]]
+    if with_hc:
+        assert summary["by_jitter"]["0"]["hc_abs_error_mm"]["n"] == len(with_hc)
