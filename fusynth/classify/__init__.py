@@ -1,0 +1,1 @@
+"""View classification: backbones, training, metrics."""
