@@ -599,6 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=_evaluate_segmentation)
+    from fusynth.cluster_cli import add_evaluate_clustering_parser
+
+    add_evaluate_clustering_parser(ev_cmds)
 
     exp = groups.add_parser("experiment", help="experiments that train and evaluate")
     exp_cmds = exp.add_subparsers(dest="command", required=True, parser_class=_Parser)
