@@ -575,6 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop", help="write the cohort without failing pairs to this folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --drop folder")
     p.set_defaults(func=_audit_pairs)
+    from fusynth.audit.cohort_cli import add_audit_cohort_parser
+
+    add_audit_cohort_parser(audit_cmds)
 
     ev = groups.add_parser("evaluate", help="evaluate models")
     ev_cmds = ev.add_subparsers(dest="command", required=True, parser_class=_Parser)
