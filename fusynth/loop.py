@@ -140,3 +140,80 @@ def load_checkpoint(
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     return int(state["global_step"])
+
+
+# ----------------------------------------------------------------------------- a run's folder
+
+
+def check_run_dir(config: Any, weights_file: str) -> Path:
+    """Validate ``--output_dir`` before anything runs.
+
+    A folder that already holds a run (its weights or a checkpoint) is refused unless the
+    run resumes (``--resume_from_checkpoint``) or starts over (``--overwrite_output_dir``).
+    """
+    out = Path(config.output_dir)
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--output_dir: {out} exists and is not a folder")
+    fresh = config.resume_from_checkpoint is None and not config.overwrite_output_dir
+    if fresh and out.is_dir() and ((out / weights_file).exists() or list_checkpoints(out)):
+        raise UserInputError(
+            f"--output_dir: {out} already holds a run; resume it with "
+            "--resume_from_checkpoint latest or pass --overwrite_output_dir"
+        )
+    return out
+
+
+def start_run(config: Any, weights_file: str, **accelerator_kwargs: Any):
+    """Check the output folder and the resume point, build the Accelerator, and clear
+    the folder when the run starts over.
+
+    ``config`` needs ``output_dir``, ``resume_from_checkpoint``, ``overwrite_output_dir``,
+    ``mixed_precision`` and ``report_to``.
+
+    Returns:
+        ``(accelerator, output_dir, resume)``: ``resume`` is the checkpoint folder or None.
+    """
+    from accelerate.utils import ProjectConfiguration
+
+    from fusynth.distributed import make_accelerator
+
+    output_dir = check_run_dir(config, weights_file)
+    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise UserInputError("--mixed_precision fp16 needs a CUDA GPU; use bf16 or no on a CPU")
+    resume = None
+    if config.resume_from_checkpoint is not None:
+        resume = find_resume_checkpoint(config.resume_from_checkpoint, output_dir)
+    accelerator = make_accelerator(
+        mixed_precision=config.mixed_precision,
+        log_with=None if config.report_to == "none" else config.report_to,
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / "logs")
+        ),
+        **accelerator_kwargs,
+    )
+    if config.overwrite_output_dir and resume is None and accelerator.is_main_process:
+        shutil.rmtree(output_dir, ignore_errors=True)  # no stale checkpoints to resume from
+    accelerator.wait_for_everyone()
+    return accelerator, output_dir, resume
+
+
+def tracker_config(run_config: dict[str, Any]) -> dict[str, Any]:
+    """A run config with every value a scalar, as trackers (tensorboard) want it."""
+    return {
+        k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in run_config.items()
+    }
+
+
+def replace_outputs(output_dir: Path, write: Callable[[Path], None]) -> None:
+    """Write a run's final files into a temporary folder with ``write``, then move each
+    into ``output_dir``, replacing its old version only once all are written."""
+    tmp = output_dir / ".final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    for item in tmp.iterdir():
+        target = output_dir / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(item, target)
+    tmp.rmdir()

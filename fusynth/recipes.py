@@ -79,3 +79,22 @@ def run_training_recipe(
             )
 
     return run_recipe(parser, config_cls, run, argv)
+
+
+def add_run_flags(group: Any, default_output: str) -> None:
+    """The checkpoint and output flags every training recipe shares (SUPPRESS defaults;
+    the defaults themselves live in each config dataclass)."""
+    group.add_argument(
+        "--checkpointing_steps", type=int, help="save checkpoint-N every N steps (500)"
+    )
+    group.add_argument(
+        "--checkpoints_total_limit", type=int, help="keep at most this many checkpoints"
+    )
+    group.add_argument("--resume_from_checkpoint", help="latest, or a checkpoint folder")
+    group.add_argument("--output_dir", help=f"({default_output})")
+    group.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="start over in an output_dir that holds a run",
+    )
+    group.add_argument("--report_to", choices=("none", "tensorboard"), help="(none)")

@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,18 +35,19 @@ from torch import nn
 
 from fusynth.data.transforms import square_resize
 from fusynth.data.views import ViewSet, load_view_set
-from fusynth.distributed import make_accelerator
 from fusynth.embed import Embedder
 from fusynth.errors import UserInputError
 from fusynth.loop import (
+    check_run_dir,
     choice,
     epoch_order,
-    find_resume_checkpoint,
-    list_checkpoints,
     load_checkpoint,
     positive,
+    replace_outputs,
     save_checkpoint,
+    start_run,
     step_generator,
+    tracker_config,
 )
 
 log = logging.getLogger(__name__)
@@ -377,19 +377,6 @@ class SslTrainResult:
 RESUME_KEYS = ("seed", "resolution", "temperature", "projection_dim", "train_batch_size")
 
 
-def _check_output_dir(config: SslConfig) -> Path:
-    out = Path(config.output_dir)
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"--output_dir: {out} exists and is not a folder")
-    fresh = config.resume_from_checkpoint is None and not config.overwrite_output_dir
-    if fresh and out.is_dir() and ((out / ENCODER_FILE).exists() or list_checkpoints(out)):
-        raise UserInputError(
-            f"--output_dir: {out} already holds a run; resume it with "
-            "--resume_from_checkpoint latest or pass --overwrite_output_dir"
-        )
-    return out
-
-
 def _save_model(folder: Path, model: SimClr) -> None:
     from safetensors.torch import save_file
 
@@ -420,27 +407,12 @@ def train_ssl(config: SslConfig) -> SslTrainResult:
     Raises:
         UserInputError: bad settings or inputs, naming the flag or file.
     """
-    from accelerate.utils import ProjectConfiguration
     from diffusers.optimization import get_scheduler
     from tqdm.auto import tqdm
 
-    output_dir = _check_output_dir(config)
-    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise UserInputError("--mixed_precision fp16 needs a CUDA GPU; use bf16 or no on a CPU")
-    resume = None
-    if config.resume_from_checkpoint is not None:
-        resume = find_resume_checkpoint(config.resume_from_checkpoint, output_dir)
+    check_run_dir(config, ENCODER_FILE)  # before loading anything
     data = load_training_images(config)
-    accelerator = make_accelerator(
-        mixed_precision=config.mixed_precision,
-        log_with=None if config.report_to == "none" else config.report_to,
-        project_config=ProjectConfiguration(
-            project_dir=str(output_dir), logging_dir=str(output_dir / "logs")
-        ),
-    )
-    if config.overwrite_output_dir and resume is None and accelerator.is_main_process:
-        shutil.rmtree(output_dir, ignore_errors=True)
-    accelerator.wait_for_everyone()
+    accelerator, output_dir, resume = start_run(config, ENCODER_FILE)
     device = accelerator.device
     model = build_simclr(config.projection_dim, config.seed).to(device)
     optimizer = torch.optim.AdamW(
@@ -476,7 +448,7 @@ def train_ssl(config: SslConfig) -> SslTrainResult:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
         if config.report_to != "none":
-            accelerator.init_trackers("fusynth-ssl", config=_tracker_config(run_config))
+            accelerator.init_trackers("fusynth-ssl", config=tracker_config(run_config))
 
     losses: list[float] = []
     top1: list[float] = []
@@ -561,12 +533,6 @@ def _run_config(
     return resolved
 
 
-def _tracker_config(run_config: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in run_config.items()
-    }
-
-
 def ssl_config(run_config: dict[str, Any]) -> dict[str, Any]:
     """What a user of the encoder needs: architecture, input size and normalisation."""
     return {
@@ -587,23 +553,16 @@ def _save_final(output_dir, model, run_config, step, losses, top1) -> None:
     the loss log and the card; each replaces its old version only when all is written."""
     from safetensors.torch import save_file
 
-    tmp = output_dir / ".final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.encoder.state_dict().items()}
-    save_file(state, str(tmp / ENCODER_FILE))
-    (tmp / SSL_CONFIG_FILE).write_text(json.dumps(ssl_config(run_config), indent=2) + "\n")
-    (tmp / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
-    (tmp / "train_log.json").write_text(
-        json.dumps({"global_step": step, "losses": losses, "positive_top1": top1}, indent=1)
-    )
-    (tmp / "README.md").write_text(render_ssl_card(run_config, step, losses))
-    for item in tmp.iterdir():
-        target = output_dir / item.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(item, target)
-    tmp.rmdir()
+    def write(tmp: Path) -> None:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.encoder.state_dict().items()}
+        save_file(state, str(tmp / ENCODER_FILE))
+        (tmp / SSL_CONFIG_FILE).write_text(json.dumps(ssl_config(run_config), indent=2) + "\n")
+        (tmp / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
+        log = {"global_step": step, "losses": losses, "positive_top1": top1}
+        (tmp / "train_log.json").write_text(json.dumps(log, indent=1))
+        (tmp / "README.md").write_text(render_ssl_card(run_config, step, losses))
+
+    replace_outputs(output_dir, write)
 
 
 _HYPERPARAMETERS = (

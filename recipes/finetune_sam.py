@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fusynth.recipes import run_training_recipe
+from fusynth.recipes import add_run_flags, run_training_recipe
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +23,6 @@ def build_parser() -> argparse.ArgumentParser:
         LOSSES,
         LR_SCHEDULERS,
         MIXED_PRECISION,
-        REPORT_TO,
         TRAIN_PARTS,
     )
     from fusynth.segment.sam import SAM_CONFIGS
@@ -89,16 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--no_embedding_cache", action="store_true", help="keep embeddings in memory only"
     )
-    g.add_argument("--checkpointing_steps", type=int, help="save checkpoint-N every N steps (500)")
-    g.add_argument("--checkpoints_total_limit", type=int, help="keep at most this many checkpoints")
-    g.add_argument("--resume_from_checkpoint", help="latest, or a checkpoint folder")
-    g.add_argument("--output_dir", help="(fusynth-sam)")
-    g.add_argument(
-        "--overwrite_output_dir",
-        action="store_true",
-        help="start over in an output_dir that holds a run",
-    )
-    g.add_argument("--report_to", choices=REPORT_TO, help="(none)")
+    add_run_flags(g, "fusynth-sam")
     p.add_argument("--debug", action="store_true", help="tracebacks on errors")
     return p
 

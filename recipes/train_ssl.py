@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fusynth.recipes import run_training_recipe
+from fusynth.recipes import add_run_flags, run_training_recipe
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The recipe's flags (defaults live in ``SslConfig``)."""
-    from fusynth.ssl import LR_SCHEDULERS, MIXED_PRECISION, REPORT_TO
+    from fusynth.ssl import LR_SCHEDULERS, MIXED_PRECISION
 
     p = argparse.ArgumentParser(
         prog="train_ssl.py",
@@ -54,16 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mixed_precision", choices=MIXED_PRECISION, help="(no)")
     g.add_argument("--seed", type=int, help="init, data order and augmentations (0)")
     g = p.add_argument_group("checkpoints, output")
-    g.add_argument("--checkpointing_steps", type=int, help="save checkpoint-N every N steps (500)")
-    g.add_argument("--checkpoints_total_limit", type=int, help="keep at most this many checkpoints")
-    g.add_argument("--resume_from_checkpoint", help="latest, or a checkpoint folder")
-    g.add_argument("--output_dir", help="(fusynth-ssl)")
-    g.add_argument(
-        "--overwrite_output_dir",
-        action="store_true",
-        help="start over in an output_dir that holds a run",
-    )
-    g.add_argument("--report_to", choices=REPORT_TO, help="(none)")
+    add_run_flags(g, "fusynth-ssl")
     p.add_argument("--debug", action="store_true", help="tracebacks on errors")
     return p
 

@@ -22,8 +22,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,17 +34,18 @@ import torch.nn.functional as F
 from fusynth.data.images import save_png, tile_images
 from fusynth.data.schema import VIEWS
 from fusynth.diffusion.base import BaseRef, SDComponents, load_components, resolve_base
-from fusynth.distributed import make_accelerator
 from fusynth.errors import UserInputError, suggest
 from fusynth.loop import (
+    check_run_dir,
     choice,
     epoch_order,
-    find_resume_checkpoint,
-    list_checkpoints,
     load_checkpoint,
     positive,
+    replace_outputs,
     save_checkpoint,
+    start_run,
     step_generator,
+    tracker_config,
 )
 
 log = logging.getLogger(__name__)
@@ -454,19 +453,6 @@ class TrainResult:
     base: BaseRef
 
 
-def _check_output_dir(config: TrainConfig, method: TrainMethod) -> Path:
-    out = Path(config.output_dir)
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"--output_dir: {out} exists and is not a folder")
-    fresh = config.resume_from_checkpoint is None and not config.overwrite_output_dir
-    if fresh and out.is_dir() and ((out / method.weights_file).exists() or list_checkpoints(out)):
-        raise UserInputError(
-            f"--output_dir: {out} already holds a run; resume it with "
-            "--resume_from_checkpoint latest or pass --overwrite_output_dir"
-        )
-    return out
-
-
 @dataclass
 class _Trainables:
     """What a checkpoint saves and restores (modules unwrapped from DDP)."""
@@ -526,36 +512,18 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
     Raises:
         UserInputError: bad settings or inputs, naming the flag or file.
     """
-    from accelerate.utils import ProjectConfiguration
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import cast_training_params, compute_snr
     from tqdm.auto import tqdm
 
-    output_dir = _check_output_dir(config, method)
-    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise UserInputError("--mixed_precision fp16 needs a CUDA GPU; use bf16 or no on a CPU")
+    check_run_dir(config, method.weights_file)  # before loading anything
     ref = resolve_base(config.pretrained_model_name_or_path, config.revision, config.variant)
     resolution = config.resolution or (64 if ref.smoke else 512)
-    resume = None
-    if config.resume_from_checkpoint is not None:
-        resume = find_resume_checkpoint(config.resume_from_checkpoint, output_dir)
-
-    accelerator = make_accelerator(
-        mixed_precision=config.mixed_precision,
+    accelerator, output_dir, resume = start_run(
+        config,
+        method.weights_file,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        log_with=None if config.report_to == "none" else config.report_to,
-        project_config=ProjectConfiguration(
-            project_dir=str(output_dir), logging_dir=str(output_dir / "logs")
-        ),
     )
-    if (
-        config.overwrite_output_dir
-        and resume is None
-        and accelerator.is_main_process
-        and output_dir.is_dir()
-    ):
-        shutil.rmtree(output_dir)  # start over: no stale checkpoints to resume from by mistake
-    accelerator.wait_for_everyone()
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         accelerator.mixed_precision, torch.float32
     )
@@ -634,7 +602,7 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
             json.dumps(run_config, indent=2, sort_keys=True, default=str) + "\n"
         )
         if config.report_to != "none":
-            accelerator.init_trackers(f"fusynth-{method.name}", config=_tracker_config(run_config))
+            accelerator.init_trackers(f"fusynth-{method.name}", config=tracker_config(run_config))
 
     scaling = comps.vae.config.scaling_factor
     shift = getattr(comps.vae.config, "shift_factor", None) or 0.0
@@ -820,39 +788,28 @@ def _run_config(
     return resolved
 
 
-def _tracker_config(run_config: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in run_config.items()
-    }
-
-
 def _save_final(output_dir, method, modules, run_config, ref, step, losses) -> None:
     """Write the weights, extras, resolved config, loss log and card; each replaces its
     old version only when everything is complete."""
-    tmp = output_dir / ".final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    method.save_weights(tmp, modules)
-    method.save_extras(tmp, modules, ref)
-    (tmp / "config.json").write_text(
-        json.dumps(run_config, indent=2, sort_keys=True, default=str) + "\n"
-    )
-    (tmp / "train_log.json").write_text(
-        json.dumps({"global_step": step, "losses": losses}, indent=1)
-    )
     grids = (
         sorted((output_dir / "validation").glob("step-*.png"))
         if (output_dir / "validation").is_dir()
         else []
     )
     sample = grids[-1].relative_to(output_dir).as_posix() if grids else None
-    (tmp / "README.md").write_text(method.render_card(run_config, step, sample))
-    for item in tmp.iterdir():
-        target = output_dir / item.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(item, target)
-    tmp.rmdir()
+
+    def write(tmp: Path) -> None:
+        method.save_weights(tmp, modules)
+        method.save_extras(tmp, modules, ref)
+        (tmp / "config.json").write_text(
+            json.dumps(run_config, indent=2, sort_keys=True, default=str) + "\n"
+        )
+        (tmp / "train_log.json").write_text(
+            json.dumps({"global_step": step, "losses": losses}, indent=1)
+        )
+        (tmp / "README.md").write_text(method.render_card(run_config, step, sample))
+
+    replace_outputs(output_dir, write)
 
 
 # ----------------------------------------------------------------------------- flags
@@ -863,6 +820,8 @@ def add_common_flags(
 ) -> None:
     """The flags every training recipe shares (argparse with SUPPRESS defaults; the
     defaults themselves live in :class:`TrainConfig`)."""
+    from fusynth.recipes import add_run_flags
+
     p.add_argument("--config", help="YAML file of flag values; flags given here override it")
     g = p.add_argument_group("base model")
     g.add_argument(
@@ -910,20 +869,11 @@ def add_common_flags(
     g.add_argument("--gradient_checkpointing", action="store_true")
     g.add_argument("--seed", type=int, help="(0)")
     g = p.add_argument_group("checkpoints, validation, output")
-    g.add_argument("--checkpointing_steps", type=int, help="save checkpoint-N every N steps (500)")
-    g.add_argument("--checkpoints_total_limit", type=int, help="keep at most this many checkpoints")
-    g.add_argument("--resume_from_checkpoint", help="latest, or a checkpoint folder")
+    add_run_flags(g, default_output)
     g.add_argument("--validation_prompt", action="append", help="repeatable")
     g.add_argument("--validation_steps", type=int, help="(100)")
     g.add_argument("--num_validation_images", type=int, help="per prompt (4)")
     g.add_argument(
         "--validation_inference_steps", type=int, help="sampler steps for validation (20)"
     )
-    g.add_argument("--output_dir", help=f"({default_output})")
-    g.add_argument(
-        "--overwrite_output_dir",
-        action="store_true",
-        help="start over in an output_dir that holds a run",
-    )
-    g.add_argument("--report_to", choices=REPORT_TO, help="(none)")
     p.add_argument("--debug", action="store_true", help="tracebacks on errors")

@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,16 +32,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fusynth.distributed import make_accelerator
 from fusynth.errors import UserInputError
 from fusynth.loop import (
+    check_run_dir,
     choice,
     epoch_order,
-    find_resume_checkpoint,
-    list_checkpoints,
     load_checkpoint,
     positive,
+    replace_outputs,
     save_checkpoint,
+    start_run,
     step_generator,
 )
 from fusynth.segment.data import (
@@ -442,19 +441,6 @@ RESUME_KEYS = (
 )
 
 
-def _check_output_dir(config: SamFinetuneConfig) -> Path:
-    out = Path(config.output_dir)
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"--output_dir: {out} exists and is not a folder")
-    fresh = config.resume_from_checkpoint is None and not config.overwrite_output_dir
-    if fresh and out.is_dir() and ((out / WEIGHTS_FILE).exists() or list_checkpoints(out)):
-        raise UserInputError(
-            f"--output_dir: {out} already holds a run; resume it with "
-            "--resume_from_checkpoint latest or pass --overwrite_output_dir"
-        )
-    return out
-
-
 def _load_model(config: SamFinetuneConfig) -> tuple[Any, str, dict[str, Any]]:
     if config.checkpoint:
         sam, model_type = load_sam(config.checkpoint, config.model_type, flag="--checkpoint")
@@ -526,32 +512,20 @@ def finetune_sam(config: SamFinetuneConfig) -> SamTrainResult:
     Raises:
         UserInputError: bad settings or inputs, naming the flag or file.
     """
-    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+    from accelerate.utils import DistributedDataParallelKwargs
     from diffusers.optimization import get_scheduler
     from tqdm.auto import tqdm
 
-    output_dir = _check_output_dir(config)
-    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise UserInputError("--mixed_precision fp16 needs a CUDA GPU; use bf16 or no on a CPU")
-    resume = None
-    if config.resume_from_checkpoint is not None:
-        resume = find_resume_checkpoint(config.resume_from_checkpoint, output_dir)
+    check_run_dir(config, WEIGHTS_FILE)  # before loading anything
     sam, model_type, base_info = _load_model(config)
     size = sam.image_encoder.img_size
     data = choose_training_data(config, size)
-
-    accelerator = make_accelerator(
-        mixed_precision=config.mixed_precision,
+    accelerator, output_dir, resume = start_run(
+        config,
+        WEIGHTS_FILE,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        log_with=None if config.report_to == "none" else config.report_to,
-        project_config=ProjectConfiguration(
-            project_dir=str(output_dir), logging_dir=str(output_dir / "logs")
-        ),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
-    if config.overwrite_output_dir and resume is None and accelerator.is_main_process:
-        shutil.rmtree(output_dir, ignore_errors=True)
-    accelerator.wait_for_everyone()
     device = accelerator.device
     sam.to(device)
     sam.requires_grad_(False)
@@ -764,21 +738,15 @@ def _save_final(output_dir, sam, model_type, run_config, step, losses, val_histo
 
     final = copy.deepcopy(sam).cpu()
     merge_encoder_lora(final)
-    tmp = output_dir / ".final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in final.state_dict().items()}, str(tmp / WEIGHTS_FILE))
-    (tmp / CONFIG_FILE).write_text(
-        json.dumps({"model_type": model_type, "trained_parts": run_config["train_parts"]}, indent=2)
-    )
-    (tmp / "config.json").write_text(json.dumps(run_config, indent=2, default=str) + "\n")
-    (tmp / "train_log.json").write_text(
-        json.dumps({"global_step": step, "losses": losses, "validation": val_history}, indent=1)
-    )
-    (tmp / "README.md").write_text(render_sam_card(run_config, step, val_history))
-    for item in tmp.iterdir():
-        target = output_dir / item.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(item, target)
-    tmp.rmdir()
+
+    def write(tmp: Path) -> None:
+        state = {k: v.contiguous() for k, v in final.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_FILE))
+        sam_config = {"model_type": model_type, "trained_parts": run_config["train_parts"]}
+        (tmp / CONFIG_FILE).write_text(json.dumps(sam_config, indent=2))
+        (tmp / "config.json").write_text(json.dumps(run_config, indent=2, default=str) + "\n")
+        log = {"global_step": step, "losses": losses, "validation": val_history}
+        (tmp / "train_log.json").write_text(json.dumps(log, indent=1))
+        (tmp / "README.md").write_text(render_sam_card(run_config, step, val_history))
+
+    replace_outputs(output_dir, write)
