@@ -25,6 +25,15 @@ demo: $(STAMP)
 	$(BIN)/fusynth generate text2img --lora $(DEMO_OUT)/lora --views head:16,femur:16 --steps 10 \
 		--out $(DEMO_OUT)/cohort --overwrite
 	$(BIN)/fusynth data inspect $(DEMO_OUT)/cohort
+	$(BIN)/fusynth audit cohort $(DEMO_OUT)/cohort --reference $(DEMO_OUT)/phantom:train
+	$(BIN)/fusynth evaluate clustering --embed pixels --data $(DEMO_OUT)/phantom --extra $(DEMO_OUT)/cohort \
+		--k 4 --overcluster 8 --out $(DEMO_OUT)/clustering --overwrite
+	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		recipes/train_classifier.py --train $(DEMO_OUT)/phantom:train --synthetic $(DEMO_OUT)/cohort \
+		--resolution 64 --max_train_steps 30 --output_dir $(DEMO_OUT)/classifier --overwrite_output_dir
+	$(BIN)/fusynth evaluate classification --model $(DEMO_OUT)/classifier --data $(DEMO_OUT)/phantom:test \
+		--metrics standard,fulora-legacy --out $(DEMO_OUT)/classifier_eval --overwrite
+	$(BIN)/fusynth evaluate zeroshot --data $(DEMO_OUT)/phantom:test --out $(DEMO_OUT)/zeroshot --overwrite
 	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		recipes/train_controlnet.py --train_data $(DEMO_OUT)/phantom --views head --resolution 64 \
 		--max_train_steps 20 --learning_rate 1e-4 --output_dir $(DEMO_OUT)/controlnet --overwrite_output_dir
@@ -48,6 +57,11 @@ demo: $(STAMP)
 	@echo "  phantom_summary.json   counts, sizes, mask coverage, split check"
 	@echo "  lora/                  LoRA adapter (diffusers + peft), checkpoints, validation grids, card"
 	@echo "  cohort/                synthetic cohort (head, femur) in the same schema, previews/"
+	@echo "  cohort/audit/          FID/KID per view with counts, memorization check, closest pairs"
+	@echo "  clustering/            k-means on pixels: purity, NMI, ARI, fidelity, montages, 2-D plot"
+	@echo "  classifier/            ResNet-18 view classifier (real + synthetic), best checkpoint, card"
+	@echo "  classifier_eval/       its metrics.json (with intervals and FU-LoRA legacy), confusion.png"
+	@echo "  zeroshot/              zero-shot view classification with the tiny smoke CLIP"
 	@echo "  controlnet/            mask-conditioned ControlNet, checkpoints, card"
 	@echo "  pairs/                 synthetic head image/mask pairs, previews/, audit/pairs.csv"
 	@echo "  sam/                   SAM (tiny smoke model) fine-tuned on phantom heads + the pairs, card"

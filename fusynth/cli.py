@@ -605,6 +605,13 @@ def build_parser() -> argparse.ArgumentParser:
     from fusynth.cluster_cli import add_evaluate_clustering_parser
 
     add_evaluate_clustering_parser(ev_cmds)
+    from fusynth.classify.cli import (
+        add_evaluate_classification_parser,
+        add_evaluate_zeroshot_parser,
+    )
+
+    add_evaluate_classification_parser(ev_cmds)
+    add_evaluate_zeroshot_parser(ev_cmds)
 
     exp = groups.add_parser("experiment", help="experiments that train and evaluate")
     exp_cmds = exp.add_subparsers(dest="command", required=True, parser_class=_Parser)

@@ -217,3 +217,15 @@ def replace_outputs(output_dir: Path, write: Callable[[Path], None]) -> None:
             shutil.rmtree(target)
         os.replace(item, target)
     tmp.rmdir()
+
+
+def write_run_config(
+    accelerator: Any, run_config: dict[str, Any], output_dir: Path, project: str, report_to: str
+) -> None:
+    """Main process: write ``config.json`` at the start of a run and start the trackers."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config.json").write_text(
+        json.dumps(run_config, indent=2, sort_keys=True, default=str) + "\n"
+    )
+    if report_to != "none":
+        accelerator.init_trackers(project, config=tracker_config(run_config))

@@ -47,7 +47,7 @@ from fusynth.loop import (
     save_checkpoint,
     start_run,
     step_generator,
-    tracker_config,
+    write_run_config,
 )
 
 log = logging.getLogger(__name__)
@@ -445,10 +445,7 @@ def train_ssl(config: SslConfig) -> SslTrainResult:
             batch,
             max_steps,
         )
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
-        if config.report_to != "none":
-            accelerator.init_trackers("fusynth-ssl", config=tracker_config(run_config))
+        write_run_config(accelerator, run_config, output_dir, "fusynth-ssl", config.report_to)
 
     losses: list[float] = []
     top1: list[float] = []

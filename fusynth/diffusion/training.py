@@ -45,7 +45,7 @@ from fusynth.loop import (
     save_checkpoint,
     start_run,
     step_generator,
-    tracker_config,
+    write_run_config,
 )
 
 log = logging.getLogger(__name__)
@@ -597,12 +597,9 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
         log.info("resumed from %s at step %d", resume, global_step)
     run_config = _run_config(config, method, ref, resolution, data, processes)
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.json").write_text(
-            json.dumps(run_config, indent=2, sort_keys=True, default=str) + "\n"
+        write_run_config(
+            accelerator, run_config, output_dir, f"fusynth-{method.name}", config.report_to
         )
-        if config.report_to != "none":
-            accelerator.init_trackers(f"fusynth-{method.name}", config=tracker_config(run_config))
 
     scaling = comps.vae.config.scaling_factor
     shift = getattr(comps.vae.config, "shift_factor", None) or 0.0

@@ -43,6 +43,7 @@ from fusynth.loop import (
     save_checkpoint,
     start_run,
     step_generator,
+    write_run_config,
 )
 from fusynth.segment.data import (
     SamInput,
@@ -599,18 +600,7 @@ def finetune_sam(config: SamFinetuneConfig) -> SamTrainResult:
         log.info("resumed from %s at step %d", resume, global_step)
     run_config = _run_config(config, model_type, size, base_info, data, processes, max_steps)
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.json").write_text(
-            json.dumps(run_config, indent=2, default=str) + "\n"
-        )
-        if config.report_to != "none":
-            accelerator.init_trackers(
-                "fusynth-sam",
-                config={
-                    k: v if isinstance(v, int | float | str | bool) else str(v)
-                    for k, v in run_config.items()
-                },
-            )
+        write_run_config(accelerator, run_config, output_dir, "fusynth-sam", config.report_to)
 
     losses: list[float] = []
     val_history: list[dict[str, float]] = []
