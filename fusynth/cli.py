@@ -265,6 +265,33 @@ def _experiment_seg_augment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment_cls_augment(args: argparse.Namespace) -> int:
+    from fusynth.classify.evaluate import parse_view_list
+    from fusynth.classify.experiment import TRAIN_KEYS, ClsAugmentConfig, cls_augment
+    from fusynth.recipes import quiet_libraries
+    from fusynth.segment.evaluate import parse_int_list
+
+    quiet_libraries()
+    config = ClsAugmentConfig(
+        real=args.real,
+        test=[t for t in args.test.split(",") if t],
+        out=args.out,
+        synthetic=args.synthetic,
+        backbones=[b for b in args.backbones.split(",") if b],
+        n_synthetic_per_view=parse_int_list(args.n_synthetic_per_view, "--n_synthetic_per_view"),
+        repeats=args.repeats,
+        seed=args.seed,
+        views=parse_view_list(args.views, "--views"),
+        keep_models=args.keep_models,
+        overwrite=args.overwrite,
+        **{k: getattr(args, k) for k in TRAIN_KEYS if getattr(args, k) is not None},
+    )
+    result = cls_augment(config)
+    print((result["out"] / "table.md").read_text(), end="")
+    print(f"results and tables in {result['out']}")
+    return 0
+
+
 def _lora_convert(args: argparse.Namespace) -> int:
     from fusynth.diffusion.kohya import convert_lora_file
 
@@ -651,6 +678,50 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace an experiment with another request"
     )
     p.set_defaults(func=_experiment_seg_augment)
+    p = exp_cmds.add_parser(
+        "cls-augment", help="view classifiers, real-only against real + synthetic, per backbone"
+    )
+    p.add_argument(
+        "--real",
+        required=True,
+        help="prepared dataset: its train split trains, validation validates",
+    )
+    p.add_argument(
+        "--test", required=True, help="comma-separated held-out test sets DIR[:split] (split: test)"
+    )
+    p.add_argument("--synthetic", help="text-to-image cohort for the synthetic arm")
+    p.add_argument("--out", required=True, help="experiment folder")
+    p.add_argument("--backbones", default="resnet18", help="comma-separated backbones (resnet18)")
+    p.add_argument(
+        "--n_synthetic_per_view", default="0,1000", help="synthetic images per view (0,1000)"
+    )
+    p.add_argument("--repeats", type=int, default=3, help="repeats per cell, seeds seed+r (3)")
+    p.add_argument("--seed", type=int, default=0, help="(0)")
+    p.add_argument("--views", help="comma-separated views to classify (all of --real)")
+    p.add_argument("--resolution", type=int, help="input side (224; clip: the model's)")
+    p.add_argument("--optimizer", help="sgd or adamw (adamw)")
+    p.add_argument("--learning_rate", type=float, help="(1e-3)")
+    p.add_argument("--train_batch_size", type=int, help="(16)")
+    p.add_argument("--num_train_epochs", type=int, help="epochs per cell (10)")
+    p.add_argument("--max_train_steps", type=int, help="steps per cell (overrides epochs)")
+    p.add_argument("--n_real_per_view", type=int, help="real images per view (all)")
+    p.add_argument(
+        "--no_augment",
+        dest="augment",
+        action="store_false",
+        default=None,
+        help="train without augmentation",
+    )
+    p.add_argument("--mixed_precision", help="no, fp16 or bf16 (no)")
+    p.add_argument(
+        "--keep_models",
+        action="store_true",
+        help="keep each cell's weights (deleted after evaluation)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an experiment with another request"
+    )
+    p.set_defaults(func=_experiment_cls_augment)
 
     lora = groups.add_parser("lora", help="LoRA adapter utilities")
     lora_cmds = lora.add_subparsers(dest="command", required=True, parser_class=_Parser)

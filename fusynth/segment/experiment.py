@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import json
 import logging
 import math
@@ -34,13 +33,12 @@ from typing import Any
 
 from fusynth.data.schema import parse_data_spec
 from fusynth.errors import UserInputError
+from fusynth.experiments import cell, csv_bytes, mean_sd_text, open_experiment
 from fusynth.io import atomic_write_bytes
 from fusynth.stats import mean_sd
 
 log = logging.getLogger(__name__)
 
-REQUEST_FILE = "experiment.json"
-CELL_FILE = "cell.json"
 #: Per-image metrics averaged over a test set for each cell.
 CELL_METRICS = ("dice", "iou", "hd95_px", "assd_px", "hd95_mm", "assd_mm", "hc_abs_error_mm")
 #: Metrics in the table (mean ± sd over repeats).
@@ -128,29 +126,6 @@ def cell_name(k: int, m: int, r: int) -> str:
     return f"k{k}-m{m}-r{r}"
 
 
-def _check_request(config: SegAugmentConfig, out: Path) -> None:
-    req = out / REQUEST_FILE
-    want = json.loads(json.dumps(config.request()))
-    if req.is_file():
-        old = json.loads(req.read_text())
-        if old != want and not config.overwrite:
-            key = sorted(k for k in set(old) | set(want) if old.get(k) != want.get(k))[0]
-            raise UserInputError(
-                f"--out: {out} holds an experiment with a different request ({key}: "
-                f"{old.get(key)!r} there, {want.get(key)!r} now); use another --out or --overwrite"
-            )
-        if old != want:
-            shutil.rmtree(out)
-    elif out.is_dir() and any(out.iterdir()):
-        if not config.overwrite:
-            raise UserInputError(
-                f"--out: {out} is not empty and is not an experiment; use another --out or --overwrite"
-            )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(req, (json.dumps(want, indent=2) + "\n").encode())
-
-
 def _check_inputs(config: SegAugmentConfig) -> None:
     """Fail before any training: counts that the data cannot give, leaking test sets."""
     from fusynth.segment.data import check_disjoint, load_seg_set
@@ -190,15 +165,19 @@ def _cell_metrics(per_image_csv: Path) -> dict[str, float]:
 
 def run_cell(config: SegAugmentConfig, out: Path, k: int, m: int, r: int) -> dict[str, Any]:
     """Train and evaluate one cell (or read it back when done)."""
+    return cell(
+        out / "cells" / cell_name(k, m, r), lambda folder: _train_and_test(config, folder, k, m, r)
+    )
+
+
+def _train_and_test(
+    config: SegAugmentConfig, folder: Path, k: int, m: int, r: int
+) -> dict[str, Any]:
     from fusynth.loop import list_checkpoints
     from fusynth.segment.evaluate import evaluate_segmentation
     from fusynth.segment.finetune import SamFinetuneConfig, finetune_sam
     from fusynth.segment.sam import WEIGHTS_FILE
 
-    folder = out / "cells" / cell_name(k, m, r)
-    done = folder / CELL_FILE
-    if done.is_file():
-        return json.loads(done.read_text())
     model_dir = folder / "model"
     has_run = (model_dir / WEIGHTS_FILE).is_file()
     if not has_run:
@@ -240,14 +219,7 @@ def run_cell(config: SegAugmentConfig, out: Path, k: int, m: int, r: int) -> dic
         shutil.rmtree(ckpt)
     if not config.keep_models:
         (model_dir / WEIGHTS_FILE).unlink()
-    atomic_write_bytes(done, (json.dumps(record, indent=2) + "\n").encode())
     return record
-
-
-def _fmt(mean: float, sd: float, digits: int) -> str:
-    if not math.isfinite(mean):
-        return "n/a"
-    return f"{mean:.{digits}f} ± {sd:.{digits}f}" if math.isfinite(sd) else f"{mean:.{digits}f}"
 
 
 def summarise(config: SegAugmentConfig, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -272,17 +244,6 @@ def summarise(config: SegAugmentConfig, records: list[dict[str, Any]]) -> list[d
     return rows
 
 
-def _csv_bytes(rows: list[dict[str, Any]]) -> bytes:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow(
-            {k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-        )
-    return buf.getvalue().encode()
-
-
 def _markdown(config: SegAugmentConfig, table: list[dict[str, Any]]) -> str:
     shown = [m for m in TABLE_METRICS if any(math.isfinite(r[f"{m}_mean"]) for r in table)]
     digits = {"dice": 3}
@@ -293,7 +254,7 @@ def _markdown(config: SegAugmentConfig, table: list[dict[str, Any]]) -> str:
         "|---|---:|---:|" + "---:|" * len(shown),
     ]
     for r in table:
-        cells = [_fmt(r[f"{m}_mean"], r[f"{m}_sd"], digits.get(m, 1)) for m in shown]
+        cells = [mean_sd_text(r[f"{m}_mean"], r[f"{m}_sd"], digits.get(m, 1)) for m in shown]
         lines.append(
             f"| {r['test']} | {r['n_real']} | {r['n_synthetic']} | " + " | ".join(cells) + " |"
         )
@@ -305,10 +266,8 @@ def seg_augment(config: SegAugmentConfig) -> dict[str, Any]:
     from fusynth.plots import line_chart
 
     out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"--out: {out} exists and is not a folder")
     _check_inputs(config)
-    _check_request(config, out)
+    open_experiment(out, config.request(), config.overwrite)
     cells = [
         (k, m, r) for r in range(config.repeats) for k in config.n_real for m in config.n_synthetic
     ]
@@ -329,9 +288,9 @@ def seg_augment(config: SegAugmentConfig) -> dict[str, Any]:
         for rec in records
         for name, values in rec["metrics"].items()
     ]
-    atomic_write_bytes(out / "results.csv", _csv_bytes(results))
+    atomic_write_bytes(out / "results.csv", csv_bytes(results))
     table = summarise(config, records)
-    atomic_write_bytes(out / "table.csv", _csv_bytes(table))
+    atomic_write_bytes(out / "table.csv", csv_bytes(table))
     atomic_write_bytes(out / "table.md", _markdown(config, table).encode())
     series = {}
     for spec in config.test:

@@ -1,0 +1,65 @@
+"""``fusynth experiment cls-augment``: real-only against real + synthetic, per backbone."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from fusynth.cli import main
+
+
+@pytest.fixture(scope="module")
+def t2i_cohort(tiny_base, tiny_lora, tmp_path_factory):
+    out = tmp_path_factory.mktemp("t2i") / "cohort"
+    code = main(
+        ["generate", "text2img", "--base", str(tiny_base), "--lora", str(tiny_lora),
+         "--views", "head:4,femur:4", "--steps", "2", "--resolution", "32", "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    return out
+
+
+def _run(real, cohort, out, *extra):
+    return main(
+        ["experiment", "cls-augment", "--real", str(real), "--test", str(real),
+         "--synthetic", str(cohort), "--n_synthetic_per_view", "0,2", "--repeats", "2",
+         "--resolution", "32", "--max_train_steps", "2", "--train_batch_size", "8",
+         "--out", str(out), *extra]
+    )  # fmt: skip
+
+
+def test_both_arms_share_seeds_and_the_table_has_the_legacy_triple(
+    phantom_prepared, t2i_cohort, tmp_path, capsys
+):
+    out = tmp_path / "exp"
+    assert _run(phantom_prepared, t2i_cohort, out) == 0
+    printed = capsys.readouterr().out
+    assert "### resnet18" in printed and "legacy ACC" in printed
+    with (out / "results.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 * 2  # arms x repeats, one backbone, one test set
+    for r in ("0", "1"):
+        assert len({x["seed"] for x in rows if x["repeat"] == r}) == 1
+    assert all(0.0 <= float(x["accuracy"]) <= 1.0 and x["ACC"] for x in rows)
+    with (out / "table.csv").open() as fh:
+        table = list(csv.DictReader(fh))
+    assert [t["n_synthetic_per_view"] for t in table] == ["0", "2"]
+    assert all(t["accuracy_ci_low"] for t in table)
+    assert not list((out / "cells").rglob("model.safetensors"))
+    # A rerun trains nothing; a changed request is refused.
+    stamp = (out / "cells" / "resnet18-m2-r1" / "cell.json").stat().st_mtime_ns
+    assert _run(phantom_prepared, t2i_cohort, out) == 0
+    assert (out / "cells" / "resnet18-m2-r1" / "cell.json").stat().st_mtime_ns == stamp
+    assert _run(phantom_prepared, t2i_cohort, out, "--seed", "5") == 2
+    assert "seed: 0 there, 5 now" in capsys.readouterr().err
+
+
+def test_a_test_set_sharing_subjects_is_refused(phantom_prepared, t2i_cohort, tmp_path, capsys):
+    code = main(
+        ["experiment", "cls-augment", "--real", str(phantom_prepared),
+         "--test", f"{phantom_prepared}:train", "--synthetic", str(t2i_cohort),
+         "--out", str(tmp_path / "e")]
+    )  # fmt: skip
+    assert code == 2 and "shares" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
