@@ -10,6 +10,7 @@ makes resume exact, and ``checkpoint-N`` folders.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -229,3 +230,57 @@ def write_run_config(
     )
     if report_to != "none":
         accelerator.init_trackers(project, config=tracker_config(run_config))
+
+
+# ----------------------------------------------------------------------------- settings
+
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+REPORT_TO = ("none", "tensorboard")
+
+
+def check_run_settings(
+    config: Any,
+    positive_fields: tuple[str, ...] = (),
+    non_negative_fields: tuple[str, ...] = (),
+    lr_schedulers: tuple[str, ...] = LR_SCHEDULERS,
+) -> None:
+    """Check the settings every training config shares, plus ``positive_fields`` (> 0)
+    and ``non_negative_fields`` (>= 0); each error names its flag."""
+    choice(config.lr_scheduler, lr_schedulers, "--lr_scheduler")
+    choice(config.mixed_precision, MIXED_PRECISION, "--mixed_precision")
+    choice(config.report_to, REPORT_TO, "--report_to")
+    for name in ("train_batch_size", "num_train_epochs", "checkpointing_steps", *positive_fields):
+        positive(getattr(config, name), f"--{name}")
+    for name in ("lr_warmup_steps", *non_negative_fields):
+        positive(getattr(config, name), f"--{name}", allow_zero=True)
+    for name in ("max_train_steps", "checkpoints_total_limit"):
+        if getattr(config, name) is not None:
+            positive(getattr(config, name), f"--{name}")
+
+
+def make_lr_scheduler(config: Any, optimizer: Any, max_steps: int) -> Any:
+    """diffusers' scheduler named by ``--lr_scheduler``, stepped once per optimizer step."""
+    from diffusers.optimization import get_scheduler
+
+    return get_scheduler(
+        config.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=config.lr_warmup_steps,
+        num_training_steps=max_steps,
+    )
+
+
+def resume_run(
+    resume: Path | None,
+    resume_state: dict[str, Any],
+    load_weights: Callable[[Path], None],
+    optimizer: Any,
+    scheduler: Any,
+) -> int:
+    """The step to start from: 0, or that of the restored checkpoint ``resume``."""
+    if resume is None:
+        return 0
+    step = load_checkpoint(resume, resume_state, load_weights, optimizer, scheduler)
+    logging.getLogger("fusynth").info("resumed from %s at step %d", resume, step)
+    return step

@@ -39,11 +39,11 @@ from fusynth.embed import Embedder
 from fusynth.errors import UserInputError
 from fusynth.loop import (
     check_run_dir,
-    choice,
+    check_run_settings,
     epoch_order,
-    load_checkpoint,
-    positive,
+    make_lr_scheduler,
     replace_outputs,
+    resume_run,
     save_checkpoint,
     start_run,
     step_generator,
@@ -59,10 +59,6 @@ FEATURE_DIM = 512
 #: Pixel values in [0, 1] are mapped to ``(x - mean) / std`` before the encoder.
 NORMALIZATION = {"mean": [0.5], "std": [0.5]}
 PREPROCESSING = "grayscale, padded to square with black, bicubic resize to resolution, / 255"
-
-LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
-MIXED_PRECISION = ("no", "fp16", "bf16")
-REPORT_TO = ("none", "tensorboard")
 
 
 @dataclass(frozen=True)
@@ -116,24 +112,11 @@ class SslConfig:
     report_to: str = "none"
 
     def __post_init__(self) -> None:
-        choice(self.lr_scheduler, LR_SCHEDULERS, "--lr_scheduler")
-        choice(self.mixed_precision, MIXED_PRECISION, "--mixed_precision")
-        choice(self.report_to, REPORT_TO, "--report_to")
-        for name in (
-            "train_batch_size",
-            "num_train_epochs",
-            "checkpointing_steps",
-            "temperature",
-            "projection_dim",
-            "learning_rate",
-            "max_grad_norm",
-        ):
-            positive(getattr(self, name), f"--{name}")
-        for name in ("weight_decay", "lr_warmup_steps"):
-            positive(getattr(self, name), f"--{name}", allow_zero=True)
-        for name in ("max_train_steps", "checkpoints_total_limit"):
-            if getattr(self, name) is not None:
-                positive(getattr(self, name), f"--{name}")
+        check_run_settings(
+            self,
+            positive_fields=("temperature", "projection_dim", "learning_rate", "max_grad_norm"),
+            non_negative_fields=("weight_decay",),
+        )
         if self.resolution < 32:
             raise UserInputError(f"--resolution: at least 32 px, got {self.resolution}")
 
@@ -407,7 +390,6 @@ def train_ssl(config: SslConfig) -> SslTrainResult:
     Raises:
         UserInputError: bad settings or inputs, naming the flag or file.
     """
-    from diffusers.optimization import get_scheduler
     from tqdm.auto import tqdm
 
     check_run_dir(config, ENCODER_FILE)  # before loading anything
@@ -422,20 +404,12 @@ def train_ssl(config: SslConfig) -> SslTrainResult:
     n = len(data.images)
     batch, batches_per_epoch = _batch_plan(n, config, process, processes)
     max_steps = config.max_train_steps or config.num_train_epochs * batches_per_epoch
-    lr_scheduler = get_scheduler(
-        config.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=config.lr_warmup_steps,
-        num_training_steps=max_steps,
-    )
+    lr_scheduler = make_lr_scheduler(config, optimizer, max_steps)
     prepared, optimizer = accelerator.prepare(model, optimizer)
     resume_state = {k: getattr(config, k) for k in RESUME_KEYS}
-    global_step = 0
-    if resume is not None:
-        global_step = load_checkpoint(
-            resume, resume_state, lambda f: _load_model(f, model), optimizer, lr_scheduler
-        )
-        log.info("resumed from %s at step %d", resume, global_step)
+    global_step = resume_run(
+        resume, resume_state, lambda f: _load_model(f, model), optimizer, lr_scheduler
+    )
     run_config = _run_config(config, data, batch, processes, max_steps)
     if accelerator.is_main_process:
         log.info(

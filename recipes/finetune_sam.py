@@ -19,12 +19,8 @@ from fusynth.recipes import add_run_flags, run_training_recipe
 
 def build_parser() -> argparse.ArgumentParser:
     """The recipe's flags (defaults live in ``SamFinetuneConfig``)."""
-    from fusynth.segment.finetune import (
-        LOSSES,
-        LR_SCHEDULERS,
-        MIXED_PRECISION,
-        TRAIN_PARTS,
-    )
+    from fusynth.loop import LR_SCHEDULERS, MIXED_PRECISION
+    from fusynth.segment.finetune import LOSSES, TRAIN_PARTS
     from fusynth.segment.sam import SAM_CONFIGS
 
     p = argparse.ArgumentParser(

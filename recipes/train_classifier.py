@@ -24,12 +24,8 @@ from fusynth.recipes import add_run_flags, run_training_recipe
 
 def build_parser() -> argparse.ArgumentParser:
     """The recipe's flags (defaults live in ``ClassifierTrainConfig``)."""
-    from fusynth.classify.train import (
-        BEST_METRICS,
-        LR_SCHEDULERS,
-        MIXED_PRECISION,
-        OPTIMIZERS,
-    )
+    from fusynth.classify.train import BEST_METRICS, OPTIMIZERS
+    from fusynth.loop import LR_SCHEDULERS, MIXED_PRECISION
 
     p = argparse.ArgumentParser(
         prog="train_classifier.py",

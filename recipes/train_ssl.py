@@ -19,7 +19,7 @@ from fusynth.recipes import add_run_flags, run_training_recipe
 
 def build_parser() -> argparse.ArgumentParser:
     """The recipe's flags (defaults live in ``SslConfig``)."""
-    from fusynth.ssl import LR_SCHEDULERS, MIXED_PRECISION
+    from fusynth.loop import LR_SCHEDULERS, MIXED_PRECISION
 
     p = argparse.ArgumentParser(
         prog="train_ssl.py",

@@ -51,11 +51,13 @@ from fusynth.data.views import ViewSet, load_view_set
 from fusynth.errors import UserInputError
 from fusynth.loop import (
     check_run_dir,
+    check_run_settings,
     choice,
     epoch_order,
-    load_checkpoint,
+    make_lr_scheduler,
     positive,
     replace_outputs,
+    resume_run,
     save_checkpoint,
     start_run,
     step_generator,
@@ -65,9 +67,6 @@ from fusynth.loop import (
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("sgd", "adamw")
-LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
-MIXED_PRECISION = ("no", "fp16", "bf16")
-REPORT_TO = ("none", "tensorboard")
 BEST_METRICS = ("macro_f1", "accuracy")
 VALIDATION_BATCH = 64
 
@@ -119,23 +118,14 @@ class ClassifierTrainConfig:
 
         parse_backbone(self.backbone, "--backbone")
         choice(self.optimizer, OPTIMIZERS, "--optimizer")
-        choice(self.lr_scheduler, LR_SCHEDULERS, "--lr_scheduler")
-        choice(self.mixed_precision, MIXED_PRECISION, "--mixed_precision")
-        choice(self.report_to, REPORT_TO, "--report_to")
         choice(self.best_metric, BEST_METRICS, "--best_metric")
-        for name in (
-            "train_batch_size",
-            "gradient_accumulation_steps",
-            "num_train_epochs",
-            "checkpointing_steps",
-            "validation_epochs",
-        ):
-            positive(getattr(self, name), f"--{name}")
-        for name in ("lr_warmup_steps", "weight_decay", "momentum"):
-            positive(getattr(self, name), f"--{name}", allow_zero=True)
-        for name in ("max_train_steps", "n_real_per_view", "checkpoints_total_limit"):
-            if getattr(self, name) is not None:
-                positive(getattr(self, name), f"--{name}")
+        check_run_settings(
+            self,
+            positive_fields=("gradient_accumulation_steps", "validation_epochs"),
+            non_negative_fields=("weight_decay", "momentum"),
+        )
+        if self.n_real_per_view is not None:
+            positive(self.n_real_per_view, "--n_real_per_view")
         if self.learning_rate is not None:
             positive(self.learning_rate, "--learning_rate")
         if self.n_synthetic_per_view is not None:
@@ -648,8 +638,6 @@ class _Run:
 
 def _prepare_run(config: ClassifierTrainConfig) -> tuple[_Run, ClassifierData, str | None]:
     """Data, model, accelerator, optimizer and schedule of a run (not yet resumed)."""
-    from diffusers.optimization import get_scheduler
-
     check_run_dir(config, WEIGHTS_FILE)  # before loading anything
     data = choose_training_data(config)
     built = build_classifier(
@@ -666,12 +654,7 @@ def _prepare_run(config: ClassifierTrainConfig) -> tuple[_Run, ClassifierData, s
     sched = _schedule(
         config, len(tensors.x_train), accelerator.process_index, accelerator.num_processes
     )
-    lr_scheduler = get_scheduler(
-        config.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=config.lr_warmup_steps,
-        num_training_steps=sched.max_steps,
-    )
+    lr_scheduler = make_lr_scheduler(config, optimizer, sched.max_steps)
     prepared, optimizer = accelerator.prepare(built.model, optimizer)
     run = _Run(
         config,
@@ -701,16 +684,13 @@ def train_classifier(config: ClassifierTrainConfig) -> ClassifierTrainResult:
 
     run, data, weights = _prepare_run(config)
     acc, progress = run.accelerator, run.progress
-    global_step = 0
-    if run.resume is not None:
-        global_step = load_checkpoint(
-            run.resume,
-            run.resume_state,
-            lambda f: _load_trained(f, run.model, progress),
-            run.optimizer,
-            run.lr_scheduler,
-        )
-        log.info("resumed from %s at step %d", run.resume, global_step)
+    global_step = resume_run(
+        run.resume,
+        run.resume_state,
+        lambda f: _load_trained(f, run.model, progress),
+        run.optimizer,
+        run.lr_scheduler,
+    )
     run_config = _run_config(
         config, run.spec, weights, data, acc.num_processes, run.sched.max_steps
     )

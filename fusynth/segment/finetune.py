@@ -35,11 +35,13 @@ import torch.nn.functional as F
 from fusynth.errors import UserInputError
 from fusynth.loop import (
     check_run_dir,
+    check_run_settings,
     choice,
     epoch_order,
-    load_checkpoint,
+    make_lr_scheduler,
     positive,
     replace_outputs,
+    resume_run,
     save_checkpoint,
     start_run,
     step_generator,
@@ -61,9 +63,6 @@ log = logging.getLogger(__name__)
 
 TRAIN_PARTS = ("decoder", "decoder+prompt", "all")
 LOSSES = ("dice+bce", "dice+ce")
-LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
-MIXED_PRECISION = ("no", "fp16", "bf16")
-REPORT_TO = ("none", "tensorboard")
 SMOKE_NOTE = (
     "using a random-init {size} SAM (no --checkpoint): it exercises fine-tuning offline "
     "and its masks mean nothing until trained; give --checkpoint sam_vit_b_01ec64.pth "
@@ -113,20 +112,12 @@ class SamFinetuneConfig:
             choice(self.model_type, tuple(SAM_CONFIGS), "--model_type")
         choice(self.train_parts, TRAIN_PARTS, "--train_parts")
         choice(self.loss, LOSSES, "--loss")
-        choice(self.lr_scheduler, LR_SCHEDULERS, "--lr_scheduler")
-        choice(self.mixed_precision, MIXED_PRECISION, "--mixed_precision")
-        choice(self.report_to, REPORT_TO, "--report_to")
-        for name in (
-            "train_batch_size",
-            "gradient_accumulation_steps",
-            "num_train_epochs",
-            "checkpointing_steps",
-            "validation_epochs",
-        ):
-            positive(getattr(self, name), f"--{name}")
-        for name in ("box_jitter", "encoder_lora_rank", "lr_warmup_steps", "weight_decay"):
-            positive(getattr(self, name), f"--{name}", allow_zero=True)
-        for name in ("max_train_steps", "n_real", "checkpoints_total_limit", "learning_rate"):
+        check_run_settings(
+            self,
+            positive_fields=("gradient_accumulation_steps", "validation_epochs"),
+            non_negative_fields=("box_jitter", "encoder_lora_rank", "weight_decay"),
+        )
+        for name in ("n_real", "learning_rate"):
             if getattr(self, name) is not None:
                 positive(getattr(self, name), f"--{name}")
         if self.n_synthetic is not None:
@@ -514,7 +505,6 @@ def finetune_sam(config: SamFinetuneConfig) -> SamTrainResult:
         UserInputError: bad settings or inputs, naming the flag or file.
     """
     from accelerate.utils import DistributedDataParallelKwargs
-    from diffusers.optimization import get_scheduler
     from tqdm.auto import tqdm
 
     check_run_dir(config, WEIGHTS_FILE)  # before loading anything
@@ -584,20 +574,12 @@ def finetune_sam(config: SamFinetuneConfig) -> SamTrainResult:
     batches_per_epoch = math.ceil(per_process / config.train_batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
     max_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
-    lr_scheduler = get_scheduler(
-        config.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=config.lr_warmup_steps,
-        num_training_steps=max_steps,
-    )
+    lr_scheduler = make_lr_scheduler(config, optimizer, max_steps)
     prepared, optimizer = accelerator.prepare(model, optimizer)
     resume_state = {k: getattr(config, k) for k in RESUME_KEYS}
-    global_step = 0
-    if resume is not None:
-        global_step = load_checkpoint(
-            resume, resume_state, lambda f: _load_trained(f, sam), optimizer, lr_scheduler
-        )
-        log.info("resumed from %s at step %d", resume, global_step)
+    global_step = resume_run(
+        resume, resume_state, lambda f: _load_trained(f, sam), optimizer, lr_scheduler
+    )
     run_config = _run_config(config, model_type, size, base_info, data, processes, max_steps)
     if accelerator.is_main_process:
         write_run_config(accelerator, run_config, output_dir, "fusynth-sam", config.report_to)
