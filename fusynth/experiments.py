@@ -77,3 +77,27 @@ def mean_sd_text(mean: float, sd: float, digits: int) -> str:
     if not math.isfinite(mean):
         return "n/a"
     return f"{mean:.{digits}f} ± {sd:.{digits}f}" if math.isfinite(sd) else f"{mean:.{digits}f}"
+
+
+def test_spec(spec: str) -> str:
+    """A ``--test`` entry: ``DIR`` means ``DIR:test``."""
+    from fusynth.data.schema import parse_data_spec
+
+    path, split = parse_data_spec(spec)
+    return f"{path}:{split or 'test'}"
+
+
+def test_name(spec: str) -> str:
+    """A short label of a test set: ``folder:split``."""
+    from fusynth.data.schema import parse_data_spec
+
+    path, split = parse_data_spec(test_spec(spec))
+    return f"{Path(path).name}:{split}"
+
+
+def drop_models(model_dir: Path, weights_file: str, keep: bool) -> None:
+    """After a cell's evaluation: remove its checkpoints, and its weights unless ``keep``."""
+    for ckpt in model_dir.glob("checkpoint-*"):
+        shutil.rmtree(ckpt)
+    if not keep:
+        (model_dir / weights_file).unlink()

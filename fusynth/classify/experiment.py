@@ -15,14 +15,21 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fusynth.data.schema import parse_data_spec
 from fusynth.errors import UserInputError
-from fusynth.experiments import cell, csv_bytes, mean_sd_text, open_experiment
+from fusynth.experiments import (
+    cell,
+    csv_bytes,
+    drop_models,
+    mean_sd_text,
+    open_experiment,
+    test_name,
+    test_spec,
+)
 from fusynth.io import atomic_write_bytes
 from fusynth.stats import mean_sd
 
@@ -97,18 +104,6 @@ class ClsAugmentConfig:
         return d
 
 
-def test_spec(spec: str) -> str:
-    """``DIR`` means ``DIR:test``."""
-    path, split = parse_data_spec(spec)
-    return f"{path}:{split or 'test'}"
-
-
-def test_name(spec: str) -> str:
-    """A short label of a test set: ``folder:split``."""
-    path, split = parse_data_spec(test_spec(spec))
-    return f"{Path(path).name}:{split}"
-
-
 def cell_name(backbone: str, m: int, r: int) -> str:
     """Folder name of one cell (a backbone name made safe for a path)."""
     return f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', backbone)}-m{m}-r{r}"
@@ -175,10 +170,7 @@ def _train_and_test(
             **{k: report["overall"][k] for k in METRICS},
             **{k: report["fulora_legacy"][k] for k in LEGACY},
         }
-    for ckpt in model_dir.glob("checkpoint-*"):
-        shutil.rmtree(ckpt)
-    if not config.keep_models:
-        (model_dir / WEIGHTS_FILE).unlink()
+    drop_models(model_dir, WEIGHTS_FILE, config.keep_models)
     train_log = json.loads((model_dir / "train_log.json").read_text())
     return {
         "backbone": backbone,

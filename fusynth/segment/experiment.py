@@ -26,14 +26,21 @@ import dataclasses
 import json
 import logging
 import math
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fusynth.data.schema import parse_data_spec
 from fusynth.errors import UserInputError
-from fusynth.experiments import cell, csv_bytes, mean_sd_text, open_experiment
+from fusynth.experiments import (
+    cell,
+    csv_bytes,
+    drop_models,
+    mean_sd_text,
+    open_experiment,
+    test_name,
+    test_spec,
+)
 from fusynth.io import atomic_write_bytes
 from fusynth.stats import mean_sd
 
@@ -107,18 +114,6 @@ class SegAugmentConfig:
         for k in ("out", "keep_models", "overwrite", "embedding_cache"):
             d.pop(k)
         return d
-
-
-def test_spec(spec: str) -> str:
-    """``DIR`` means ``DIR:test``."""
-    path, split = parse_data_spec(spec)
-    return f"{path}:{split or 'test'}"
-
-
-def test_name(spec: str) -> str:
-    """A short label of a test set: ``folder:split``."""
-    path, split = parse_data_spec(test_spec(spec))
-    return f"{Path(path).name}:{split}"
 
 
 def cell_name(k: int, m: int, r: int) -> str:
@@ -215,10 +210,7 @@ def _train_and_test(
         "steps": train_log["global_step"],
         "metrics": metrics,
     }
-    for ckpt in model_dir.glob("checkpoint-*"):
-        shutil.rmtree(ckpt)
-    if not config.keep_models:
-        (model_dir / WEIGHTS_FILE).unlink()
+    drop_models(model_dir, WEIGHTS_FILE, config.keep_models)
     return record
 
 
