@@ -60,3 +60,49 @@ def test_zeroshot_training_and_evaluation_on_real_samples(tiny_base, tiny_lora, 
     assert report["per_view"]["other"]["support"] == 0 and "fulora_legacy" in report
     for name in ("metrics.json", "predictions.csv", "confusion.png"):
         assert (tmp_path / "eval" / name).is_file()
+
+
+@requires_shared_data
+def test_every_downstream_command_runs_on_the_real_samples(tiny_base, tiny_lora, tmp_path, capsys):
+    """The issue's acceptance run through the CLI with tiny defaults: SimCLR, clustering
+    (ssl, clip and pixels embeddings, real and synthetic together), the cohort audit and
+    the classification experiment trained on FETAL_PLANES_DB and tested on African data."""
+    fpdb, african, cohort = tmp_path / "fpdb", tmp_path / "african", tmp_path / "cohort"
+    prepare = ["data", "prepare", "--format"]
+    assert main([*prepare, "fetal_planes_db", str(SHARED_DATA / "fetal_planes_db"), str(fpdb)]) == 0
+    assert main([*prepare, "african", str(SHARED_DATA / "african_planes"), str(african)]) == 0
+    generate = ["generate", "text2img", "--base", str(tiny_base), "--lora", str(tiny_lora)]
+    steps = ["--steps", "2", "--resolution", "32", "--batch_size", "4"]
+    assert main([*generate, "--views", "femur:4,brain:4", *steps, "--out", str(cohort)]) == 0
+
+    import importlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes"))
+    ssl = tmp_path / "ssl"
+    train_ssl = importlib.import_module("train_ssl").main
+    assert train_ssl(["--train", f"{fpdb}:train", "--extra", str(cohort), "--resolution", "32",
+                      "--max_train_steps", "2", "--train_batch_size", "8",
+                      "--output_dir", str(ssl)]) == 0  # fmt: skip
+
+    for embed in (f"ssl:{ssl}", "clip:fusynth-tiny-clip", "pixels"):
+        out = tmp_path / f"cluster-{embed.split(':')[0]}"
+        assert main(["evaluate", "clustering", "--embed", embed, "--data", f"{african}:test",
+                     "--extra", str(cohort), "--k", "4", "--out", str(out)]) == 0  # fmt: skip
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert "semantic_fidelity" in json.dumps(metrics)
+        assert (out / "embedding_2d.png").is_file() and list((out / "montages").glob("*.png"))
+
+    assert main(["audit", "cohort", str(cohort), "--reference", f"{fpdb}:train",
+                 "--encoder", "clip:fusynth-tiny-clip"]) == 0  # fmt: skip
+    audit = json.loads((cohort / "audit" / "cohort_audit.json").read_text())
+    assert "femur" in json.dumps(audit) and (cohort / "audit" / "closest_pairs.png").is_file()
+
+    exp = tmp_path / "cls"
+    assert main(["experiment", "cls-augment", "--real", str(fpdb), "--test", f"{african}:test",
+                 "--synthetic", str(cohort), "--n_synthetic_per_view", "0,2", "--repeats", "1",
+                 "--resolution", "32", "--max_train_steps", "2", "--train_batch_size", "8",
+                 "--out", str(exp)]) == 0  # fmt: skip
+    assert "| african:test | 2 |" in (exp / "table.md").read_text()
+    capsys.readouterr()
