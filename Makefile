@@ -49,6 +49,10 @@ demo: $(STAMP)
 	$(BIN)/fusynth experiment seg-augment --real $(DEMO_OUT)/phantom --test $(DEMO_OUT)/phantom \
 		--synthetic $(DEMO_OUT)/pairs --n_real 4,8 --n_synthetic 0,8 --repeats 2 --max_train_steps 20 \
 		--embedding_cache $(DEMO_OUT)/sam_embeddings --out $(DEMO_OUT)/seg_augment --overwrite
+	$(BIN)/fusynth publish model $(DEMO_OUT)/lora --repo-id fusynth-demo/tiny-lora \
+		--dry-run $(DEMO_OUT)/publish/lora --overwrite
+	$(BIN)/fusynth publish cohort $(DEMO_OUT)/cohort --repo-id fusynth-demo/tiny-cohort \
+		--dry-run $(DEMO_OUT)/publish/cohort --overwrite
 	@echo
 	@echo "demo outputs in $(DEMO_OUT)/ (tiny smoke base: the images are noise-like by design):"
 	@echo "  phantom_source/        raw phantom frames, masks and metadata.csv"
@@ -66,6 +70,7 @@ demo: $(STAMP)
 	@echo "  pairs/                 synthetic head image/mask pairs, previews/, audit/pairs.csv"
 	@echo "  sam/                   SAM (tiny smoke model) fine-tuned on phantom heads + the pairs, card"
 	@echo "  sam_eval/              its native-resolution evaluation: per_image.csv, summary.json, overlays/"
+	@echo "  publish/               dry-run Hub folders of the LoRA and the cohort (nothing uploaded)"
 	@echo "  seg_augment/           the augmentation experiment: table.md, results.csv, dice_vs_real.png"
 
 test: $(STAMP)

@@ -723,6 +723,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_experiment_cls_augment)
 
+    from fusynth.publish_cli import add_publish_parser
+
+    add_publish_parser(groups)
+
     lora = groups.add_parser("lora", help="LoRA adapter utilities")
     lora_cmds = lora.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = lora_cmds.add_parser(

@@ -1,0 +1,534 @@
+"""Folders for the Hugging Face Hub: what ``fusynth publish`` would upload.
+
+:func:`publish_dry_run` builds, atomically, exactly the folder an upload would send:
+
+- a training output (LoRA, ControlNet, SAM, classifier, SSL encoder): its weights and
+  configs, the sample grids, and a model card (``README.md``) naming the repository.
+  Checkpoints, logs and optimizer states stay behind.
+- a cohort: ``data/<split>-0000k-of-0000n.parquet`` shards (images as PNG, masks as
+  single-channel PNG, ``view`` a class label whose ``id2label`` is in the card metadata),
+  the generation request and audit reports under ``provenance/``, and a dataset card
+  rendered from ``model_cards/dataset.md``. ``datasets.load_dataset(folder)`` reads it
+  with the stock library. A cohort without ``audit/cohort_audit.json``, or whose
+  flagged memorization share is above the threshold, is refused unless forced; the card
+  then says so.
+
+Uploading itself is not part of this release.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from fusynth.errors import UserInputError
+from fusynth.io import atomic_dir
+
+#: Kinds of training output, in detection order, with the files each is recognised by.
+MODEL_MARKERS: dict[str, tuple[str, ...]] = {
+    "lora": ("pytorch_lora_weights.safetensors",),
+    "controlnet": ("controlnet/config.json", "controlnet/diffusion_pytorch_model.safetensors"),
+    "sam": ("sam_config.json", "model.safetensors"),
+    "classifier": ("classifier_config.json", "model.safetensors"),
+    "ssl": ("ssl_config.json", "encoder.safetensors"),
+}
+COHORT_MARKERS: tuple[str, ...] = ("request.json", "dataset_dict.json")
+KINDS: tuple[str, ...] = (*MODEL_MARKERS, "cohort")
+
+#: Files a user of each kind of model needs (copied when present), besides sample grids.
+MODEL_FILES: dict[str, tuple[str, ...]] = {
+    "lora": (
+        "pytorch_lora_weights.safetensors",
+        "unet_peft/adapter_config.json",
+        "unet_peft/adapter_model.safetensors",
+        "text_encoder_peft/adapter_config.json",
+        "text_encoder_peft/adapter_model.safetensors",
+        "config.json",
+    ),
+    "controlnet": (
+        "controlnet/config.json",
+        "controlnet/diffusion_pytorch_model.safetensors",
+        "config.json",
+    ),
+    "sam": ("model.safetensors", "sam_config.json", "config.json"),
+    "classifier": ("model.safetensors", "classifier_config.json", "config.json"),
+    "ssl": ("encoder.safetensors", "ssl_config.json", "config.json"),
+}
+
+AUDIT_FILE = "audit/cohort_audit.json"
+PAIRS_FILE = "audit/pairs_summary.json"
+PROVENANCE_FILES: tuple[str, ...] = ("request.json", "cohort_stats.json", AUDIT_FILE, PAIRS_FILE)
+SHARD_ROWS = 1000
+NOT_FOR_CLINICAL_USE = (
+    "**Not for clinical use**: nothing here has been validated for diagnosis or for any "
+    "decision about a patient."
+)
+_TAGS = ["fusynth", "ultrasound", "fetal-ultrasound", "medical-imaging"]
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def detect_kind(folder: str | os.PathLike) -> str:
+    """What kind of fusynth output ``folder`` is, from its marker files.
+
+    Args:
+        folder: a training output folder or a cohort folder.
+
+    Returns:
+        One of :data:`KINDS`.
+
+    Raises:
+        UserInputError: ``folder`` is missing, not a folder, or holds no fusynth output.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserInputError(f"DIR: {folder}: no such folder")
+    if all((folder / m).is_file() for m in COHORT_MARKERS):
+        return "cohort"
+    for kind, markers in MODEL_MARKERS.items():
+        if (folder / markers[0]).is_file():
+            missing = [m for m in markers[1:] if not (folder / m).is_file()]
+            if missing:
+                raise UserInputError(
+                    f"DIR: {folder}: a {kind} output without {', '.join(missing)} (incomplete?)"
+                )
+            return kind
+    names = [m[0] for m in MODEL_MARKERS.values()] + [" + ".join(COHORT_MARKERS)]
+    raise UserInputError(f"DIR: {folder} is not a fusynth output (no {', '.join(names)})")
+
+
+def check_repo_id(repo_id: str) -> str:
+    """Check a Hub repository id of the form ``USER/NAME``.
+
+    Args:
+        repo_id: the ``--repo-id`` value.
+
+    Returns:
+        ``repo_id`` unchanged.
+
+    Raises:
+        UserInputError: it is not ``USER/NAME`` or the Hub's validator rejects it.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    text = str(repo_id)
+    if text.count("/") != 1 or not all(text.split("/")):
+        raise UserInputError(f"--repo-id: {text!r} is not of the form USER/NAME")
+    try:
+        validate_repo_id(text)
+    except HFValidationError as exc:
+        reason = " ".join(str(exc).split())
+        raise UserInputError(f"--repo-id: {text!r} is not a valid repo id ({reason})") from exc
+    return text
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def _model_card(kind: str, src: Path, repo_id: str, files: list[str]) -> str:
+    """The published README.md: the training card with the repo id and metadata filled."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    note = (
+        f"Published as [`{repo_id}`](https://huggingface.co/{repo_id}). "
+        f'`huggingface_hub.snapshot_download("{repo_id}")` downloads this folder; use the '
+        "path it returns wherever this card says `path/to/this/folder`."
+    )
+    readme = src / "README.md"
+    if readme.is_file():
+        card = ModelCard.load(readme)
+        text = card.text
+        if kind in ("lora", "controlnet"):  # diffusers loads these straight from the Hub
+            text = text.replace('"path/to/this/folder"', f'"{repo_id}"')
+        lines = text.split("\n")
+        title = next((i for i, line in enumerate(lines) if line.startswith("# ")), None)
+        at = 0 if title is None else title + 1
+        card.text = "\n".join([*lines[:at], "", note, *lines[at:]])
+        data = card.data
+    else:
+        listing = "\n".join(f"- `{f}`" for f in files)
+        card = ModelCard(
+            f"---\n---\n\n# fusynth {kind}: {repo_id}\n\n{note}\n\n"
+            f"A fusynth {kind} output. The folder it was published from had no card, so "
+            f"this one records only its files:\n\n{listing}\n\n## Intended use\n\n"
+            f"Research on fetal ultrasound analysis. {NOT_FOR_CLINICAL_USE}\n"
+        )
+        data = card.data = ModelCardData()
+    tags = list(data.tags or [])
+    data.tags = tags + [t for t in ["fusynth", kind] if t not in tags]
+    data.license = data.license or "other"
+    return str(card)
+
+
+def build_model_folder(
+    src: str | os.PathLike, out: str | os.PathLike, repo_id: str, overwrite: bool = False
+) -> list[str]:
+    """Build the upload folder of a training output, atomically.
+
+    Copies the weights, configs and sample grids (``validation/*.png``) a user needs and
+    writes a model card naming ``repo_id``; checkpoints, logs and optimizer states are
+    left out.
+
+    Args:
+        src: a LoRA, ControlNet, SAM, classifier or SSL output folder.
+        out: the folder to build (must not exist unless ``overwrite``).
+        repo_id: the Hub repository, ``USER/NAME``.
+        overwrite: replace an existing ``out``.
+
+    Returns:
+        The files written, relative to ``out``, sorted.
+
+    Raises:
+        UserInputError: ``src`` is not a model output or ``repo_id`` is invalid.
+    """
+    src = Path(src)
+    check_repo_id(repo_id)
+    kind = detect_kind(src)
+    if kind == "cohort":
+        raise UserInputError(f"DIR: {src} is a cohort; use `fusynth publish cohort`")
+    files = [f for f in MODEL_FILES[kind] if (src / f).is_file()]
+    files += sorted(p.relative_to(src).as_posix() for p in src.glob("validation/*.png"))
+    with atomic_dir(out, overwrite) as tmp:
+        for rel in files:
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / rel, tmp / rel)
+        (tmp / "README.md").write_text(_model_card(kind, src, repo_id, files), encoding="utf-8")
+    return sorted([*files, "README.md"])
+
+
+# ----------------------------------------------------------------------------- cohorts
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserInputError(f"{path}: cannot be read as JSON ({type(exc).__name__})") from exc
+
+
+def _png_bytes(value: dict[str, Any] | None, single_channel: bool) -> dict[str, Any] | None:
+    """A stored image as PNG bytes (single-channel when asked); PNG input is kept as is."""
+    import numpy as np
+    from PIL import Image
+
+    if value is None or (value.get("bytes") is None and value.get("path") is None):
+        return None
+    raw = value["bytes"] if value.get("bytes") is not None else Path(value["path"]).read_bytes()
+    with Image.open(io.BytesIO(raw)) as im:
+        if im.format == "PNG" and (not single_channel or im.mode in ("1", "L", "I", "I;16")):
+            return {"bytes": raw, "path": None}
+        if single_channel:
+            arr = np.asarray(im)  # a palette image gives its indices: the label values
+            if arr.ndim == 3:
+                same = all(np.array_equal(arr[..., 0], arr[..., c]) for c in range(1, 3))
+                arr = arr[..., 0] if same else np.asarray(im.convert("L"))
+            if arr.dtype == bool:
+                arr = arr.astype(np.uint8)
+            im = Image.fromarray(arr if arr.dtype == np.uint16 else arr.astype(np.uint8))
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+    return {"bytes": buf.getvalue(), "path": None}
+
+
+def _to_png(batch: dict[str, list]) -> dict[str, list]:
+    batch["image"] = [_png_bytes(v, False) for v in batch["image"]]
+    batch["mask"] = [_png_bytes(v, True) for v in batch["mask"]]
+    return batch
+
+
+def _size_category(n: int) -> str:
+    bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K")]
+    bounds += [(1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")]
+    return next((name for bound, name in bounds if n < bound), "10M<n<100M")
+
+
+def _audit_decision(
+    src: Path, n_rows: int, force: bool, max_flag_share: float
+) -> tuple[dict[str, Any] | None, str]:
+    """The audit report (or None) and the card's warning ("" when the audit passed).
+
+    Raises:
+        UserInputError: no audit, a stale audit or too many flagged samples, unforced.
+    """
+    path = src / AUDIT_FILE
+    if not path.is_file():
+        if not force:
+            raise UserInputError(
+                f"DIR: {src}: no {AUDIT_FILE}; run `fusynth audit cohort {src} --reference "
+                "DIR:split` first, or pass --force to publish it unaudited"
+            )
+        return None, "published without an audit (forced with --force)"
+    audit = _read_json(path)
+    audited = audit.get("counts", {}).get("cohort", {}).get("total")
+    overall = audit.get("memorization", {}).get("overall", {})
+    share = float(overall.get("share_flagged") or 0.0)
+    problem = ""
+    if audited != n_rows:
+        problem = f"the audit covers {audited} samples but the cohort holds {n_rows}"
+    elif share > max_flag_share:
+        problem = (
+            f"{overall.get('flagged')} of {overall.get('n')} samples (share {share}) are "
+            f"flagged as possible copies of training images, above the threshold {max_flag_share}"
+        )
+    if problem and not force:
+        raise UserInputError(
+            f"DIR: {src}: {AUDIT_FILE}: {problem}; pass --force to publish it anyway"
+        )
+    return audit, (
+        f"published against the audit: {problem} (forced with --force)" if problem else ""
+    )
+
+
+def _audit_fields(audit: dict[str, Any]) -> dict[str, Any]:
+    distance = audit.get("distance", {})
+    rows = [{"name": "all views", **distance.get("overall", {})}]
+    rows += [{"name": v, **m} for v, m in sorted(distance.get("by_view", {}).items())]
+    for row in rows:
+        for key in ("n_synthetic", "n_reference", "fid", "kid_mean", "kid_std"):
+            row.setdefault(key, "n/a")
+        row.setdefault("fid_reliable", True)
+    mem = audit.get("memorization", {})
+    overall = mem.get("overall", {})
+    thresholds = mem.get("thresholds", {})
+    return {
+        "reference": audit.get("reference"),
+        "training": audit.get("training"),
+        "encoder": audit.get("encoder", {}).get("spec"),
+        "distance": rows,
+        "n": overall.get("n"),
+        "flagged": overall.get("flagged"),
+        "share_flagged": overall.get("share_flagged"),
+        "cosine_threshold": thresholds.get("cosine"),
+        "ssim_threshold": thresholds.get("ssim"),
+        "notes": [*distance.get("overall", {}).get("notes", []), *audit.get("notes", [])],
+    }
+
+
+def _settings(request: dict[str, Any]) -> dict[str, str]:
+    skip = {"base", "base_sha256", "adapter", "adapter_sha256"}
+    out: dict[str, str] = {}
+    for key, value in sorted(request.items()):
+        if key in skip:
+            continue
+        if isinstance(value, dict) and all(not isinstance(v, (dict, list)) for v in value.values()):
+            out[key] = "; ".join(f"{k}: {v}" for k, v in value.items())
+        elif isinstance(value, (dict, list)):
+            out[key] = "see provenance/request.json"
+        else:
+            out[key] = str(value)
+    return out
+
+
+def _dataset_card(
+    repo_id: str,
+    request: dict[str, Any],
+    features: Any,
+    split_rows: dict[str, int],
+    split_bytes: dict[str, int],
+    view_counts: dict[str, int],
+    has_masks: bool,
+    audit: dict[str, Any] | None,
+    warning: str,
+    pairs: dict[str, Any] | None,
+    max_flag_share: float,
+) -> str:
+    from fusynth.cards import render_card
+
+    n = sum(split_rows.values())
+    names = features["view"].names
+    card_data = {
+        "license": "other",
+        "pretty_name": f"fusynth synthetic cohort: {', '.join(view_counts)}",
+        "task_categories": ["image-classification"] + (["image-segmentation"] if has_masks else []),
+        "annotations_creators": ["machine-generated"],
+        "source_datasets": ["original"],
+        "size_categories": [_size_category(n)],
+        "tags": [*_TAGS, "synthetic"],
+        "configs": [
+            {
+                "config_name": "default",
+                "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in split_rows],
+            }
+        ],
+        "dataset_info": {
+            "features": features._to_yaml_list(),
+            "splits": [
+                {"name": s, "num_bytes": split_bytes[s], "num_examples": k}
+                for s, k in split_rows.items()
+            ],
+            "dataset_size": sum(split_bytes.values()),
+        },
+    }
+    method = request.get("method") or ("pairs" if "conditioning" in request else "text2img")
+    fields = {
+        "title": card_data["pretty_name"],
+        "repo_id": repo_id,
+        "num_rows": n,
+        "view_counts": view_counts,
+        "id2label": dict(enumerate(names)),
+        "audit_warning": warning,
+        "smoke_base": bool(request.get("smoke_base")),
+        "method": method,
+        "base": request.get("base", "unknown"),
+        "base_sha256": request.get("base_sha256"),
+        "adapter": request.get("adapter", "none"),
+        "adapter_sha256": request.get("adapter_sha256"),
+        "settings": _settings(request),
+        "audit": _audit_fields(audit) if audit else None,
+        "max_flag_share": max_flag_share,
+        "pairs": pairs,
+    }
+    return render_card("dataset", card_data, fields, kind="dataset")
+
+
+def build_cohort_folder(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    repo_id: str,
+    force: bool = False,
+    max_flag_share: float = 0.0,
+    overwrite: bool = False,
+    shard_rows: int = SHARD_ROWS,
+) -> list[str]:
+    """Build the upload folder of a cohort, atomically.
+
+    Args:
+        src: a cohort folder (``fusynth generate text2img`` / ``pairs`` output).
+        out: the folder to build (must not exist unless ``overwrite``).
+        repo_id: the Hub repository, ``USER/NAME``.
+        force: publish without an audit, or against it; the card then says so.
+        max_flag_share: the largest share of memorization-flagged samples accepted.
+        overwrite: replace an existing ``out``.
+        shard_rows: rows per Parquet shard.
+
+    Returns:
+        The files written, relative to ``out``, sorted.
+
+    Raises:
+        UserInputError: ``src`` is not a cohort, ``repo_id`` is invalid, or the audit is
+            missing, stale or over the threshold and ``force`` is False.
+    """
+    import datasets
+
+    src = Path(src)
+    check_repo_id(repo_id)
+    if detect_kind(src) != "cohort":
+        raise UserInputError(f"DIR: {src} is a training output; use `fusynth publish model`")
+    if not 0.0 <= max_flag_share <= 1.0:
+        raise UserInputError(f"--max-flag-share: must be in [0, 1], got {max_flag_share}")
+    try:
+        dsd = datasets.load_from_disk(str(src))
+    except Exception as exc:  # noqa: BLE001 - any failure means the folder is not readable
+        raise UserInputError(f"DIR: {src}: cannot be read as a cohort ({exc})") from exc
+    if not isinstance(dsd, datasets.DatasetDict) or "image" not in dsd[next(iter(dsd))].features:
+        raise UserInputError(f"DIR: {src}: not a cohort DatasetDict with an image column")
+    split_rows = {name: len(ds) for name, ds in dsd.items()}
+    audit, warning = _audit_decision(src, sum(split_rows.values()), force, max_flag_share)
+    features = dsd[next(iter(dsd))].features
+    raw = datasets.Features(
+        {
+            **features,
+            "image": datasets.Image(decode=False),
+            "mask": datasets.Image(decode=False),
+        }
+    )
+    view_counts: dict[str, int] = {}
+    split_bytes = dict.fromkeys(split_rows, 0)
+    has_masks = False
+    written: list[str] = []
+    with atomic_dir(out, overwrite) as tmp:
+        (tmp / "data").mkdir()
+        for split, ds in dsd.items():
+            # cast_column on Image features changes metadata only: nothing is written to src
+            ds = ds.cast_column("image", raw["image"]).cast_column("mask", raw["mask"])
+            for v in ds["view"]:
+                name = features["view"].int2str(v)
+                view_counts[name] = view_counts.get(name, 0) + 1
+            shards = max(1, math.ceil(len(ds) / shard_rows))
+            for k in range(shards):
+                part = ds.shard(num_shards=shards, index=k, contiguous=True)
+                part = part.map(
+                    _to_png, batched=True, batch_size=64, keep_in_memory=True, features=raw
+                )
+                has_masks = has_masks or part.data.column("mask").null_count < len(part)
+                part = part.cast_column("image", features["image"])
+                part = part.cast_column("mask", features["mask"])
+                split_bytes[split] += part.data.nbytes
+                rel = f"data/{split}-{k:05d}-of-{shards:05d}.parquet"
+                part.to_parquet(str(tmp / rel))
+                written.append(rel)
+        for rel in PROVENANCE_FILES:
+            if (src / rel).is_file():
+                dest = f"provenance/{Path(rel).name}"
+                (tmp / "provenance").mkdir(exist_ok=True)
+                shutil.copy2(src / rel, tmp / dest)
+                written.append(dest)
+        pairs = _read_json(src / PAIRS_FILE) if (src / PAIRS_FILE).is_file() else None
+        card = _dataset_card(
+            repo_id,
+            _read_json(src / "request.json"),
+            features,
+            split_rows,
+            split_bytes,
+            dict(sorted(view_counts.items())),
+            has_masks,
+            audit,
+            warning,
+            pairs,
+            max_flag_share,
+        )
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+        written.append("README.md")
+    return sorted(written)
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def publish_dry_run(
+    kind: str,
+    src: str | os.PathLike,
+    repo_id: str,
+    out: str | os.PathLike,
+    force: bool = False,
+    overwrite: bool = False,
+    max_flag_share: float = 0.0,
+) -> list[str]:
+    """Build, atomically in ``out``, exactly the folder ``fusynth publish`` would upload.
+
+    Args:
+        kind: ``model`` or ``cohort`` (the subcommand).
+        src: the fusynth output folder.
+        repo_id: the Hub repository, ``USER/NAME``.
+        out: the folder to build.
+        force: for a cohort, publish without an audit or against it.
+        overwrite: replace an existing ``out``.
+        max_flag_share: for a cohort, the largest memorization-flagged share accepted.
+
+    Returns:
+        The files written, relative to ``out``, sorted.
+
+    Raises:
+        UserInputError: bad folder, repo id or audit (see the builders).
+    """
+    check_repo_id(repo_id)
+    found = detect_kind(src)
+    if kind == "model":
+        if found == "cohort":
+            raise UserInputError(f"DIR: {src} is a cohort; use `fusynth publish cohort`")
+        return build_model_folder(src, out, repo_id, overwrite=overwrite)
+    if kind == "cohort":
+        if found != "cohort":
+            raise UserInputError(
+                f"DIR: {src} is a {found} output, not a cohort; use `fusynth publish model`"
+            )
+        return build_cohort_folder(
+            src, out, repo_id, force=force, max_flag_share=max_flag_share, overwrite=overwrite
+        )
+    raise ValueError(f"kind must be 'model' or 'cohort', got {kind!r}")

@@ -1,0 +1,245 @@
+"""``fusynth publish --dry-run``: the folders load with the stock libraries, cohorts are
+refused without an audit unless forced, cards render, and bad input is one line, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from fusynth.cards import render_card, required_fields
+from fusynth.cli import main
+from fusynth.data.schema import FEATURES
+from fusynth.errors import UserInputError
+from fusynth.publish import check_repo_id, detect_kind, publish_dry_run
+from fusynth.publish_cli import UPLOAD_UNAVAILABLE, add_publish_parser
+
+
+def _publish(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="fusynth")
+    add_publish_parser(parser.add_subparsers(dest="group", required=True))
+    args = parser.parse_args(["publish", *argv])
+    return args.func(args)
+
+
+def _raw(ds: datasets.Dataset, column: str) -> list[bytes | None]:
+    col = ds.cast_column(column, datasets.Image(decode=False))[column]
+    return [None if v is None else v["bytes"] for v in col]
+
+
+@pytest.fixture(scope="module")
+def cohort(tiny_base, tiny_lora, tmp_path_factory):
+    """An unaudited 6-sample text2img cohort (its own folder per test copies it)."""
+    out = tmp_path_factory.mktemp("pub_cohort") / "c"
+    argv = ["generate", "text2img", "--base", str(tiny_base), "--lora", str(tiny_lora)]
+    argv += ["--views", "head:4,femur:2", "--steps", "2", "--resolution", "32"]
+    argv += ["--shard_size", "3", "--batch_size", "3", "--seed", "1", "--out", str(out)]
+    assert main(argv) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def audited(cohort, phantom_prepared, tmp_path_factory):
+    import shutil
+
+    out = tmp_path_factory.mktemp("pub_audited") / "c"
+    shutil.copytree(cohort, out)
+    argv = ["audit", "cohort", str(out), "--reference", f"{phantom_prepared}:train"]
+    assert main(argv) == 0
+    assert (out / "audit" / "cohort_audit.json").is_file()
+    return out
+
+
+def test_lora_dry_run_loads_with_stock_diffusers_and_peft(tiny_lora, tiny_base, tmp_path):
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from peft import PeftModel
+
+    out = tmp_path / "pub"
+    assert (
+        _publish("model", str(tiny_lora), "--repo-id", "me/tiny-lora", "--dry-run", str(out)) == 0
+    )
+    names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert "pytorch_lora_weights.safetensors" in names and "README.md" in names
+    assert not any(n.startswith("checkpoint-") or n.endswith(".pt") for n in names)
+    assert "train_log.json" not in names
+    card = (out / "README.md").read_text()
+    assert 'load_lora_weights("me/tiny-lora")' in card and "fusynth" in card.split("---")[1]
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_base))
+    pipe.load_lora_weights(str(out))
+    assert any("lora" in n for n, _ in pipe.unet.named_parameters())
+    if (tiny_lora / "unet_peft").is_dir():
+        unet = UNet2DConditionModel.from_pretrained(str(tiny_base), subfolder="unet")
+        peft_unet = PeftModel.from_pretrained(unet, str(out / "unet_peft"))
+        saved = load_file(str(tiny_lora / "unet_peft" / "adapter_model.safetensors"))
+        loaded = dict(peft_unet.named_parameters())
+        key = next(iter(saved))
+        match = [
+            v for n, v in loaded.items() if n.endswith(key.replace(".weight", ".default.weight"))
+        ]
+        assert match and torch.equal(match[0].detach(), saved[key])
+
+
+def test_sam_dry_run_loads_strictly_into_segment_anything(tiny_sam, tmp_path):
+    from fusynth.segment.sam import build_sam
+
+    out = tmp_path / "pub"
+    publish_dry_run("model", tiny_sam, "me/tiny-sam", out)
+    assert {p.name for p in out.iterdir()} == {"model.safetensors", "sam_config.json", "README.md"}
+    sam = build_sam("tiny", seed=1)
+    sam.load_state_dict(load_file(str(out / "model.safetensors")), strict=True)
+    ref = load_file(str(tiny_sam / "model.safetensors"))
+    assert all(torch.equal(v, ref[k]) for k, v in sam.state_dict().items())
+    card = (out / "README.md").read_text()
+    assert "me/tiny-sam" in card and "Not for clinical use" in card
+
+
+def test_audited_cohort_dry_run_loads_with_load_dataset(audited, tmp_path, capsys):
+    out = tmp_path / "pub"
+    assert _publish("cohort", str(audited), "--repo-id", "me/cohort", "--dry-run", str(out)) == 0
+    assert "nothing uploaded" in capsys.readouterr().out
+    assert (out / "data" / "train-00000-of-00001.parquet").is_file()
+    got = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "hf-cache"))["train"]
+    src = datasets.load_from_disk(str(audited))["train"]
+    assert len(got) == len(src) == 6
+    assert got.features["view"] == FEATURES["view"]  # a ClassLabel with the views' names
+    assert list(got["view"]) == list(src["view"])
+    assert list(got["provenance"]) == list(src["provenance"])
+    assert _raw(got, "image") == _raw(src, "image")  # PNG bytes kept as they were
+    card = (out / "README.md").read_text()
+    meta = card.split("---")[1]
+    for key in ("license:", "task_categories:", "machine-generated", "source_datasets:"):
+        assert key in meta
+    assert "size_categories:" in meta and "'6': head" in meta  # id2label of the views
+    assert "KID" in card and "Memorization: 0 of 6" in card and "Not for clinical use" in card
+    assert "Warning" not in card
+
+
+def test_cohort_without_audit_is_refused_unless_forced(cohort, tmp_path, capsys):
+    out = tmp_path / "pub"
+    argv = ["cohort", str(cohort), "--repo-id", "me/cohort", "--dry-run", str(out)]
+    with pytest.raises(UserInputError, match="no audit/cohort_audit.json.*--force"):
+        _publish(*argv)
+    assert not out.exists()
+    assert _publish(*argv, "--force") == 0
+    card = (out / "README.md").read_text()
+    assert "published without an audit" in card and "were not run" in card
+    assert len(datasets.load_dataset(str(out), cache_dir=str(tmp_path / "hf-cache"))["train"]) == 6
+
+
+def test_flagged_share_over_threshold_is_refused(audited, tmp_path):
+    import shutil
+
+    src = tmp_path / "c"
+    shutil.copytree(audited, src)
+    path = src / "audit" / "cohort_audit.json"
+    audit = json.loads(path.read_text())
+    audit["memorization"]["overall"].update(flagged=3, share_flagged=0.5)
+    path.write_text(json.dumps(audit))
+    with pytest.raises(UserInputError, match="3 of 6 samples.*above the threshold 0.0"):
+        publish_dry_run("cohort", src, "me/c", tmp_path / "a")
+    publish_dry_run("cohort", src, "me/c", tmp_path / "b", max_flag_share=0.5)
+    publish_dry_run("cohort", src, "me/c", tmp_path / "c2", force=True)
+    assert "published against the audit" in (tmp_path / "c2" / "README.md").read_text()
+
+
+def test_jpeg_images_and_rgb_masks_become_png_and_single_channel(tmp_path):
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (16, 16), dtype=np.uint8)
+    labels = np.zeros((16, 16), np.uint8)
+    labels[4:10, 5:12] = 1
+
+    def encoded(arr: np.ndarray, fmt: str) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format=fmt)
+        return buf.getvalue()
+
+    row = {k: None for k in FEATURES}
+    row.update(view=6, synthetic=True, split="train", cohort="synthetic", provenance="{}")
+    rows = [
+        {
+            **row,
+            "image": {"bytes": encoded(img, "JPEG"), "path": None},
+            "mask": {"bytes": encoded(np.stack([labels] * 3, -1), "PNG"), "path": None},
+        },
+        {**row, "image": {"bytes": encoded(img, "PNG"), "path": None}, "mask": None},
+    ]
+    src = tmp_path / "c"
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(rows, features=FEATURES)}
+    ).save_to_disk(str(src))
+    (src / "request.json").write_text(json.dumps({"seed": 0}))
+    publish_dry_run("cohort", src, "me/c", tmp_path / "pub", force=True)
+    got = datasets.load_dataset(str(tmp_path / "pub"), cache_dir=str(tmp_path / "hf-cache"))[
+        "train"
+    ]
+    raw = _raw(got, "image")
+    assert all(b.startswith(b"\x89PNG") for b in raw)
+    jpeg_pixels = np.asarray(Image.open(io.BytesIO(rows[0]["image"]["bytes"])))
+    assert np.array_equal(np.asarray(got[0]["image"]), jpeg_pixels)
+    assert got[0]["mask"].mode == "L" and np.array_equal(np.asarray(got[0]["mask"]), labels)
+    assert got[1]["mask"] is None
+
+
+def test_card_renders_and_a_missing_field_fails_loudly():
+    need = required_fields("dataset")
+    assert {"repo_id", "audit", "audit_warning", "id2label", "view_counts"} <= need
+    fields = {k: "x" for k in need} | {
+        "view_counts": {"head": 1},
+        "id2label": {0: "head"},
+        "settings": {"seed": 0},
+        "audit": None,
+        "pairs": None,
+        "audit_warning": "",
+        "smoke_base": False,
+    }
+    card = render_card("dataset", {"license": "other"}, fields, kind="dataset")
+    assert "license: other" in card and "Not for clinical use" in card
+    with pytest.raises(ValueError, match="needs fields: audit, repo_id"):
+        render_card(
+            "dataset",
+            {},
+            {k: v for k, v in fields.items() if k not in ("audit", "repo_id")},
+            kind="dataset",
+        )
+
+
+def test_bad_input_is_one_line(tmp_path, tiny_sam, capsys):
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(UserInputError, match="is not a fusynth output \\(no ") as err:
+        detect_kind(tmp_path)
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserInputError, match="no such folder"):
+        detect_kind(tmp_path / "missing")
+    for bad in ("no-slash", "a/b/c", "me/bad name", "me/--x", "/name"):
+        with pytest.raises(UserInputError, match="--repo-id"):
+            check_repo_id(bad)
+    assert check_repo_id("me/ok-name_1.0") == "me/ok-name_1.0"
+    with pytest.raises(UserInputError, match="is a sam output, not a cohort"):
+        publish_dry_run("cohort", tiny_sam, "me/x", tmp_path / "o")
+    with pytest.raises(UserInputError, match="uploading is not available"):
+        _publish("model", str(tiny_sam), "--repo-id", "me/x")
+    assert UPLOAD_UNAVAILABLE.endswith("use --dry-run OUT")
+    out = tmp_path / "o2"
+    publish_dry_run("model", tiny_sam, "me/x", out)
+    with pytest.raises(UserInputError, match="already exists"):
+        publish_dry_run("model", tiny_sam, "me/x", out)
+    publish_dry_run("model", tiny_sam, "me/x", out, overwrite=True)
+
+
+def test_every_flag_has_help():
+    parser = argparse.ArgumentParser(prog="fusynth")
+    pub = add_publish_parser(parser.add_subparsers(dest="group", required=True))
+    subs = next(a for a in pub._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subs.choices.items():
+        flags = [a for a in sub._actions if not isinstance(a, argparse._HelpAction)]
+        assert flags and all(a.help for a in flags), name
+    assert "--revision" in subs.choices["model"]._option_string_actions
+    assert "--force" in subs.choices["cohort"]._option_string_actions
