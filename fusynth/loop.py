@@ -284,3 +284,31 @@ def resume_run(
     step = load_checkpoint(resume, resume_state, load_weights, optimizer, scheduler)
     logging.getLogger("fusynth").info("resumed from %s at step %d", resume, step)
     return step
+
+
+def checkpoint_if_due(
+    accelerator: Any,
+    config: Any,
+    output_dir: Path,
+    step: int,
+    last: bool,
+    resume_state: dict[str, Any],
+    save_weights: Callable[[Path], None],
+    optimizer: Any,
+    scheduler: Any,
+) -> None:
+    """Every ``--checkpointing_steps`` steps and after the last one, the main process
+    writes ``checkpoint-N``; every process waits for it."""
+    if step % config.checkpointing_steps and not last:
+        return
+    if accelerator.is_main_process:
+        save_checkpoint(
+            output_dir / f"checkpoint-{step}",
+            step,
+            resume_state,
+            save_weights,
+            optimizer,
+            scheduler,
+            config.checkpoints_total_limit,
+        )
+    accelerator.wait_for_everyone()

@@ -40,11 +40,11 @@ from fusynth.errors import UserInputError
 from fusynth.loop import (
     check_run_dir,
     check_run_settings,
+    checkpoint_if_due,
     epoch_order,
     make_lr_scheduler,
     replace_outputs,
     resume_run,
-    save_checkpoint,
     start_run,
     step_generator,
     write_run_config,
@@ -461,18 +461,17 @@ def train_ssl(config: SslConfig) -> SslTrainResult:
                 {"loss": value, "positive_top1": acc, "lr": lr_scheduler.get_last_lr()[0]},
                 step=global_step,
             )
-        if global_step % config.checkpointing_steps == 0 or global_step == max_steps:
-            if accelerator.is_main_process:
-                save_checkpoint(
-                    output_dir / f"checkpoint-{global_step}",
-                    global_step,
-                    resume_state,
-                    lambda tmp: _save_model(tmp, model),
-                    optimizer,
-                    lr_scheduler,
-                    config.checkpoints_total_limit,
-                )
-            accelerator.wait_for_everyone()
+        checkpoint_if_due(
+            accelerator,
+            config,
+            output_dir,
+            global_step,
+            global_step == max_steps,
+            resume_state,
+            lambda tmp: _save_model(tmp, model),
+            optimizer,
+            lr_scheduler,
+        )
     bar.close()
     elapsed = time.perf_counter() - started
     accelerator.wait_for_everyone()

@@ -52,13 +52,13 @@ from fusynth.errors import UserInputError
 from fusynth.loop import (
     check_run_dir,
     check_run_settings,
+    checkpoint_if_due,
     choice,
     epoch_order,
     make_lr_scheduler,
     positive,
     replace_outputs,
     resume_run,
-    save_checkpoint,
     start_run,
     step_generator,
     write_run_config,
@@ -622,18 +622,17 @@ class _Run:
             acc.wait_for_everyone()
         if config.report_to != "none":
             acc.log(logs, step=step)
-        if step % config.checkpointing_steps == 0 or last:
-            if acc.is_main_process:
-                save_checkpoint(
-                    self.output_dir / f"checkpoint-{step}",
-                    step,
-                    self.resume_state,
-                    lambda tmp: _save_trained(tmp, self.model, self.progress),
-                    self.optimizer,
-                    self.lr_scheduler,
-                    config.checkpoints_total_limit,
-                )
-            acc.wait_for_everyone()
+        checkpoint_if_due(
+            acc,
+            config,
+            self.output_dir,
+            step,
+            last,
+            self.resume_state,
+            lambda tmp: _save_trained(tmp, self.model, self.progress),
+            self.optimizer,
+            self.lr_scheduler,
+        )
 
 
 def _prepare_run(config: ClassifierTrainConfig) -> tuple[_Run, ClassifierData, str | None]:

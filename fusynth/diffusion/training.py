@@ -37,12 +37,12 @@ from fusynth.diffusion.base import BaseRef, SDComponents, load_components, resol
 from fusynth.errors import UserInputError, suggest
 from fusynth.loop import (
     check_run_dir,
+    checkpoint_if_due,
     choice,
     epoch_order,
     load_checkpoint,
     positive,
     replace_outputs,
-    save_checkpoint,
     start_run,
     step_generator,
     write_run_config,
@@ -468,25 +468,6 @@ def _resume_state(config: TrainConfig, method: TrainMethod, resolution: int) -> 
     return state
 
 
-def _save_checkpoint(
-    folder: Path,
-    step: int,
-    t: _Trainables,
-    config: TrainConfig,
-    method: TrainMethod,
-    resolution: int,
-) -> None:
-    save_checkpoint(
-        folder,
-        step,
-        _resume_state(config, method, resolution),
-        lambda tmp: method.save_weights(tmp, t.modules),
-        t.optimizer,
-        t.scheduler,
-        config.checkpoints_total_limit,
-    )
-
-
 def _load_checkpoint(
     folder: Path, t: _Trainables, config: TrainConfig, method: TrainMethod, resolution: int
 ) -> int:
@@ -688,17 +669,17 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
                 {"loss": running, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step
             )
         running = 0.0
-        if global_step % config.checkpointing_steps == 0 or global_step == max_steps:
-            if accelerator.is_main_process:
-                _save_checkpoint(
-                    output_dir / f"checkpoint-{global_step}",
-                    global_step,
-                    trainables,
-                    config,
-                    method,
-                    resolution,
-                )
-            accelerator.wait_for_everyone()
+        checkpoint_if_due(
+            accelerator,
+            config,
+            output_dir,
+            global_step,
+            global_step == max_steps,
+            _resume_state(config, method, resolution),
+            lambda tmp: method.save_weights(tmp, trainables.modules),
+            trainables.optimizer,
+            trainables.scheduler,
+        )
         if config.validation_prompt and (
             global_step % config.validation_steps == 0 or global_step == max_steps
         ):

@@ -36,13 +36,13 @@ from fusynth.errors import UserInputError
 from fusynth.loop import (
     check_run_dir,
     check_run_settings,
+    checkpoint_if_due,
     choice,
     epoch_order,
     make_lr_scheduler,
     positive,
     replace_outputs,
     resume_run,
-    save_checkpoint,
     start_run,
     step_generator,
     write_run_config,
@@ -650,18 +650,17 @@ def finetune_sam(config: SamFinetuneConfig) -> SamTrainResult:
             logs["val_dice"] = dice
         if config.report_to != "none":
             accelerator.log(logs, step=global_step)
-        if global_step % config.checkpointing_steps == 0 or global_step == max_steps:
-            if accelerator.is_main_process:
-                save_checkpoint(
-                    output_dir / f"checkpoint-{global_step}",
-                    global_step,
-                    resume_state,
-                    lambda tmp: _save_trained(tmp, sam),
-                    optimizer,
-                    lr_scheduler,
-                    config.checkpoints_total_limit,
-                )
-            accelerator.wait_for_everyone()
+        checkpoint_if_due(
+            accelerator,
+            config,
+            output_dir,
+            global_step,
+            global_step == max_steps,
+            resume_state,
+            lambda tmp: _save_trained(tmp, sam),
+            optimizer,
+            lr_scheduler,
+        )
     bar.close()
     elapsed = time.perf_counter() - started
     accelerator.wait_for_everyone()
