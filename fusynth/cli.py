@@ -217,6 +217,7 @@ def _evaluate_segmentation(args: argparse.Namespace) -> int:
         model_type=args.model_type,
         overwrite=args.overwrite,
         n_examples=args.n_examples,
+        embedding_cache=args.embedding_cache,
     )
     for jitter, stats in summary["by_jitter"].items():
         dice, hd95 = stats["dice"], stats["hd95_px"]
@@ -626,6 +627,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_type", help="SAM size of a bare checkpoint (vit_b, vit_l, vit_h, tiny)")
     p.add_argument(
         "--n_examples", type=int, default=4, help="images in the worst/best overlays (4)"
+    )
+    p.add_argument(
+        "--embedding_cache",
+        help="folder of cached image embeddings, e.g. the one fine-tuning used (off)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=_evaluate_segmentation)

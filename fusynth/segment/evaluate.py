@@ -142,7 +142,12 @@ class Prediction:
 
 
 def predict_masks(
-    sam: Any, samples: Sequence[SegSample], box_jitter: Sequence[int], rounds: int, seed: int
+    sam: Any,
+    samples: Sequence[SegSample],
+    box_jitter: Sequence[int],
+    rounds: int,
+    seed: int,
+    cache: Any = None,
 ) -> Iterator[Prediction]:
     """SAM's box-prompted predictions, image by image (one encoding per image).
 
@@ -152,6 +157,9 @@ def predict_masks(
         box_jitter: jitter values in pixels; 0 is deterministic and gets one round.
         rounds: prompts drawn per image for each jitter value > 0.
         seed: seed of the jitter.
+        cache: a :class:`fusynth.segment.finetune.EmbeddingCache` of this model's
+            encoder: embeddings are read from it (or computed and stored) instead of
+            running the encoder for every evaluation of the same images.
 
     Yields:
         One :class:`Prediction` per (image, jitter, round), in that order.
@@ -162,7 +170,16 @@ def predict_masks(
 
     predictor = SamPredictor(sam)
     for i, sample in enumerate(samples):
-        predictor.set_image(np.repeat(sample.image[..., None], 3, axis=2))
+        rgb = np.repeat(sample.image[..., None], 3, axis=2)
+        if cache is None:
+            predictor.set_image(rgb)
+        else:  # what set_image does, with the embedding from the cache
+            resized = predictor.transform.apply_image(rgb)
+            predictor.reset_image()
+            predictor.original_size = rgb.shape[:2]
+            predictor.input_size = resized.shape[:2]
+            predictor.features = cache.embed(sam, [resized]).to(predictor.device)
+            predictor.is_image_set = True
         true_box = mask_box(sample.mask)
         for jitter in box_jitter:
             for r in range(1 if jitter == 0 else rounds):
@@ -237,6 +254,7 @@ def evaluate_segmentation(
     overwrite: bool = False,
     n_examples: int = 4,
     device: str | None = None,
+    embedding_cache: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Evaluate a SAM on ``DIR[:split]`` with (jittered) box prompts and write a report.
 
@@ -258,6 +276,9 @@ def evaluate_segmentation(
         overwrite: replace an existing ``out``.
         n_examples: images in each overlay figure (0: none).
         device: torch device; CUDA when available by default.
+        embedding_cache: folder of cached image embeddings (shared with fine-tuning:
+            a model whose encoder was frozen reuses the embeddings its training made);
+            None runs the encoder on every image.
 
     Returns:
         The summary written to ``summary.json``.
@@ -277,12 +298,17 @@ def evaluate_segmentation(
     sam, model_type = load_sam(model, model_type, flag="--model")
     sam.to(_device(device))
     seg = load_seg_set(data, "--data")
+    cache = None
+    if embedding_cache is not None:
+        from fusynth.segment.finetune import EmbeddingCache
+
+        cache = EmbeddingCache(embedding_cache, sam, model_type)
     shown = 0 if 0 in jitters else jitters[0]
     examples = _Examples(n_examples)
     results = []
     total = len(seg.samples) * sum(1 if j == 0 else rounds for j in jitters)
     for pred in tqdm(
-        predict_masks(sam, seg.samples, jitters, rounds, seed),
+        predict_masks(sam, seg.samples, jitters, rounds, seed, cache),
         total=total,
         desc="evaluate",
         unit="prediction",

@@ -170,7 +170,7 @@ def _train_and_test(
 ) -> dict[str, Any]:
     from fusynth.loop import list_checkpoints
     from fusynth.segment.evaluate import evaluate_segmentation
-    from fusynth.segment.finetune import SamFinetuneConfig, finetune_sam
+    from fusynth.segment.finetune import SamFinetuneConfig, default_cache_root, finetune_sam
     from fusynth.segment.sam import WEIGHTS_FILE
 
     model_dir = folder / "model"
@@ -198,7 +198,12 @@ def _train_and_test(
         eval_dir = folder / f"eval-{name.replace(':', '-')}"
         if not (eval_dir / "per_image.csv").is_file():
             evaluate_segmentation(
-                model_dir, test_spec(spec), eval_dir, seed=config.seed, overwrite=True
+                model_dir,
+                test_spec(spec),
+                eval_dir,
+                seed=config.seed,
+                overwrite=True,
+                embedding_cache=config.embedding_cache or default_cache_root(),
             )
         metrics[name] = _cell_metrics(eval_dir / "per_image.csv")
     train_log = json.loads((model_dir / "train_log.json").read_text())

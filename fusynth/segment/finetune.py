@@ -256,8 +256,6 @@ class EmbeddingCache:
         """Embeddings ``[N, 256, g, g]``, read from disk or computed (and written)."""
         from safetensors.torch import load_file, save_file
 
-        from fusynth.io import atomic_write_bytes
-
         out = []
         for image in images:
             path = self.path(image)
@@ -267,12 +265,11 @@ class EmbeddingCache:
                 continue
             emb = encode_image(sam, image)
             self.misses += 1
-            if path is not None and write:
+            if path is not None and write:  # complete or absent: a temporary name, renamed
                 tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
                 path.parent.mkdir(parents=True, exist_ok=True)
                 save_file({"embedding": emb.contiguous()}, str(tmp))
-                atomic_write_bytes(path, tmp.read_bytes())
-                tmp.unlink()
+                os.replace(tmp, path)
             out.append(emb)
         return torch.stack(out) if out else torch.empty(0)
 

@@ -167,7 +167,6 @@ def test_experiment_on_prepared_hc18_with_a_mask_guided_cohort(tiny_controlnet, 
         assert stats["dice"]["n"] == 12
         assert {"hd95_px", "assd_px", "hc_abs_error_mm"} <= set(stats)
     # The real-only cell segments something after 12 steps: surface distances exist.
-    assert stats is not None
     real_only = json.loads(
         (out / "cells" / "k4-m0-r0" / "eval-hc18-test" / "summary.json").read_text()
     )["by_jitter"]["0"]
@@ -177,23 +176,32 @@ def test_experiment_on_prepared_hc18_with_a_mask_guided_cohort(tiny_controlnet, 
     assert stats["hc_abs_error_mm"] is None
 
 
-def test_hc_error_in_mm_on_data_with_spacing(phantom_prepared, tmp_path):
-    """The phantom records pixel spacing and HC: the report has HC error in mm."""
+def test_evaluation_through_the_embedding_cache_matches_and_reuses_training(real, tmp_path):
+    """A decoder-only model shares its encoder with the base: evaluation reads the
+    embeddings fine-tuning stored, and the report is the same as without the cache."""
     from fusynth.segment.evaluate import evaluate_segmentation
     from fusynth.segment.finetune import SamFinetuneConfig, finetune_sam
 
+    cache = tmp_path / "cache"
     model = finetune_sam(
         SamFinetuneConfig(
-            train=f"{phantom_prepared}:train",
-            validation="none",
+            train=f"{real}:train",
+            validation=f"{real}:test",  # only so that training caches the test images
             output_dir=str(tmp_path / "m"),
-            max_train_steps=1,
-            embedding_cache=str(tmp_path / "c"),
+            max_train_steps=2,
+            embedding_cache=str(cache),
         )
     ).output_dir
-    summary = evaluate_segmentation(model, f"{phantom_prepared}:test", tmp_path / "e")
-    rows = _csv(tmp_path / "e" / "per_image.csv")
-    assert all(r["hc_true_mm"] for r in rows)
-    with_hc = [r for r in rows if r["hc_abs_error_mm"]]
-    if with_hc:
-        assert summary["by_jitter"]["0"]["hc_abs_error_mm"]["n"] == len(with_hc)
+    stored = sorted(cache.rglob("*.safetensors"))
+    assert len(stored) == 8 + 3
+    mtimes = [p.stat().st_mtime_ns for p in stored]
+    evaluate_segmentation(model, f"{real}:test", tmp_path / "plain")
+    evaluate_segmentation(model, f"{real}:test", tmp_path / "cached", embedding_cache=cache)
+    assert sorted(cache.rglob("*.safetensors")) == stored  # all three read, none computed
+    assert [p.stat().st_mtime_ns for p in stored] == mtimes
+    plain, cached = (
+        _csv(tmp_path / "plain" / "per_image.csv"),
+        _csv(tmp_path / "cached" / "per_image.csv"),
+    )
+    assert [r["dice"] for r in cached] == [r["dice"] for r in plain]
+    assert [r["box"] for r in cached] == [r["box"] for r in plain]
