@@ -257,3 +257,16 @@ def test_bad_settings_name_their_flag(jitter, rounds, flag, tmp_path):
 
 def test_repeated_jitter_values_are_merged():
     assert check_settings([0, 10, 0, 10], 2) == [0, 10]
+
+
+def test_head_circumference_error_in_mm_where_the_spacing_is_known(
+    tiny_sam, phantom_prepared, oracle, tmp_path
+):
+    """The phantom records spacing and HC: a perfect mask's HC error is the ellipse fit's
+    own error, a few mm at most, reported for every image."""
+    summary = evaluate_segmentation(tiny_sam, str(phantom_prepared), tmp_path / "hc")
+    rows = _rows(tmp_path / "hc")
+    assert all(r["hc_true_mm"] and r["hc_mm"] and r["hc_abs_error_mm"] for r in rows)
+    assert all(float(r["hc_abs_error_mm"]) < 0.03 * float(r["hc_true_mm"]) for r in rows)
+    stats = summary["by_jitter"]["0"]["hc_abs_error_mm"]
+    assert stats["n"] == summary["n_images"] and stats["mean"] < 5.0

@@ -420,3 +420,25 @@ def test_recipe_runs_with_defaults(tmp_path, monkeypatch):
         "1",
     )
     assert (out / "model.safetensors").is_file()
+
+
+def test_synthetic_ratio_sets_the_synthetic_count_from_the_real_one(heads, tmp_path):
+    from fusynth.segment.finetune import choose_training_data
+
+    synth = _dataset(
+        tmp_path / "synth", [("train", f"synthetic:{i}", _head(i=i % 5)) for i in range(10)]
+    )
+    for ratio, n_real, expected in ((0.5, 4, 2), (2.0, 3, 6), (0.0, 4, 0)):
+        config = SamFinetuneConfig(
+            train=f"{heads}:train", synthetic=str(synth), n_real=n_real, synthetic_ratio=ratio
+        )
+        data = choose_training_data(config, 256)
+        assert (data.source["num_real"], data.source["num_synthetic"]) == (n_real, expected)
+        assert len(data.inputs) == n_real + expected
+    with pytest.raises(UserInputError, match="--n_synthetic: asks for 12"):
+        choose_training_data(
+            SamFinetuneConfig(
+                train=f"{heads}:train", synthetic=str(synth), n_real=6, synthetic_ratio=2.0
+            ),
+            256,
+        )
