@@ -141,6 +141,57 @@ def imagefolder_dir(tmp_path: Path) -> Path:
     return root
 
 
+def write_prepared(
+    path: Path, rows: list[dict], size: tuple[int, int] = (48, 64), seed: int = 0
+) -> Path:
+    """A prepared dataset from rows of schema values, split by each row's ``split``.
+
+    A row gives any column; ``image`` and ``mask`` are ``[H, W]`` uint8 arrays (or None
+    for no mask). A missing image is seeded noise of ``size``, drawn in row order.
+    """
+    import datasets
+
+    from fusynth.data.images import encode_png
+    from fusynth.data.schema import FEATURES, VIEWS, save_prepared
+
+    rng = np.random.default_rng(seed)
+    defaults = {
+        "mask": None,
+        "view": VIEWS.index("head"),
+        "cohort": "test",
+        "center": "",
+        "pixel_spacing_mm": None,
+        "head_circumference_mm": None,
+        "split": "train",
+        "synthetic": False,
+        "provenance": "{}",
+    }
+    full = []
+    for row in rows:
+        row = {**defaults, **row}
+        image = row.get("image")
+        if image is None:
+            image = rng.integers(0, 255, size, dtype=np.uint8)
+        row["image"] = {"bytes": encode_png(image), "path": None}
+        if row["mask"] is not None:
+            row["mask"] = {
+                "bytes": encode_png(np.asarray(row["mask"], dtype=np.uint8)),
+                "path": None,
+            }
+        full.append(row)
+    splits = sorted({r["split"] for r in full})
+    dsd = datasets.DatasetDict(
+        {
+            s: datasets.Dataset.from_dict(
+                {k: [r[k] for r in full if r["split"] == s] for k in FEATURES}, features=FEATURES
+            )
+            for s in splits
+        }
+    )
+    save_prepared(dsd, path)
+    return path
+
+
 # ----------------------------------------------------------------------------- models
 
 

@@ -8,7 +8,6 @@ import io
 import json
 from pathlib import Path
 
-import datasets
 import numpy as np
 import pytest
 import torch
@@ -27,37 +26,29 @@ from fusynth.audit.cohort import (
     kernel_distance,
 )
 from fusynth.audit.cohort_cli import add_audit_cohort_parser
-from fusynth.data.images import encode_png
-from fusynth.data.schema import FEATURES, VIEWS, save_prepared
+from fusynth.data.schema import VIEWS
 from fusynth.data.transforms import square_resize
 from fusynth.data.views import load_view_set
 from fusynth.embed import pixel_embedder
 from fusynth.errors import UserInputError
+from tests.conftest import write_prepared
 
 N_COPIES = 4
 
 
 def _row(image: np.ndarray, view: str, subject: str, synthetic: bool) -> dict:
     return {
-        "image": {"bytes": encode_png(image), "path": None},
-        "mask": None,
+        "image": image,
         "view": VIEWS.index(view),
         "subject_id": subject,
         "cohort": "synthetic" if synthetic else "real",
-        "center": "",
-        "pixel_spacing_mm": None,
-        "head_circumference_mm": None,
-        "split": "train",
         "synthetic": synthetic,
         "provenance": json.dumps({"source": subject}),
     }
 
 
 def _save(rows: list[dict], out) -> str:
-    columns = {k: [r[k] for r in rows] for k in FEATURES}
-    ds = datasets.Dataset.from_dict(columns, features=FEATURES)
-    save_prepared(datasets.DatasetDict({"train": ds}), out)
-    return str(out)
+    return str(write_prepared(out, rows))
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import logging
 import sys
 from pathlib import Path
 
-import datasets
 import numpy as np
 import pytest
 import torch
@@ -25,46 +24,31 @@ from fusynth.classify.train import (
     load_classifier,
     train_classifier,
 )
-from fusynth.data.images import encode_png
-from fusynth.data.schema import FEATURES, VIEWS, save_prepared
+from fusynth.data.schema import VIEWS
 from fusynth.data.views import ViewSet, load_view_set
 from fusynth.errors import UserInputError
+from tests.conftest import write_prepared
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
 def make_dataset(path: Path, rows: list[tuple[str, str, str, bool, str]]) -> Path:
     """A prepared dataset of ``(split, subject, view, synthetic, center)`` noise images."""
-    rng = np.random.default_rng(0)
-    columns: dict[str, list] = {k: [] for k in FEATURES}
-    for split, subject, view, synthetic, center in rows:
-        image = rng.integers(0, 255, (40, 50), dtype=np.uint8)
-        columns["image"].append({"bytes": encode_png(image), "path": None})
-        columns["mask"].append(None)
-        columns["view"].append(VIEWS.index(view))
-        columns["subject_id"].append(subject)
-        columns["cohort"].append("synthetic" if synthetic else "test")
-        columns["center"].append(center)
-        columns["pixel_spacing_mm"].append(None)
-        columns["head_circumference_mm"].append(None)
-        columns["split"].append(split)
-        columns["synthetic"].append(synthetic)
-        columns["provenance"].append("{}")
-    splits = sorted({r[0] for r in rows})
-    dsd = datasets.DatasetDict(
-        {
-            s: datasets.Dataset.from_dict(
-                {
-                    k: [v for v, r in zip(columns[k], rows, strict=True) if r[0] == s]
-                    for k in FEATURES
-                },
-                features=FEATURES,
-            )
-            for s in splits
-        }
+    return write_prepared(
+        path,
+        [
+            {
+                "split": split,
+                "subject_id": subject,
+                "view": VIEWS.index(view),
+                "synthetic": synthetic,
+                "cohort": "synthetic" if synthetic else "test",
+                "center": center,
+            }
+            for split, subject, view, synthetic, center in rows
+        ],
+        size=(40, 50),
     )
-    save_prepared(dsd, path)
-    return path
 
 
 def _config(phantom, out, **kw) -> ClassifierTrainConfig:

@@ -6,15 +6,12 @@ import json
 import subprocess
 from pathlib import Path
 
-import datasets
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from fusynth.data.geometry import Ellipse, ellipse_mask
-from fusynth.data.images import encode_png
-from fusynth.data.schema import FEATURES, save_prepared
 from fusynth.errors import UserInputError
 from fusynth.segment.data import (
     SegSample,
@@ -33,7 +30,7 @@ from fusynth.segment.finetune import (
     segmentation_loss,
 )
 from fusynth.segment.sam import build_sam, load_sam
-from tests.conftest import _train, accelerate_launch
+from tests.conftest import _train, accelerate_launch, write_prepared
 
 
 def _sample(i: int, subject: str, h: int = 90, w: int = 160, synthetic: bool = False) -> SegSample:
@@ -52,39 +49,8 @@ def _sample(i: int, subject: str, h: int = 90, w: int = 160, synthetic: bool = F
 
 def _dataset(path: Path, samples: list[tuple[str, str, np.ndarray | None]], size=(48, 64)) -> Path:
     """A prepared dataset of (split, subject, mask) rows with noise images."""
-    rng = np.random.default_rng(0)
-    rows = {k: [] for k in FEATURES}
-    for split, subject, mask in samples:
-        rows["image"].append(
-            {"bytes": encode_png(rng.integers(0, 255, size, dtype=np.uint8)), "path": None}
-        )
-        rows["mask"].append(
-            None if mask is None else {"bytes": encode_png(mask.astype(np.uint8)), "path": None}
-        )
-        rows["view"].append(6)
-        rows["subject_id"].append(subject)
-        rows["cohort"].append("test")
-        rows["center"].append("")
-        rows["pixel_spacing_mm"].append(None)
-        rows["head_circumference_mm"].append(None)
-        rows["split"].append(split)
-        rows["synthetic"].append(False)
-        rows["provenance"].append("{}")
-    splits = sorted({s for s, _, _ in samples})
-    dsd = datasets.DatasetDict(
-        {
-            s: datasets.Dataset.from_dict(
-                {
-                    k: [v for v, r in zip(rows[k], samples, strict=True) if r[0] == s]
-                    for k in FEATURES
-                },
-                features=FEATURES,
-            )
-            for s in splits
-        }
-    )
-    save_prepared(dsd, path)
-    return path
+    rows = [{"split": sp, "subject_id": subj, "mask": mask} for sp, subj, mask in samples]
+    return write_prepared(path, rows, size)
 
 
 def _head(h=48, w=64, i=0) -> np.ndarray:
