@@ -101,3 +101,18 @@ def drop_models(model_dir: Path, weights_file: str, keep: bool) -> None:
         shutil.rmtree(ckpt)
     if not keep:
         (model_dir / weights_file).unlink()
+
+
+def result_rows(
+    records: list[dict[str, Any]], value: Callable[[Any], Any] = lambda v: v
+) -> list[dict[str, Any]]:
+    """One row per cell and test set: the test set, the cell's fields, its metrics."""
+    return [
+        {
+            "test": name,
+            **{k: v for k, v in rec.items() if k != "metrics"},
+            **{k: value(v) for k, v in values.items()},
+        }
+        for rec in records
+        for name, values in rec["metrics"].items()
+    ]

@@ -27,6 +27,7 @@ from fusynth.experiments import (
     drop_models,
     mean_sd_text,
     open_experiment,
+    result_rows,
     test_name,
     test_spec,
 )
@@ -255,19 +256,7 @@ def cls_augment(config: ClsAugmentConfig) -> dict[str, Any]:
         log.info("cell %d/%d: %s, %d synthetic per view, repeat %d", i, len(cells), b, m, r)
         folder = out / "cells" / cell_name(b, m, r)
         records.append(cell(folder, lambda f, b=b, m=m, r=r: _train_and_test(config, f, b, m, r)))
-    results = [
-        {
-            "backbone": rec["backbone"],
-            "test": name,
-            "n_synthetic_per_view": rec["n_synthetic_per_view"],
-            "repeat": rec["repeat"],
-            "seed": rec["seed"],
-            "steps": rec["steps"],
-            **{k: _value(v) for k, v in values.items()},
-        }
-        for rec in records
-        for name, values in rec["metrics"].items()
-    ]
+    results = result_rows(records, value=_value)
     atomic_write_bytes(out / "results.csv", csv_bytes(results))
     table = summarise(config, records)
     atomic_write_bytes(out / "table.csv", csv_bytes(table))

@@ -38,6 +38,7 @@ from fusynth.experiments import (
     drop_models,
     mean_sd_text,
     open_experiment,
+    result_rows,
     test_name,
     test_spec,
 )
@@ -272,19 +273,7 @@ def seg_augment(config: SegAugmentConfig) -> dict[str, Any]:
     for i, (k, m, r) in enumerate(cells, 1):
         log.info("cell %d/%d: %d real + %d synthetic, repeat %d", i, len(cells), k, m, r)
         records.append(run_cell(config, out, k, m, r))
-    results = [
-        {
-            "test": name,
-            "n_real": rec["n_real"],
-            "n_synthetic": rec["n_synthetic"],
-            "repeat": rec["repeat"],
-            "seed": rec["seed"],
-            "steps": rec["steps"],
-            **values,
-        }
-        for rec in records
-        for name, values in rec["metrics"].items()
-    ]
+    results = result_rows(records)
     atomic_write_bytes(out / "results.csv", csv_bytes(results))
     table = summarise(config, records)
     atomic_write_bytes(out / "table.csv", csv_bytes(table))
