@@ -241,6 +241,18 @@ def _stat(s: dict | None, digits: int) -> str:
     return f"{s['mean']:.{digits}f} [{s['ci_low']:.{digits}f}, {s['ci_high']:.{digits}f}]"
 
 
+def _comma_list(text: str) -> list[str]:
+    """``a,b,,c`` -> ``[a, b, c]``."""
+    return [t for t in text.split(",") if t]
+
+
+def _report_experiment(result: dict, what: str) -> int:
+    """Print an experiment's table and where its files are."""
+    print((result["out"] / "table.md").read_text(), end="")
+    print(f"{what} in {result['out']}")
+    return 0
+
+
 def _experiment_seg_augment(args: argparse.Namespace) -> int:
     from fusynth.recipes import quiet_libraries
     from fusynth.segment.evaluate import parse_int_list
@@ -249,7 +261,7 @@ def _experiment_seg_augment(args: argparse.Namespace) -> int:
     quiet_libraries()
     config = SegAugmentConfig(
         real=args.real,
-        test=[t for t in args.test.split(",") if t],
+        test=_comma_list(args.test),
         out=args.out,
         synthetic=args.synthetic,
         n_real=parse_int_list(args.n_real, "--n_real"),
@@ -260,10 +272,7 @@ def _experiment_seg_augment(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         **{k: getattr(args, k) for k in FINETUNE_KEYS if getattr(args, k) is not None},
     )
-    result = seg_augment(config)
-    print((result["out"] / "table.md").read_text(), end="")
-    print(f"results, table and chart in {result['out']}")
-    return 0
+    return _report_experiment(seg_augment(config), "results, table and chart")
 
 
 def _experiment_cls_augment(args: argparse.Namespace) -> int:
@@ -275,10 +284,10 @@ def _experiment_cls_augment(args: argparse.Namespace) -> int:
     quiet_libraries()
     config = ClsAugmentConfig(
         real=args.real,
-        test=[t for t in args.test.split(",") if t],
+        test=_comma_list(args.test),
         out=args.out,
         synthetic=args.synthetic,
-        backbones=[b for b in args.backbones.split(",") if b],
+        backbones=_comma_list(args.backbones),
         n_synthetic_per_view=parse_int_list(args.n_synthetic_per_view, "--n_synthetic_per_view"),
         repeats=args.repeats,
         seed=args.seed,
@@ -287,10 +296,7 @@ def _experiment_cls_augment(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         **{k: getattr(args, k) for k in TRAIN_KEYS if getattr(args, k) is not None},
     )
-    result = cls_augment(config)
-    print((result["out"] / "table.md").read_text(), end="")
-    print(f"results and tables in {result['out']}")
-    return 0
+    return _report_experiment(cls_augment(config), "results and tables")
 
 
 def _lora_convert(args: argparse.Namespace) -> int:
