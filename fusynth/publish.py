@@ -13,7 +13,15 @@
   flagged memorization share is above the threshold, is refused unless forced; the card
   then says so.
 
-Uploading itself is not part of this release.
+Absolute local paths (``/home/...``) in the cards, configs, provenance files and the
+per-sample ``provenance`` column are replaced by ``<local>/NAME`` (their last part):
+the folder says which local folder was used without publishing the machine's layout.
+A local ``base_model`` is dropped from the card metadata, which the Hub reads as a repo id.
+
+:func:`upload` builds the same folder in a temporary place and sends it with
+huggingface_hub (``create_repo(exist_ok=True)``, ``create_branch`` for ``--revision``,
+``upload_folder``, which with ``hf_xet`` commits big folders in resumable batches). The
+token comes from ``HF_TOKEN`` or ``hf auth login`` and is never printed or written.
 """
 
 from __future__ import annotations
@@ -22,7 +30,9 @@ import io
 import json
 import math
 import os
+import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +79,14 @@ NOT_FOR_CLINICAL_USE = (
     "decision about a patient."
 )
 _TAGS = ["fusynth", "ultrasound", "fetal-ultrasound", "medical-imaging"]
+
+
+#: An absolute POSIX path (or ``~/...``) that starts a token: at the start of a line or
+#: after a space, quote, backtick, bracket, ``*``, ``|``, ``=`` or ``,``. URLs do not match.
+_ABS_PATH = re.compile(r"""(?:^|(?<=[\s"'`(\[=,*|]))~?/[\w.@+-][^\s"'`)\],*|]*""", re.MULTILINE)
+#: Files whose text is redacted in a published folder.
+TEXT_SUFFIXES: tuple[str, ...] = (".md", ".json", ".yaml", ".yml", ".txt", ".csv")
+LOCAL = "<local>"
 
 
 # ----------------------------------------------------------------------------- checks
@@ -128,6 +146,45 @@ def check_repo_id(repo_id: str) -> str:
     return text
 
 
+# ----------------------------------------------------------------------------- local paths
+
+
+def _local_name(match: re.Match[str]) -> str:
+    parts = [p for p in match.group(0).split("/") if p]
+    return f"{LOCAL}/{parts[-1] if parts else ''}"
+
+
+def redact_paths(text: str) -> str:
+    """Replace every absolute local path in ``text`` by ``<local>/`` and its last part.
+
+    ``/home/ana/runs/phantom:train`` becomes ``<local>/phantom:train``; relative paths,
+    Hub ids and URLs are kept.
+
+    Args:
+        text: a card, a JSON document or a provenance string.
+
+    Returns:
+        The text with its absolute paths redacted.
+    """
+    return _ABS_PATH.sub(_local_name, text)
+
+
+def is_local_path(value: Any) -> bool:
+    """Whether ``value`` is an absolute local path (already redacted or not)."""
+    text = str(value or "")
+    return text.startswith((f"{LOCAL}/", "/", "~/")) or bool(re.match(r"^[A-Za-z]:[\\/]", text))
+
+
+def _redact_files(folder: Path) -> None:
+    """Redact absolute paths in every text file under ``folder``, in place."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.suffix.lower() in TEXT_SUFFIXES:
+            text = path.read_text(encoding="utf-8")
+            redacted = redact_paths(text)
+            if redacted != text:
+                path.write_text(redacted, encoding="utf-8")
+
+
 # ----------------------------------------------------------------------------- models
 
 
@@ -142,7 +199,8 @@ def _model_card(kind: str, src: Path, repo_id: str, files: list[str]) -> str:
     )
     readme = src / "README.md"
     if readme.is_file():
-        card = ModelCard.load(readme)
+        text = readme.read_text(encoding="utf-8")
+        card = ModelCard(text if text.startswith("---\n") else f"---\n---\n{text}")
         text = card.text
         if kind in ("lora", "controlnet"):  # diffusers loads these straight from the Hub
             text = text.replace('"path/to/this/folder"', f'"{repo_id}"')
@@ -160,6 +218,8 @@ def _model_card(kind: str, src: Path, repo_id: str, files: list[str]) -> str:
             f"Research on fetal ultrasound analysis. {NOT_FOR_CLINICAL_USE}\n"
         )
         data = card.data = ModelCardData()
+    if is_local_path(data.get("base_model")):  # the Hub reads base_model as a repo id
+        data.base_model = None
     tags = list(data.tags or [])
     data.tags = tags + [t for t in ["fusynth", kind] if t not in tags]
     data.license = data.license or "other"
@@ -199,6 +259,7 @@ def build_model_folder(
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src / rel, tmp / rel)
         (tmp / "README.md").write_text(_model_card(kind, src, repo_id, files), encoding="utf-8")
+        _redact_files(tmp)
     return sorted([*files, "README.md"])
 
 
@@ -239,6 +300,8 @@ def _png_bytes(value: dict[str, Any] | None, single_channel: bool) -> dict[str, 
 def _to_png(batch: dict[str, list]) -> dict[str, list]:
     batch["image"] = [_png_bytes(v, False) for v in batch["image"]]
     batch["mask"] = [_png_bytes(v, True) for v in batch["mask"]]
+    if "provenance" in batch:
+        batch["provenance"] = [None if v is None else redact_paths(v) for v in batch["provenance"]]
     return batch
 
 
@@ -394,7 +457,7 @@ def build_cohort_folder(
     force: bool = False,
     max_flag_share: float = 0.0,
     overwrite: bool = False,
-    shard_rows: int = SHARD_ROWS,
+    shard_rows: int | None = None,
 ) -> list[str]:
     """Build the upload folder of a cohort, atomically.
 
@@ -405,7 +468,7 @@ def build_cohort_folder(
         force: publish without an audit, or against it; the card then says so.
         max_flag_share: the largest share of memorization-flagged samples accepted.
         overwrite: replace an existing ``out``.
-        shard_rows: rows per Parquet shard.
+        shard_rows: rows per Parquet shard (:data:`SHARD_ROWS` when None).
 
     Returns:
         The files written, relative to ``out``, sorted.
@@ -450,7 +513,7 @@ def build_cohort_folder(
             for v in ds["view"]:
                 name = features["view"].int2str(v)
                 view_counts[name] = view_counts.get(name, 0) + 1
-            shards = max(1, math.ceil(len(ds) / shard_rows))
+            shards = max(1, math.ceil(len(ds) / (shard_rows or SHARD_ROWS)))
             for k in range(shards):
                 part = ds.shard(num_shards=shards, index=k, contiguous=True)
                 part = part.map(
@@ -485,6 +548,7 @@ def build_cohort_folder(
         )
         (tmp / "README.md").write_text(card, encoding="utf-8")
         written.append("README.md")
+        _redact_files(tmp)
     return sorted(written)
 
 
@@ -532,3 +596,96 @@ def publish_dry_run(
             src, out, repo_id, force=force, max_flag_share=max_flag_share, overwrite=overwrite
         )
     raise ValueError(f"kind must be 'model' or 'cohort', got {kind!r}")
+
+
+# ----------------------------------------------------------------------------- upload
+
+NO_TOKEN = (
+    "no Hugging Face token: set HF_TOKEN or run `hf auth login` "
+    "(or use --dry-run OUT to build the folder without uploading)"
+)
+
+
+def hub_token() -> str:
+    """The token huggingface_hub would use (``HF_TOKEN``, then the stored login).
+
+    Raises:
+        UserInputError: there is none.
+    """
+    from huggingface_hub import get_token
+
+    token = get_token()
+    if not token:
+        raise UserInputError(NO_TOKEN)
+    return token
+
+
+def _owned_folders(files: list[str]) -> list[str]:
+    """``folder/*`` for each top-level folder the upload writes: these are mirrored, so a
+    file left from an earlier upload (a stale shard, an old grid) is deleted."""
+    return sorted({f"{f.split('/')[0]}/*" for f in files if "/" in f})
+
+
+def upload(
+    kind: str,
+    src: str | os.PathLike,
+    repo_id: str,
+    token: str,
+    private: bool = False,
+    revision: str | None = None,
+    force: bool = False,
+    max_flag_share: float = 0.0,
+) -> tuple[str, list[str]]:
+    """Build the publish folder in a temporary place and upload it to the Hub.
+
+    The repository is created if missing (``exist_ok``); ``revision`` is created as a
+    branch if missing. The folders the upload writes (``data/``, ``validation/``, ...)
+    are mirrored: files of an earlier upload that are not in this one are deleted, so a
+    cohort never mixes shards of two uploads. Re-running after a failure sends the same
+    commit again.
+
+    Args:
+        kind: ``model`` or ``cohort``.
+        src: the fusynth output folder.
+        repo_id: ``USER/NAME``.
+        token: the Hub token (see :func:`hub_token`); never printed or written.
+        private: create the repository as private, and refuse one that exists as public.
+        revision: the branch to commit to (``main`` when None).
+        force: for a cohort, publish without an audit or against it.
+        max_flag_share: for a cohort, the largest memorization-flagged share accepted.
+
+    Returns:
+        The commit URL and the files uploaded (relative, sorted).
+
+    Raises:
+        UserInputError: bad folder, repo id or audit; ``private`` and a public repository.
+        huggingface_hub.errors.HfHubHTTPError: the Hub refused a request.
+    """
+    from huggingface_hub import HfApi
+
+    from fusynth import __version__
+
+    repo_type = "dataset" if kind == "cohort" else "model"
+    with tempfile.TemporaryDirectory(prefix="fusynth-publish-") as tmp:
+        folder = Path(tmp) / "upload"
+        files = publish_dry_run(
+            kind, src, repo_id, folder, force=force, max_flag_share=max_flag_share
+        )
+        api = HfApi(token=token)
+        api.create_repo(repo_id, repo_type=repo_type, private=private or None, exist_ok=True)
+        if private and not api.repo_info(repo_id, repo_type=repo_type).private:
+            raise UserInputError(
+                f"--private: {repo_id} already exists and is public; make it private on the "
+                "Hub first, or publish without --private"
+            )
+        if revision:
+            api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            repo_type=repo_type,
+            revision=revision,
+            commit_message=f"Publish a fusynth {detect_kind(src)} (fusynth {__version__})",
+            delete_patterns=_owned_folders(files) or None,
+        )
+    return str(info.commit_url), files

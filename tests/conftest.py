@@ -243,6 +243,34 @@ def tiny_lora(tiny_base, phantom_prepared, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def small_cohort(tiny_base, tiny_lora, tmp_path_factory):
+    """An unaudited 6-sample text2img cohort (head 4, femur 2) in shards of 3."""
+    from fusynth.cli import main
+
+    out = tmp_path_factory.mktemp("small_cohort") / "c"
+    argv = ["generate", "text2img", "--base", str(tiny_base), "--lora", str(tiny_lora)]
+    argv += ["--views", "head:4,femur:2", "--steps", "2", "--resolution", "32"]
+    argv += ["--shard_size", "3", "--batch_size", "3", "--seed", "1", "--out", str(out)]
+    assert main(argv) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def audited_cohort(small_cohort, phantom_prepared, tmp_path_factory):
+    """``small_cohort`` copied and audited against the phantom's train split."""
+    import shutil
+
+    from fusynth.cli import main
+
+    out = tmp_path_factory.mktemp("audited_cohort") / "c"
+    shutil.copytree(small_cohort, out)
+    argv = ["audit", "cohort", str(out), "--reference", f"{phantom_prepared}:train"]
+    assert main(argv) == 0
+    assert (out / "audit" / "cohort_audit.json").is_file()
+    return out
+
+
 def accelerate_launch(num_processes: int, *args: str) -> list[str]:
     """An ``accelerate launch`` command line for ``num_processes`` local processes.
 

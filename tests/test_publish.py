@@ -15,11 +15,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from fusynth.cards import render_card, required_fields
-from fusynth.cli import main
 from fusynth.data.schema import FEATURES
 from fusynth.errors import UserInputError
-from fusynth.publish import check_repo_id, detect_kind, publish_dry_run
-from fusynth.publish_cli import UPLOAD_UNAVAILABLE, add_publish_parser
+from fusynth.publish import check_repo_id, detect_kind, publish_dry_run, redact_paths
+from fusynth.publish_cli import add_publish_parser
 
 
 def _publish(*argv: str) -> int:
@@ -32,29 +31,6 @@ def _publish(*argv: str) -> int:
 def _raw(ds: datasets.Dataset, column: str) -> list[bytes | None]:
     col = ds.cast_column(column, datasets.Image(decode=False))[column]
     return [None if v is None else v["bytes"] for v in col]
-
-
-@pytest.fixture(scope="module")
-def cohort(tiny_base, tiny_lora, tmp_path_factory):
-    """An unaudited 6-sample text2img cohort (its own folder per test copies it)."""
-    out = tmp_path_factory.mktemp("pub_cohort") / "c"
-    argv = ["generate", "text2img", "--base", str(tiny_base), "--lora", str(tiny_lora)]
-    argv += ["--views", "head:4,femur:2", "--steps", "2", "--resolution", "32"]
-    argv += ["--shard_size", "3", "--batch_size", "3", "--seed", "1", "--out", str(out)]
-    assert main(argv) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def audited(cohort, phantom_prepared, tmp_path_factory):
-    import shutil
-
-    out = tmp_path_factory.mktemp("pub_audited") / "c"
-    shutil.copytree(cohort, out)
-    argv = ["audit", "cohort", str(out), "--reference", f"{phantom_prepared}:train"]
-    assert main(argv) == 0
-    assert (out / "audit" / "cohort_audit.json").is_file()
-    return out
 
 
 def test_lora_dry_run_loads_with_stock_diffusers_and_peft(tiny_lora, tiny_base, tmp_path):
@@ -71,6 +47,14 @@ def test_lora_dry_run_loads_with_stock_diffusers_and_peft(tiny_lora, tiny_base, 
     assert "train_log.json" not in names
     card = (out / "README.md").read_text()
     assert 'load_lora_weights("me/tiny-lora")' in card and "fusynth" in card.split("---")[1]
+    # The source names its base and data by absolute path; the published folder does not.
+    assert str(tiny_base) in (tiny_lora / "README.md").read_text()
+    assert str(tiny_base) in (tiny_lora / "config.json").read_text()
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert str(tiny_base.parent).encode() not in path.read_bytes(), path
+    assert f"<local>/{tiny_base.name}" in json.loads((out / "config.json").read_text()).values()
+    assert "base_model" not in card.split("---")[1]  # a local base is no Hub repo id
 
     pipe = StableDiffusionPipeline.from_pretrained(str(tiny_base))
     pipe.load_lora_weights(str(out))
@@ -101,17 +85,24 @@ def test_sam_dry_run_loads_strictly_into_segment_anything(tiny_sam, tmp_path):
     assert "me/tiny-sam" in card and "Not for clinical use" in card
 
 
-def test_audited_cohort_dry_run_loads_with_load_dataset(audited, tmp_path, capsys):
+def test_audited_cohort_dry_run_loads_with_load_dataset(
+    audited_cohort, tiny_base, tmp_path, capsys
+):
     out = tmp_path / "pub"
-    assert _publish("cohort", str(audited), "--repo-id", "me/cohort", "--dry-run", str(out)) == 0
+    assert (
+        _publish("cohort", str(audited_cohort), "--repo-id", "me/cohort", "--dry-run", str(out))
+        == 0
+    )
     assert "nothing uploaded" in capsys.readouterr().out
     assert (out / "data" / "train-00000-of-00001.parquet").is_file()
     got = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "hf-cache"))["train"]
-    src = datasets.load_from_disk(str(audited))["train"]
+    src = datasets.load_from_disk(str(audited_cohort))["train"]
     assert len(got) == len(src) == 6
     assert got.features["view"] == FEATURES["view"]  # a ClassLabel with the views' names
     assert list(got["view"]) == list(src["view"])
-    assert list(got["provenance"]) == list(src["provenance"])
+    assert list(got["provenance"]) == [redact_paths(v) for v in src["provenance"]]
+    assert str(tiny_base) in src["provenance"][0] and str(tiny_base) not in got["provenance"][0]
+    assert "<local>/tiny-sd" in got["provenance"][0]
     assert _raw(got, "image") == _raw(src, "image")  # PNG bytes kept as they were
     card = (out / "README.md").read_text()
     meta = card.split("---")[1]
@@ -122,9 +113,9 @@ def test_audited_cohort_dry_run_loads_with_load_dataset(audited, tmp_path, capsy
     assert "Warning" not in card
 
 
-def test_cohort_without_audit_is_refused_unless_forced(cohort, tmp_path, capsys):
+def test_cohort_without_audit_is_refused_unless_forced(small_cohort, tmp_path, capsys):
     out = tmp_path / "pub"
-    argv = ["cohort", str(cohort), "--repo-id", "me/cohort", "--dry-run", str(out)]
+    argv = ["cohort", str(small_cohort), "--repo-id", "me/cohort", "--dry-run", str(out)]
     with pytest.raises(UserInputError, match="no audit/cohort_audit.json.*--force"):
         _publish(*argv)
     assert not out.exists()
@@ -134,11 +125,11 @@ def test_cohort_without_audit_is_refused_unless_forced(cohort, tmp_path, capsys)
     assert len(datasets.load_dataset(str(out), cache_dir=str(tmp_path / "hf-cache"))["train"]) == 6
 
 
-def test_flagged_share_over_threshold_is_refused(audited, tmp_path):
+def test_flagged_share_over_threshold_is_refused(audited_cohort, tmp_path):
     import shutil
 
     src = tmp_path / "c"
-    shutil.copytree(audited, src)
+    shutil.copytree(audited_cohort, src)
     path = src / "audit" / "cohort_audit.json"
     audit = json.loads(path.read_text())
     audit["memorization"]["overall"].update(flagged=3, share_flagged=0.5)
@@ -188,6 +179,19 @@ def test_jpeg_images_and_rgb_masks_become_png_and_single_channel(tmp_path):
     assert got[1]["mask"] is None
 
 
+def test_redact_paths_keeps_the_name_and_drops_the_machine():
+    text = (
+        'base: /home/ana/models/sd15\n"train_data": "/data/hc18/prepared:train",\n'
+        "see `~/runs/lora` and **/m/base** and [x](/srv/a b) or (path/to/this/folder) at "
+        "https://huggingface.co/me/x with 10/20 px and me/model and C:\\x"
+    )
+    assert redact_paths(text) == (
+        'base: <local>/sd15\n"train_data": "<local>/prepared:train",\n'
+        "see `<local>/lora` and **<local>/base** and [x](<local>/a b) or (path/to/this/folder) at "
+        "https://huggingface.co/me/x with 10/20 px and me/model and C:\\x"
+    )
+
+
 def test_card_renders_and_a_missing_field_fails_loudly():
     need = required_fields("dataset")
     assert {"repo_id", "audit", "audit_warning", "id2label", "view_counts"} <= need
@@ -211,7 +215,7 @@ def test_card_renders_and_a_missing_field_fails_loudly():
         )
 
 
-def test_bad_input_is_one_line(tmp_path, tiny_sam, capsys):
+def test_bad_input_is_one_line(tmp_path, tiny_sam, capsys, monkeypatch):
     (tmp_path / "notes.txt").write_text("hi")
     with pytest.raises(UserInputError, match="is not a fusynth output \\(no ") as err:
         detect_kind(tmp_path)
@@ -224,9 +228,12 @@ def test_bad_input_is_one_line(tmp_path, tiny_sam, capsys):
     assert check_repo_id("me/ok-name_1.0") == "me/ok-name_1.0"
     with pytest.raises(UserInputError, match="is a sam output, not a cohort"):
         publish_dry_run("cohort", tiny_sam, "me/x", tmp_path / "o")
-    with pytest.raises(UserInputError, match="uploading is not available"):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    with pytest.raises(UserInputError, match="no Hugging Face token: set HF_TOKEN") as err:
         _publish("model", str(tiny_sam), "--repo-id", "me/x")
-    assert UPLOAD_UNAVAILABLE.endswith("use --dry-run OUT")
+    assert "\n" not in str(err.value)
     out = tmp_path / "o2"
     publish_dry_run("model", tiny_sam, "me/x", out)
     with pytest.raises(UserInputError, match="already exists"):
