@@ -792,6 +792,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="fusynth: %(message)s",
         stream=sys.stderr,
     )
+    for name in ("httpx", "httpx2", "httpcore", "httpcore2"):  # one line per HTTP request
+        logging.getLogger(name).setLevel(logging.WARNING)
     # Our own progress bars speak for long steps; datasets' per-shard bars are noise.
     import datasets
 

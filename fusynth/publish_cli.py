@@ -1,17 +1,19 @@
 """``fusynth publish model|cohort``: their flags and what they print.
 
-Only ``--dry-run OUT`` is implemented in this release: it builds the folder an upload
-would send. Without it the command refuses (exit 2) rather than pretend to upload.
+``--dry-run OUT`` builds the folder an upload would send and uploads nothing. Without it
+the same folder is built in a temporary place and uploaded with the token of
+``HF_TOKEN`` or ``hf auth login``; the token is never printed. A Hub that refuses the
+token or the repository (401, 403, 404) is bad input, exit 2; other Hub or network
+failures exit 1. Either way one line says what happened.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from fusynth.errors import UserInputError
-
-UPLOAD_UNAVAILABLE = "publish: uploading is not available in this release; use --dry-run OUT"
 
 
 def _common_flags(p: argparse.ArgumentParser, what: str) -> None:
@@ -25,14 +27,14 @@ def _common_flags(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument(
         "--private",
         action="store_true",
-        help="create the repository as private (upload only; not implemented in this release)",
+        help="create the repository as private; refuse one that exists and is public",
     )
     p.add_argument(
         "--dry-run",
         dest="dry_run",
         metavar="OUT",
         help="build in OUT exactly the folder that would be uploaded, and upload nothing "
-        "(required in this release)",
+        "(needs no token)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --dry-run OUT")
 
@@ -47,7 +49,7 @@ def add_publish_parser(groups: Any) -> argparse.ArgumentParser:
         The ``publish`` group's parser.
     """
     pub = groups.add_parser(
-        "publish", help="build Hugging Face Hub folders of models and cohorts (--dry-run only)"
+        "publish", help="publish models and cohorts to the Hugging Face Hub, with cards"
     )
     cmds = pub.add_subparsers(dest="command", required=True, parser_class=type(pub))
 
@@ -59,7 +61,7 @@ def add_publish_parser(groups: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--revision",
         metavar="BRANCH",
-        help="branch to upload to (upload only; not implemented in this release)",
+        help="branch to commit to, created from main if missing (default: main)",
     )
     p.set_defaults(func=publish_command, kind="model", force=False, max_flag_share=0.0)
 
@@ -78,8 +80,32 @@ def add_publish_parser(groups: Any) -> argparse.ArgumentParser:
         default=0.0,
         help="largest share of samples the audit may flag as memorized (0.0)",
     )
-    p.set_defaults(func=publish_command, kind="cohort", revision=None)
+    p.add_argument(
+        "--revision",
+        metavar="BRANCH",
+        help="branch to commit to, created from main if missing (default: main)",
+    )
+    p.set_defaults(func=publish_command, kind="cohort")
     return pub
+
+
+def _hub_failure(exc: Exception, repo_id: str, token: str) -> int:
+    """Print one line for a failed Hub request (token scrubbed); 2 if it is the user's to
+    fix (token, repository), else 1."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    first = first.replace(token, "***") if token else first
+    hint = {
+        401: "; check the token in HF_TOKEN or `hf auth login`",
+        403: "; the token cannot write to this repository (a read-only token?)",
+        404: "; check --repo-id and --revision",
+    }.get(status, "")
+    refused = isinstance(exc, HfHubHTTPError)
+    what = f"the Hub refused the upload to {repo_id}" if refused else f"upload to {repo_id} failed"
+    print(f"fusynth: error: {what}: {first}{hint}", file=sys.stderr)
+    return 2 if status in (401, 403, 404) else 1
 
 
 def publish_command(args: argparse.Namespace) -> int:
@@ -89,29 +115,58 @@ def publish_command(args: argparse.Namespace) -> int:
         args: the parsed flags.
 
     Returns:
-        0 on success.
+        0 on success, 2 when the Hub refuses the token or repository, 1 on other Hub
+        or network failures.
 
     Raises:
-        UserInputError: bad folder, repo id or audit; or no ``--dry-run``.
+        UserInputError: bad folder, repo id or audit; no token without ``--dry-run``.
     """
-    from fusynth.publish import check_repo_id, detect_kind, publish_dry_run
+    from fusynth.publish import check_repo_id, detect_kind, hub_token, publish_dry_run, upload
 
     check_repo_id(args.repo_id)
     detect_kind(args.dir)
-    if args.dry_run is None:
-        raise UserInputError(UPLOAD_UNAVAILABLE)
-    files = publish_dry_run(
-        args.kind,
-        args.dir,
-        args.repo_id,
-        args.dry_run,
-        force=args.force,
-        overwrite=args.overwrite,
-        max_flag_share=args.max_flag_share,
-    )
     where = f"{args.repo_id}" + (f"@{args.revision}" if args.revision else "")
     where += " (private)" if args.private else ""
-    print(f"wrote {args.dry_run}: {len(files)} files that would go to {where}; nothing uploaded")
+    if args.dry_run is not None:
+        files = publish_dry_run(
+            args.kind,
+            args.dir,
+            args.repo_id,
+            args.dry_run,
+            force=args.force,
+            overwrite=args.overwrite,
+            max_flag_share=args.max_flag_share,
+        )
+        print(
+            f"wrote {args.dry_run}: {len(files)} files that would go to {where}; nothing uploaded"
+        )
+    else:
+        import httpx2
+        from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+        token = hub_token()
+        try:
+            url, files = upload(
+                args.kind,
+                args.dir,
+                args.repo_id,
+                token,
+                private=args.private,
+                revision=args.revision,
+                force=args.force,
+                max_flag_share=args.max_flag_share,
+            )
+        except OfflineModeIsEnabled as exc:
+            raise UserInputError(
+                "HF_HUB_OFFLINE is set: unset it to upload, or use --dry-run OUT"
+            ) from exc
+        except (HfHubHTTPError, httpx2.HTTPError, OSError) as exc:
+            return _hub_failure(exc, args.repo_id, token)
+        except ValueError as exc:  # the Hub's metadata check of a card (UserInputError passes)
+            if isinstance(exc, UserInputError) or "metadata" not in str(exc):
+                raise
+            return _hub_failure(exc, args.repo_id, token)
+        print(f"uploaded {len(files)} files to {where}: {url}")
     for rel in files:
         print(f"  {rel}")
     return 0
