@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -87,3 +88,24 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of one file."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_sha256(model: str | os.PathLike | None) -> str | None:
+    """sha256 of a model's weights: a weights file itself, or a fusynth output folder's
+    ``model.safetensors``. Evaluation reports record it, so a report can be matched to
+    the model it scored; None when there is no such file (a smoke model)."""
+    if model is None:
+        return None
+    path = Path(model)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    return file_sha256(path) if path.is_file() else None

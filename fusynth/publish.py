@@ -185,10 +185,163 @@ def _redact_files(folder: Path) -> None:
                 path.write_text(redacted, encoding="utf-8")
 
 
+# ----------------------------------------------------------------------------- evaluations
+
+#: The report of each ``fusynth evaluate`` command a model card can carry, and the
+#: aggregate figures published beside it (per-image rows and overlays of real patients'
+#: images stay behind).
+EVAL_REPORTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "segmentation": ("summary.json", ("boxplot.png",)),
+    "classification": ("metrics.json", ("confusion.png",)),
+}
+EVAL_OF_KIND = {"sam": "segmentation", "classifier": "classification"}
+_SEG_ROWS = (
+    ("dice", "Dice"),
+    ("iou", "IoU"),
+    ("hd95_px", "HD95 (px)"),
+    ("assd_px", "ASSD (px)"),
+    ("hd95_mm", "HD95 (mm)"),
+    ("hc_abs_error_mm", "HC absolute error (mm)"),
+)
+_CLS_ROWS = (
+    ("accuracy", "accuracy"),
+    ("balanced_accuracy", "balanced accuracy"),
+    ("macro_f1", "macro-F1"),
+    ("macro_auroc", "macro ROC-AUC (one-vs-rest)"),
+)
+
+
+def read_evaluation(folder: Path) -> tuple[str, dict[str, Any]] | None:
+    """``(kind, report)`` of a ``fusynth evaluate segmentation|classification`` output
+    folder, or None when ``folder`` is not one."""
+    for kind, (name, _) in EVAL_REPORTS.items():
+        path = folder / name
+        if path.is_file():
+            report = _read_json(path)
+            if kind == "segmentation" and "by_jitter" in report:
+                return kind, report
+            if kind == "classification" and report.get("setup", {}).get("what") == "classifier":
+                return kind, report
+    return None
+
+
+def _evaluations(src: Path, kind: str, extra: list[str]) -> list[tuple[str, str, dict, Path]]:
+    """The evaluations to publish with ``src``: its own evaluation subfolders, then
+    ``extra`` (``--eval``); each must have scored exactly these weights.
+
+    Returns:
+        ``(name, eval kind, report, folder)`` per evaluation, names unique.
+
+    Raises:
+        UserInputError: an ``--eval`` folder that is no evaluation, of another model or
+            another task, or one that does not record the weights it scored.
+    """
+    from fusynth.io import weights_sha256
+
+    found = [(d, "DIR") for d in sorted(src.iterdir()) if d.is_dir() and read_evaluation(d)]
+    found += [(Path(e), "--eval") for e in extra]
+    own = weights_sha256(src) if kind in EVAL_OF_KIND else None
+    out: list[tuple[str, str, dict, Path]] = []
+    names: set[str] = set()
+    for folder, flag in found:
+        got = read_evaluation(folder) if folder.is_dir() else None
+        if got is None:
+            raise UserInputError(
+                f"{flag}: {folder}: not a `fusynth evaluate segmentation|classification` output "
+                "(no summary.json or metrics.json)"
+            )
+        what, report = got
+        if EVAL_OF_KIND.get(kind) != what:
+            raise UserInputError(f"{flag}: {folder}: a {what} evaluation; {src} is a {kind} output")
+        sha = report.get("model_sha256") or report.get("setup", {}).get("model_sha256")
+        if sha is None:
+            raise UserInputError(
+                f"{flag}: {folder}: the report does not record which weights it scored "
+                "(model_sha256); evaluate the model again"
+            )
+        if sha != own:
+            raise UserInputError(
+                f"{flag}: {folder}: scored other weights (sha256 {sha[:12]}...) than "
+                f"{src}/model.safetensors ({str(own)[:12]}...); evaluate this model again"
+            )
+        name = folder.name
+        while name in names:
+            name += "_"
+        names.add(name)
+        out.append((name, what, report, folder))
+    return out
+
+
+def _stat(entry: dict[str, Any] | None, mean: str = "mean") -> str:
+    """``m ± sd [low, high]`` of a report entry, ``n/a`` where undefined."""
+
+    def f(value: Any) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    if not entry or entry.get(mean) is None:
+        return "n/a"
+    text = f(entry[mean]) + (f" ± {f(entry['sd'])}" if entry.get("sd") is not None else "")
+    if entry.get("ci_low") is not None:
+        text += f" [{f(entry['ci_low'])}, {f(entry['ci_high'])}]"
+    return text
+
+
+def evaluation_section(evals: list[tuple[str, str, dict, Path]]) -> str:
+    """The card's "Evaluation" section: each report's headline metrics with their 95%
+    bootstrap intervals and counts, and where the full report is in the repository."""
+    if not evals:
+        return ""
+    lines = ["## Evaluation", ""]
+    for name, what, report, _ in evals:
+        if what == "segmentation":
+            jitters = list(report["by_jitter"])
+            lines += [
+                f"### `{name}`: box-prompted segmentation of `{report['data']}`",
+                "",
+                f"{report['n_images']} images of {report['n_subjects']} subjects, at native "
+                "resolution; mean ± sd over images [95% bootstrap interval]. Box jitter is "
+                f"the largest shift of each box coordinate, in pixels "
+                f"({report['settings']['rounds']} random boxes per image when it is > 0).",
+                "",
+                "| metric | " + " | ".join(f"jitter {j} px" for j in jitters) + " |",
+                "|---|" + "---|" * len(jitters),
+            ]
+            for key, label in _SEG_ROWS:
+                cells = [report["by_jitter"][j].get(key) for j in jitters]
+                if any(c is not None for c in cells):
+                    lines.append(f"| {label} | " + " | ".join(_stat(c) for c in cells) + " |")
+            empty = [str(report["by_jitter"][j]["empty_predictions"]) for j in jitters]
+            lines.append("| empty predictions | " + " | ".join(empty) + " |")
+        else:
+            setup = report["setup"]
+            lines += [
+                f"### `{name}`: view classification of `{setup['data']}`",
+                "",
+                f"{report['n_images']} images of {report['n_subjects']} subjects; 95% "
+                f"intervals resample subjects ({setup['n_boot']} bootstrap samples).",
+                "",
+                "| metric | value [95% interval] |",
+                "|---|---|",
+            ]
+            for key, label in _CLS_ROWS:
+                entry = report["overall"].get(key)
+                lines.append(f"| {label} | {_stat(entry, 'value')} |")
+            legacy = report.get("fulora_legacy")
+            if legacy:
+                lines += [
+                    "",
+                    f"FU-LoRA's legacy numbers, computed its way and not comparable to the "
+                    f"above: ACC {legacy['ACC']}, AUC {legacy['AUC']}, F1 {legacy['F1']}.",
+                ]
+        report_file = EVAL_REPORTS[what][0]
+        lines += ["", f"Full report: `eval/{name}/{report_file}`.", ""]
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- models
 
 
-def _model_card(kind: str, src: Path, repo_id: str, files: list[str]) -> str:
+def _model_card(kind: str, src: Path, repo_id: str, files: list[str], evaluation: str = "") -> str:
     """The published README.md: the training card with the repo id and metadata filled."""
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -207,14 +360,22 @@ def _model_card(kind: str, src: Path, repo_id: str, files: list[str]) -> str:
         lines = text.split("\n")
         title = next((i for i, line in enumerate(lines) if line.startswith("# ")), None)
         at = 0 if title is None else title + 1
-        card.text = "\n".join([*lines[:at], "", note, *lines[at:]])
+        text = "\n".join([*lines[:at], "", note, *lines[at:]])
+        if evaluation:  # before "Intended use" where the card has it, else at the end
+            head, sep, tail = text.partition("\n## Intended use")
+            text = (
+                f"{head.rstrip()}\n\n{evaluation.rstrip()}\n{sep}{tail}"
+                if sep
+                else f"{text}\n{evaluation}"
+            )
+        card.text = text
         data = card.data
     else:
         listing = "\n".join(f"- `{f}`" for f in files)
         card = ModelCard(
             f"---\n---\n\n# fusynth {kind}: {repo_id}\n\n{note}\n\n"
             f"A fusynth {kind} output. The folder it was published from had no card, so "
-            f"this one records only its files:\n\n{listing}\n\n## Intended use\n\n"
+            f"this one records only its files:\n\n{listing}\n\n{evaluation}## Intended use\n\n"
             f"Research on fetal ultrasound analysis. {NOT_FOR_CLINICAL_USE}\n"
         )
         data = card.data = ModelCardData()
@@ -227,19 +388,26 @@ def _model_card(kind: str, src: Path, repo_id: str, files: list[str]) -> str:
 
 
 def build_model_folder(
-    src: str | os.PathLike, out: str | os.PathLike, repo_id: str, overwrite: bool = False
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    repo_id: str,
+    overwrite: bool = False,
+    evals: list[str] | None = None,
 ) -> list[str]:
     """Build the upload folder of a training output, atomically.
 
     Copies the weights, configs and sample grids (``validation/*.png``) a user needs and
     writes a model card naming ``repo_id``; checkpoints, logs and optimizer states are
-    left out.
+    left out. Evaluations of these weights (``fusynth evaluate`` outputs inside ``src``,
+    and ``evals``) go to ``eval/NAME/`` (report and aggregate figure) and to the card's
+    "Evaluation" section.
 
     Args:
         src: a LoRA, ControlNet, SAM, classifier or SSL output folder.
         out: the folder to build (must not exist unless ``overwrite``).
         repo_id: the Hub repository, ``USER/NAME``.
         overwrite: replace an existing ``out``.
+        evals: more evaluation folders (``--eval``).
 
     Returns:
         The files written, relative to ``out``, sorted.
@@ -254,13 +422,22 @@ def build_model_folder(
         raise UserInputError(f"DIR: {src} is a cohort; use `fusynth publish cohort`")
     files = [f for f in MODEL_FILES[kind] if (src / f).is_file()]
     files += sorted(p.relative_to(src).as_posix() for p in src.glob("validation/*.png"))
+    copies = {rel: src / rel for rel in files}
+    found = _evaluations(src, kind, list(evals or []))
+    for name, what, _, folder in found:
+        report, figures = EVAL_REPORTS[what]
+        for fname in (report, *figures):
+            if (folder / fname).is_file():
+                copies[f"eval/{name}/{fname}"] = folder / fname
+    section = evaluation_section(found)
     with atomic_dir(out, overwrite) as tmp:
-        for rel in files:
+        for rel, path in copies.items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src / rel, tmp / rel)
-        (tmp / "README.md").write_text(_model_card(kind, src, repo_id, files), encoding="utf-8")
+            shutil.copy2(path, tmp / rel)
+        card = _model_card(kind, src, repo_id, sorted(copies), section)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
         _redact_files(tmp)
-    return sorted([*files, "README.md"])
+    return sorted([*copies, "README.md"])
 
 
 # ----------------------------------------------------------------------------- cohorts
@@ -563,6 +740,7 @@ def publish_dry_run(
     force: bool = False,
     overwrite: bool = False,
     max_flag_share: float = 0.0,
+    evals: list[str] | None = None,
 ) -> list[str]:
     """Build, atomically in ``out``, exactly the folder ``fusynth publish`` would upload.
 
@@ -574,19 +752,20 @@ def publish_dry_run(
         force: for a cohort, publish without an audit or against it.
         overwrite: replace an existing ``out``.
         max_flag_share: for a cohort, the largest memorization-flagged share accepted.
+        evals: for a model, more evaluation folders (``--eval``).
 
     Returns:
         The files written, relative to ``out``, sorted.
 
     Raises:
-        UserInputError: bad folder, repo id or audit (see the builders).
+        UserInputError: bad folder, repo id, audit or evaluation (see the builders).
     """
     check_repo_id(repo_id)
     found = detect_kind(src)
     if kind == "model":
         if found == "cohort":
             raise UserInputError(f"DIR: {src} is a cohort; use `fusynth publish cohort`")
-        return build_model_folder(src, out, repo_id, overwrite=overwrite)
+        return build_model_folder(src, out, repo_id, overwrite=overwrite, evals=evals)
     if kind == "cohort":
         if found != "cohort":
             raise UserInputError(
@@ -635,6 +814,7 @@ def upload(
     revision: str | None = None,
     force: bool = False,
     max_flag_share: float = 0.0,
+    evals: list[str] | None = None,
 ) -> tuple[str, list[str]]:
     """Build the publish folder in a temporary place and upload it to the Hub.
 
@@ -653,6 +833,7 @@ def upload(
         revision: the branch to commit to (``main`` when None).
         force: for a cohort, publish without an audit or against it.
         max_flag_share: for a cohort, the largest memorization-flagged share accepted.
+        evals: for a model, more evaluation folders (``--eval``).
 
     Returns:
         The commit URL and the files uploaded (relative, sorted).
@@ -669,7 +850,7 @@ def upload(
     with tempfile.TemporaryDirectory(prefix="fusynth-publish-") as tmp:
         folder = Path(tmp) / "upload"
         files = publish_dry_run(
-            kind, src, repo_id, folder, force=force, max_flag_share=max_flag_share
+            kind, src, repo_id, folder, force=force, max_flag_share=max_flag_share, evals=evals
         )
         api = HfApi(token=token)
         api.create_repo(repo_id, repo_type=repo_type, private=private or None, exist_ok=True)

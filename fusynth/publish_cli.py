@@ -63,6 +63,15 @@ def add_publish_parser(groups: Any) -> argparse.ArgumentParser:
         metavar="BRANCH",
         help="branch to commit to, created from main if missing (default: main)",
     )
+    p.add_argument(
+        "--eval",
+        dest="evals",
+        action="append",
+        default=[],
+        metavar="EVAL_DIR",
+        help="a `fusynth evaluate segmentation|classification` output of this model to publish "
+        "with it (repeatable; evaluation subfolders of DIR are included anyway)",
+    )
     p.set_defaults(func=publish_command, kind="model", force=False, max_flag_share=0.0)
 
     p = cmds.add_parser("cohort", help="a synthetic cohort as Parquet shards with a dataset card")
@@ -85,7 +94,7 @@ def add_publish_parser(groups: Any) -> argparse.ArgumentParser:
         metavar="BRANCH",
         help="branch to commit to, created from main if missing (default: main)",
     )
-    p.set_defaults(func=publish_command, kind="cohort")
+    p.set_defaults(func=publish_command, kind="cohort", evals=[])
     return pub
 
 
@@ -136,6 +145,7 @@ def publish_command(args: argparse.Namespace) -> int:
             force=args.force,
             overwrite=args.overwrite,
             max_flag_share=args.max_flag_share,
+            evals=args.evals,
         )
         print(
             f"wrote {args.dry_run}: {len(files)} files that would go to {where}; nothing uploaded"
@@ -155,6 +165,7 @@ def publish_command(args: argparse.Namespace) -> int:
                 revision=args.revision,
                 force=args.force,
                 max_flag_share=args.max_flag_share,
+                evals=args.evals,
             )
         except OfflineModeIsEnabled as exc:
             raise UserInputError(

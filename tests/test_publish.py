@@ -15,6 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from fusynth.cards import render_card, required_fields
+from fusynth.cli import main
 from fusynth.data.schema import FEATURES
 from fusynth.errors import UserInputError
 from fusynth.publish import check_repo_id, detect_kind, publish_dry_run, redact_paths
@@ -250,3 +251,60 @@ def test_every_flag_has_help():
         assert flags and all(a.help for a in flags), name
     assert "--revision" in subs.choices["model"]._option_string_actions
     assert "--force" in subs.choices["cohort"]._option_string_actions
+
+
+@pytest.fixture(scope="module")
+def evaluated_sam(tiny_sam, phantom_prepared, tmp_path_factory):
+    """A copy of the tiny SAM with an evaluation inside it, and one evaluation outside."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("evaluated_sam")
+    src = root / "sam"
+    shutil.copytree(tiny_sam, src)
+    argv = ["evaluate", "segmentation", "--model", str(src), "--data", str(phantom_prepared)]
+    argv += ["--box_jitter", "0,5", "--rounds", "1", "--n_examples", "1"]
+    assert main([*argv, "--out", str(src / "eval-test")]) == 0
+    assert main([*argv, "--out", str(root / "eval-outside")]) == 0
+    return src, root / "eval-outside"
+
+
+def test_evaluations_of_the_weights_go_into_the_card(evaluated_sam, phantom_prepared, tmp_path):
+    src, outside = evaluated_sam
+    out = tmp_path / "pub"
+    argv = ["model", str(src), "--repo-id", "me/sam", "--dry-run", str(out)]
+    assert _publish(*argv, "--eval", str(outside)) == 0
+    names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    for name in ("eval-test", "eval-outside"):
+        assert {f"eval/{name}/summary.json", f"eval/{name}/boxplot.png"} <= names
+    assert not any("per_image" in n or "overlays" in n for n in names)  # real images stay
+    card = (out / "README.md").read_text()
+    section = card[card.index("## Evaluation") : card.index("## Intended use")]
+    summary = json.loads((src / "eval-test" / "summary.json").read_text())
+    dice = summary["by_jitter"]["5"]["dice"]
+    assert f"{dice['mean']:.3f} ± {dice['sd']:.3f} [{dice['ci_low']:.3f}, " in section
+    assert f"{summary['n_images']} images of {summary['n_subjects']} subjects" in section
+    assert "| metric | jitter 0 px | jitter 5 px |" in section
+    assert f"`<local>/{phantom_prepared.name}`" in section and str(phantom_prepared) not in card
+
+
+def test_an_evaluation_of_other_weights_is_refused(evaluated_sam, tmp_path):
+    import shutil
+
+    src, outside = evaluated_sam
+    stale = tmp_path / "stale"
+    shutil.copytree(outside, stale)
+    summary = json.loads((stale / "summary.json").read_text())
+    argv = ["model", str(src), "--repo-id", "me/sam", "--dry-run", str(tmp_path / "o")]
+    for sha, message in (("0" * 64, "scored other weights"), (None, "does not record")):
+        summary["model_sha256"] = sha
+        (stale / "summary.json").write_text(json.dumps(summary))
+        with pytest.raises(UserInputError, match=f"--eval: .*stale: .*{message}"):
+            _publish(*argv, "--eval", str(stale))
+    with pytest.raises(UserInputError, match="--eval: .*: not a `fusynth evaluate"):
+        _publish(*argv, "--eval", str(tmp_path))
+    clf = tmp_path / "clf"
+    clf.mkdir()
+    (clf / "metrics.json").write_text(json.dumps({"setup": {"what": "classifier"}}))
+    with pytest.raises(UserInputError, match="a classification evaluation; .* is a sam output"):
+        _publish(*argv, "--eval", str(clf))
+    assert not (tmp_path / "o").exists()

@@ -256,3 +256,26 @@ def test_ssl_dry_run_loads_into_stock_torchvision_resnet18(tiny_ssl, tmp_path, c
     np.testing.assert_allclose(
         features.numpy(), ssl_embedder(tiny_ssl, "--embed")(images), atol=1e-5
     )
+
+
+def test_classifier_evaluation_goes_into_the_card(tiny_classifier, phantom_prepared, tmp_path):
+    from fusynth.cli import main
+
+    report = tmp_path / "eval-test"
+    argv = ["evaluate", "classification", "--model", str(tiny_classifier)]
+    argv += ["--data", f"{phantom_prepared}:test", "--metrics", "standard,fulora-legacy"]
+    assert main([*argv, "--out", str(report)]) == 0
+    out = tmp_path / "pub"
+    argv = ["model", str(tiny_classifier), "--repo-id", "me/clf", "--dry-run", str(out)]
+    assert _publish(*argv, "--eval", str(report)) == 0
+    assert {"eval/eval-test/metrics.json", "eval/eval-test/confusion.png"} <= _files(out)
+    assert not any(n.startswith("eval/") and n.endswith(".csv") for n in _files(out))
+    card = (out / "README.md").read_text()
+    section = card[card.index("## Evaluation") : card.index("## Intended use")]
+    metrics = json.loads((report / "metrics.json").read_text())
+    acc = metrics["overall"]["accuracy"]
+    assert (
+        f"| accuracy | {acc['value']:.3f} [{acc['ci_low']:.3f}, {acc['ci_high']:.3f}] |" in section
+    )
+    assert f"{metrics['n_images']} images of {metrics['n_subjects']} subjects" in section
+    assert f"ACC {metrics['fulora_legacy']['ACC']}" in section and "legacy" in section

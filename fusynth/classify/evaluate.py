@@ -38,7 +38,7 @@ from fusynth.classify.metrics import (
 from fusynth.data.schema import VIEWS
 from fusynth.data.views import ViewSet, check_view_names, load_view_set
 from fusynth.errors import UserInputError, suggest
-from fusynth.io import atomic_dir, check_output_dir
+from fusynth.io import atomic_dir, check_output_dir, weights_sha256
 from fusynth.loop import positive
 
 METRIC_KINDS = ("standard", "fulora-legacy")
@@ -237,6 +237,7 @@ def evaluate_classification(
     setup = {
         "what": "classifier",
         "model": str(model),
+        "model_sha256": weights_sha256(model),
         "backbone": loaded.spec.backbone,
         "resolution": loaded.spec.resolution,
         "data": data,

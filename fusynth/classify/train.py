@@ -743,7 +743,7 @@ def _run_config(config, spec, weights, data, processes, max_steps) -> dict[str, 
     resolved = dataclasses.asdict(config)
     weights_sha256 = None
     if weights is not None and Path(weights).is_file():
-        from fusynth.diffusion.base import file_sha256
+        from fusynth.io import file_sha256
 
         weights_sha256 = file_sha256(weights)
     resolved.update(

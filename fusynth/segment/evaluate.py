@@ -319,8 +319,11 @@ def evaluate_segmentation(
         results.append(result)
         if pred.jitter == shown and pred.round == 0:
             examples.offer(result.metrics["dice"], pred)
+    from fusynth.io import weights_sha256
+
     summary = {
         "model": str(model),
+        "model_sha256": weights_sha256(model),
         "model_type": model_type,
         "data": str(data),
         "n_images": len(seg.samples),

@@ -433,7 +433,8 @@ RESUME_KEYS = (
 def _load_model(config: SamFinetuneConfig) -> tuple[Any, str, dict[str, Any]]:
     if config.checkpoint:
         sam, model_type = load_sam(config.checkpoint, config.model_type, flag="--checkpoint")
-        from fusynth.diffusion.base import file_sha256, folder_sha256
+        from fusynth.diffusion.base import folder_sha256
+        from fusynth.io import file_sha256
 
         path = Path(config.checkpoint)
         digest = folder_sha256(path) if path.is_dir() else file_sha256(path)
