@@ -53,6 +53,9 @@ demo: $(STAMP)
 		--dry-run $(DEMO_OUT)/publish/lora --overwrite
 	$(BIN)/fusynth publish cohort $(DEMO_OUT)/cohort --repo-id fusynth-demo/tiny-cohort \
 		--dry-run $(DEMO_OUT)/publish/cohort --overwrite
+	$(BIN)/fusynth publish model $(DEMO_OUT)/sam --repo-id fusynth-demo/tiny-sam --eval $(DEMO_OUT)/sam_eval \
+		--dry-run $(DEMO_OUT)/publish/sam --overwrite
+	$(BIN)/python scripts/check_published.py $(DEMO_OUT)/publish
 	@echo
 	@echo "demo outputs in $(DEMO_OUT)/ (tiny smoke base: the images are noise-like by design):"
 	@echo "  phantom_source/        raw phantom frames, masks and metadata.csv"
@@ -70,7 +73,7 @@ demo: $(STAMP)
 	@echo "  pairs/                 synthetic head image/mask pairs, previews/, audit/pairs.csv"
 	@echo "  sam/                   SAM (tiny smoke model) fine-tuned on phantom heads + the pairs, card"
 	@echo "  sam_eval/              its native-resolution evaluation: per_image.csv, summary.json, overlays/"
-	@echo "  publish/               dry-run Hub folders of the LoRA and the cohort (nothing uploaded)"
+	@echo "  publish/               dry-run Hub folders of the LoRA, the cohort and the SAM with its evaluation"
 	@echo "  seg_augment/           the augmentation experiment: table.md, results.csv, dice_vs_real.png"
 
 test: $(STAMP)

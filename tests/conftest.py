@@ -308,6 +308,16 @@ def _train(recipe: str, out: Path, *argv: str) -> Path:
     return out
 
 
+def train_on_phantom(
+    recipe: str, out: Path, phantom: Path, batch: int, steps: int, every: int, *extra: str
+) -> Path:
+    """Run ``recipes/<recipe>.py`` at 32 px on the phantom's train split: ``batch`` images
+    a step, ``steps`` steps, a checkpoint every ``every``."""
+    argv = ["--train", f"{phantom}:train", "--output_dir", str(out), "--resolution", "32"]
+    argv += ["--train_batch_size", str(batch), "--max_train_steps", str(steps)]
+    return _train(recipe, out, *argv, "--checkpointing_steps", str(every), *extra)
+
+
 @pytest.fixture(scope="session")
 def tiny_controlnet(tiny_base, phantom_prepared, tmp_path_factory):
     """A ControlNet (filled masks) trained for 2 steps on the phantom's head frames."""
@@ -354,6 +364,14 @@ def tiny_packed_lora(tiny_base, phantom_prepared, tmp_path_factory):
         "--packing",
         "image,image,mask",
     )
+
+
+@pytest.fixture(scope="session")
+def ssl_run(phantom_prepared, tmp_path_factory):
+    """A SimCLR encoder: 4 steps of recipes/train_ssl.py on the phantom (checkpoints at 2
+    and 4)."""
+    out = tmp_path_factory.mktemp("ssl") / "run"
+    return train_on_phantom("train_ssl", out, phantom_prepared, 4, 4, 2, "--learning_rate", "1e-2")
 
 
 @pytest.fixture(scope="session")

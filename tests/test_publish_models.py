@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from fusynth.publish_cli import add_publish_parser
-from tests.conftest import _train
+from tests.conftest import train_on_phantom
 
 
 def _publish(*argv: str) -> int:
@@ -84,46 +84,7 @@ def _square_images(n: int, side: int, seed: int = 0) -> list[np.ndarray]:
 def tiny_classifier(phantom_prepared, tmp_path_factory):
     """A resnet18 view classifier trained for 2 steps on the phantom (checkpoint at 2)."""
     out = tmp_path_factory.mktemp("pub_classifier") / "clf"
-    return _train(
-        "train_classifier",
-        out,
-        "--train",
-        f"{phantom_prepared}:train",
-        "--output_dir",
-        str(out),
-        "--resolution",
-        "32",
-        "--train_batch_size",
-        "10",
-        "--max_train_steps",
-        "2",
-        "--checkpointing_steps",
-        "2",
-    )
-
-
-@pytest.fixture(scope="module")
-def tiny_ssl(phantom_prepared, tmp_path_factory):
-    """A SimCLR encoder trained for 1 step on the phantom (checkpoint at 1)."""
-    out = tmp_path_factory.mktemp("pub_ssl") / "ssl"
-    return _train(
-        "train_ssl",
-        out,
-        "--train",
-        f"{phantom_prepared}:train",
-        "--output_dir",
-        str(out),
-        "--resolution",
-        "32",
-        "--train_batch_size",
-        "4",
-        "--max_train_steps",
-        "1",
-        "--checkpointing_steps",
-        "1",
-        "--learning_rate",
-        "1e-2",
-    )
+    return train_on_phantom("train_classifier", out, phantom_prepared, 10, 2, 2)
 
 
 # ----------------------------------------------------------------------------- tests
@@ -224,13 +185,13 @@ def test_classifier_dry_run_loads_into_stock_torchvision(tiny_classifier, tmp_pa
     _assert_same_state(scope["model"].state_dict(), tiny_classifier / "model.safetensors")
 
 
-def test_ssl_dry_run_loads_into_stock_torchvision_resnet18(tiny_ssl, tmp_path, capsys, monkeypatch):
+def test_ssl_dry_run_loads_into_stock_torchvision_resnet18(ssl_run, tmp_path, capsys, monkeypatch):
     from fusynth.ssl import ssl_embedder
 
     out, repo_id = tmp_path / "pub", "me/tiny-ssl"
-    card = _dry_run(tiny_ssl, repo_id, out, capsys)
+    card = _dry_run(ssl_run, repo_id, out, capsys)
     _check_left_behind(
-        tiny_ssl, out, {"README.md", "encoder.safetensors", "ssl_config.json", "config.json"}
+        ssl_run, out, {"README.md", "encoder.safetensors", "ssl_config.json", "config.json"}
     )
     _check_card(card, repo_id, "ssl")
     cfg = json.loads((out / "ssl_config.json").read_text())
@@ -248,13 +209,13 @@ def test_ssl_dry_run_loads_into_stock_torchvision_resnet18(tiny_ssl, tmp_path, c
     monkeypatch.chdir(out)
     with torch.no_grad():
         exec(code, scope)
-    _assert_same_state(scope["net"].state_dict(), tiny_ssl / "encoder.safetensors")
+    _assert_same_state(scope["net"].state_dict(), ssl_run / "encoder.safetensors")
     features = scope["features"]
     assert features.shape == (3, 512)
     np.testing.assert_allclose(features.norm(dim=1).numpy(), 1.0, rtol=1e-5)
     # The card's normalisation is the one the encoder was trained and is embedded with.
     np.testing.assert_allclose(
-        features.numpy(), ssl_embedder(tiny_ssl, "--embed")(images), atol=1e-5
+        features.numpy(), ssl_embedder(ssl_run, "--embed")(images), atol=1e-5
     )
 
 

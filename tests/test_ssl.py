@@ -24,7 +24,6 @@ from fusynth.ssl import (
     ssl_embedder,
     train_ssl,
 )
-from tests.conftest import _train
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -101,30 +100,6 @@ def _config(data, out, **kw) -> SslConfig:
         learning_rate=1e-2,
     )
     return SslConfig(**{**base, **kw})
-
-
-@pytest.fixture(scope="module")
-def ssl_run(phantom_prepared, tmp_path_factory):
-    """4 steps through the recipe (checkpoints at 2 and 4)."""
-    out = tmp_path_factory.mktemp("ssl") / "run"
-    return _train(
-        "train_ssl",
-        out,
-        "--train",
-        f"{phantom_prepared}:train",
-        "--output_dir",
-        str(out),
-        "--resolution",
-        "32",
-        "--train_batch_size",
-        "4",
-        "--max_train_steps",
-        "4",
-        "--checkpointing_steps",
-        "2",
-        "--learning_rate",
-        "1e-2",
-    )
 
 
 def test_a_short_run_writes_a_loadable_encoder_config_and_card(ssl_run):
