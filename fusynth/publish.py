@@ -146,6 +146,25 @@ def check_repo_id(repo_id: str) -> str:
     return text
 
 
+def check_hub_id(value: str, flag: str) -> str:
+    """Check a Hub id (``NAME`` or ``OWNER/NAME``) given with ``flag``.
+
+    Raises:
+        UserInputError: it is a local path or the Hub's validator rejects it.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    text = str(value)
+    if is_local_path(text) or text.count("/") > 1:
+        raise UserInputError(f"{flag}: {text!r} is not a Hub id (OWNER/NAME)")
+    try:
+        validate_repo_id(text)
+    except HFValidationError as exc:
+        reason = " ".join(str(exc).split())
+        raise UserInputError(f"{flag}: {text!r} is not a valid Hub id ({reason})") from exc
+    return text
+
+
 # ----------------------------------------------------------------------------- local paths
 
 
@@ -341,8 +360,21 @@ def evaluation_section(evals: list[tuple[str, str, dict, Path]]) -> str:
 # ----------------------------------------------------------------------------- models
 
 
-def _model_card(kind: str, src: Path, repo_id: str, files: list[str], evaluation: str = "") -> str:
-    """The published README.md: the training card with the repo id and metadata filled."""
+def _model_card(
+    kind: str,
+    src: Path,
+    repo_id: str,
+    files: list[str],
+    evaluation: str = "",
+    base_model: str | None = None,
+    datasets: list[str] | None = None,
+) -> str:
+    """The published README.md: the training card with the repo id and metadata filled.
+
+    ``base_model`` (a Hub id the publisher names for a base trained from a local copy)
+    replaces the local base in the card's text and metadata; ``datasets`` (Hub ids) go
+    to the metadata.
+    """
     from huggingface_hub import ModelCard, ModelCardData
 
     note = (
@@ -357,6 +389,10 @@ def _model_card(kind: str, src: Path, repo_id: str, files: list[str], evaluation
         text = card.text
         if kind in ("lora", "controlnet"):  # diffusers loads these straight from the Hub
             text = text.replace('"path/to/this/folder"', f'"{repo_id}"')
+        local_base = _json_field(src / "config.json", "pretrained_model_name_or_path")
+        if base_model and local_base and local_base != base_model:
+            text = text.replace(local_base, base_model)
+            text = text.replace(redact_paths(local_base), base_model)
         lines = text.split("\n")
         title = next((i for i, line in enumerate(lines) if line.startswith("# ")), None)
         at = 0 if title is None else title + 1
@@ -379,8 +415,12 @@ def _model_card(kind: str, src: Path, repo_id: str, files: list[str], evaluation
             f"Research on fetal ultrasound analysis. {NOT_FOR_CLINICAL_USE}\n"
         )
         data = card.data = ModelCardData()
-    if is_local_path(data.get("base_model")):  # the Hub reads base_model as a repo id
+    if base_model:
+        data.base_model = base_model
+    elif is_local_path(data.get("base_model")):  # the Hub reads base_model as a repo id
         data.base_model = None
+    if datasets:
+        data.datasets = list(datasets)
     tags = list(data.tags or [])
     data.tags = tags + [t for t in ["fusynth", kind] if t not in tags]
     data.license = data.license or "other"
@@ -393,6 +433,8 @@ def build_model_folder(
     repo_id: str,
     overwrite: bool = False,
     evals: list[str] | None = None,
+    base_model: str | None = None,
+    datasets: list[str] | None = None,
 ) -> list[str]:
     """Build the upload folder of a training output, atomically.
 
@@ -408,15 +450,23 @@ def build_model_folder(
         repo_id: the Hub repository, ``USER/NAME``.
         overwrite: replace an existing ``out``.
         evals: more evaluation folders (``--eval``).
+        base_model: the Hub id of the base the model was trained from (``--base-model``),
+            for a base loaded from a local folder.
+        datasets: Hub ids of the training data (``--datasets``), for the metadata.
 
     Returns:
         The files written, relative to ``out``, sorted.
 
     Raises:
-        UserInputError: ``src`` is not a model output or ``repo_id`` is invalid.
+        UserInputError: ``src`` is not a model output, ``repo_id``, ``base_model`` or a
+            dataset id is invalid, or an evaluation does not fit.
     """
     src = Path(src)
     check_repo_id(repo_id)
+    if base_model is not None:
+        check_hub_id(base_model, "--base-model")
+    for dataset in datasets or []:
+        check_hub_id(dataset, "--datasets")
     kind = detect_kind(src)
     if kind == "cohort":
         raise UserInputError(f"DIR: {src} is a cohort; use `fusynth publish cohort`")
@@ -434,7 +484,7 @@ def build_model_folder(
         for rel, path in copies.items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, tmp / rel)
-        card = _model_card(kind, src, repo_id, sorted(copies), section)
+        card = _model_card(kind, src, repo_id, sorted(copies), section, base_model, datasets)
         (tmp / "README.md").write_text(card, encoding="utf-8")
         _redact_files(tmp)
     return sorted([*copies, "README.md"])
@@ -448,6 +498,14 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise UserInputError(f"{path}: cannot be read as JSON ({type(exc).__name__})") from exc
+
+
+def _json_field(path: Path, key: str) -> Any:
+    """``key`` of a JSON object file, or None when the file or the key is missing."""
+    if not path.is_file():
+        return None
+    data = _read_json(path)
+    return data.get(key) if isinstance(data, dict) else None
 
 
 def _png_bytes(value: dict[str, Any] | None, single_channel: bool) -> dict[str, Any] | None:
@@ -741,6 +799,8 @@ def publish_dry_run(
     overwrite: bool = False,
     max_flag_share: float = 0.0,
     evals: list[str] | None = None,
+    base_model: str | None = None,
+    datasets: list[str] | None = None,
 ) -> list[str]:
     """Build, atomically in ``out``, exactly the folder ``fusynth publish`` would upload.
 
@@ -753,6 +813,8 @@ def publish_dry_run(
         overwrite: replace an existing ``out``.
         max_flag_share: for a cohort, the largest memorization-flagged share accepted.
         evals: for a model, more evaluation folders (``--eval``).
+        base_model: for a model, the Hub id of its base (``--base-model``).
+        datasets: for a model, Hub ids of its training data (``--datasets``).
 
     Returns:
         The files written, relative to ``out``, sorted.
@@ -765,7 +827,15 @@ def publish_dry_run(
     if kind == "model":
         if found == "cohort":
             raise UserInputError(f"DIR: {src} is a cohort; use `fusynth publish cohort`")
-        return build_model_folder(src, out, repo_id, overwrite=overwrite, evals=evals)
+        return build_model_folder(
+            src,
+            out,
+            repo_id,
+            overwrite=overwrite,
+            evals=evals,
+            base_model=base_model,
+            datasets=datasets,
+        )
     if kind == "cohort":
         if found != "cohort":
             raise UserInputError(
@@ -815,6 +885,8 @@ def upload(
     force: bool = False,
     max_flag_share: float = 0.0,
     evals: list[str] | None = None,
+    base_model: str | None = None,
+    datasets: list[str] | None = None,
 ) -> tuple[str, list[str]]:
     """Build the publish folder in a temporary place and upload it to the Hub.
 
@@ -834,6 +906,8 @@ def upload(
         force: for a cohort, publish without an audit or against it.
         max_flag_share: for a cohort, the largest memorization-flagged share accepted.
         evals: for a model, more evaluation folders (``--eval``).
+        base_model: for a model, the Hub id of its base (``--base-model``).
+        datasets: for a model, Hub ids of its training data (``--datasets``).
 
     Returns:
         The commit URL and the files uploaded (relative, sorted).
@@ -850,7 +924,15 @@ def upload(
     with tempfile.TemporaryDirectory(prefix="fusynth-publish-") as tmp:
         folder = Path(tmp) / "upload"
         files = publish_dry_run(
-            kind, src, repo_id, folder, force=force, max_flag_share=max_flag_share, evals=evals
+            kind,
+            src,
+            repo_id,
+            folder,
+            force=force,
+            max_flag_share=max_flag_share,
+            evals=evals,
+            base_model=base_model,
+            datasets=datasets,
         )
         api = HfApi(token=token)
         api.create_repo(repo_id, repo_type=repo_type, private=private or None, exist_ok=True)

@@ -39,6 +39,10 @@ def _common_flags(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --dry-run OUT")
 
 
+def _id_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def add_publish_parser(groups: Any) -> argparse.ArgumentParser:
     """Add the ``publish`` group (``model``, ``cohort``) to the ``fusynth`` groups.
 
@@ -72,6 +76,19 @@ def add_publish_parser(groups: Any) -> argparse.ArgumentParser:
         help="a `fusynth evaluate segmentation|classification` output of this model to publish "
         "with it (repeatable; evaluation subfolders of DIR are included anyway)",
     )
+    p.add_argument(
+        "--base-model",
+        dest="base_model",
+        metavar="ID",
+        help="Hub id of the base the model was trained from, when it was loaded from a local "
+        "folder (the card's base_model metadata and code then name it)",
+    )
+    p.add_argument(
+        "--datasets",
+        type=_id_list,
+        metavar="ID[,ID...]",
+        help="Hub ids of the datasets the model was trained on, for the card's metadata",
+    )
     p.set_defaults(func=publish_command, kind="model", force=False, max_flag_share=0.0)
 
     p = cmds.add_parser("cohort", help="a synthetic cohort as Parquet shards with a dataset card")
@@ -94,7 +111,7 @@ def add_publish_parser(groups: Any) -> argparse.ArgumentParser:
         metavar="BRANCH",
         help="branch to commit to, created from main if missing (default: main)",
     )
-    p.set_defaults(func=publish_command, kind="cohort", evals=[])
+    p.set_defaults(func=publish_command, kind="cohort", evals=[], base_model=None, datasets=None)
     return pub
 
 
@@ -146,6 +163,8 @@ def publish_command(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             max_flag_share=args.max_flag_share,
             evals=args.evals,
+            base_model=args.base_model,
+            datasets=args.datasets,
         )
         print(
             f"wrote {args.dry_run}: {len(files)} files that would go to {where}; nothing uploaded"
@@ -166,6 +185,8 @@ def publish_command(args: argparse.Namespace) -> int:
                 force=args.force,
                 max_flag_share=args.max_flag_share,
                 evals=args.evals,
+                base_model=args.base_model,
+                datasets=args.datasets,
             )
         except OfflineModeIsEnabled as exc:
             raise UserInputError(

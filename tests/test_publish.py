@@ -308,3 +308,20 @@ def test_an_evaluation_of_other_weights_is_refused(evaluated_sam, tmp_path):
     with pytest.raises(UserInputError, match="a classification evaluation; .* is a sam output"):
         _publish(*argv, "--eval", str(clf))
     assert not (tmp_path / "o").exists()
+
+
+def test_base_model_and_datasets_name_hub_ids_in_place_of_local_folders(
+    tiny_lora, tiny_base, tmp_path
+):
+    out = tmp_path / "pub"
+    argv = ["model", str(tiny_lora), "--repo-id", "me/lora", "--dry-run", str(out)]
+    sd = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert _publish(*argv, "--base-model", sd, "--datasets", "me/hc18, me/planes") == 0
+    card = (out / "README.md").read_text()
+    meta = card.split("---")[1]
+    assert f"base_model: {sd}" in meta and "- me/hc18\n- me/planes" in meta
+    assert f'StableDiffusionPipeline.from_pretrained("{sd}")' in card
+    assert f"<local>/{tiny_base.name}" not in card and str(tiny_base) not in card
+    for flag, bad in (("--base-model", str(tiny_base)), ("--datasets", "a/b/c")):
+        with pytest.raises(UserInputError, match=f"{flag}: .* is not a Hub id"):
+            _publish(*argv, flag, bad, "--overwrite")
