@@ -869,10 +869,17 @@ def hub_token() -> str:
     return token
 
 
-def _owned_folders(files: list[str]) -> list[str]:
-    """``folder/*`` for each top-level folder the upload writes: these are mirrored, so a
-    file left from an earlier upload (a stale shard, an old grid) is deleted."""
-    return sorted({f"{f.split('/')[0]}/*" for f in files if "/" in f})
+def owned_paths(found: str) -> list[str]:
+    """The repository paths (files and ``folder/*``) a publish of a ``found`` kind of
+    output may write, whether or not this one does. An upload mirrors them: a file an
+    earlier upload left there (a stale shard, the text-encoder adapter of an older LoRA,
+    an old grid or evaluation) and this one does not send is deleted. The owner's other
+    files are left alone."""
+    if found == "cohort":
+        return ["data/*", "provenance/*"]
+    files = MODEL_FILES[found]
+    folders = {f"{f.split('/')[0]}/*" for f in files if "/" in f} | {"validation/*", "eval/*"}
+    return sorted({f for f in files if "/" not in f} | folders)
 
 
 def upload(
@@ -891,10 +898,10 @@ def upload(
     """Build the publish folder in a temporary place and upload it to the Hub.
 
     The repository is created if missing (``exist_ok``); ``revision`` is created as a
-    branch if missing. The folders the upload writes (``data/``, ``validation/``, ...)
-    are mirrored: files of an earlier upload that are not in this one are deleted, so a
-    cohort never mixes shards of two uploads. Re-running after a failure sends the same
-    commit again.
+    branch if missing. The paths fusynth writes for this kind (:func:`owned_paths`) are
+    mirrored: files of an earlier upload there that are not in this one are deleted, so
+    a cohort never mixes shards of two uploads. Re-running after a failure sends the
+    same commit again.
 
     Args:
         kind: ``model`` or ``cohort``.
@@ -921,6 +928,7 @@ def upload(
     from fusynth import __version__
 
     repo_type = "dataset" if kind == "cohort" else "model"
+    found = detect_kind(src)
     with tempfile.TemporaryDirectory(prefix="fusynth-publish-") as tmp:
         folder = Path(tmp) / "upload"
         files = publish_dry_run(
@@ -948,7 +956,7 @@ def upload(
             folder_path=folder,
             repo_type=repo_type,
             revision=revision,
-            commit_message=f"Publish a fusynth {detect_kind(src)} (fusynth {__version__})",
-            delete_patterns=_owned_folders(files) or None,
+            commit_message=f"Publish a fusynth {found} (fusynth {__version__})",
+            delete_patterns=owned_paths(found),
         )
     return str(info.commit_url), files

@@ -120,6 +120,20 @@ def test_a_second_upload_replaces_stale_shards(audited_cohort, hub, tmp_path, mo
     assert len(hub.repos[("dataset", "me/c")].commits) == 2
 
 
+def test_a_model_upload_mirrors_the_paths_fusynth_writes(tiny_sam, hub):
+    argv = ["publish", "model", str(tiny_sam), "--repo-id", "me/sam"]
+    assert main(argv) == 0
+    tree = hub.repos[("model", "me/sam")].branches["main"]
+    stale = ["eval/old/summary.json", "validation/step-000001.png", "config.json"]
+    tree.update({path: b"from an earlier upload" for path in stale})
+    tree["notes.md"] = b"the owner's own file"
+    assert main(argv) == 0
+    files = hub.files("me/sam")
+    assert not any(path in files for path in stale if not (tiny_sam / path).is_file())
+    assert files["notes.md"] == b"the owner's own file"
+    assert files["model.safetensors"] == (tiny_sam / "model.safetensors").read_bytes()
+
+
 def test_no_token_is_one_line_exit_2_and_nothing_is_sent(tiny_sam, hub, capsys, monkeypatch):
     monkeypatch.delenv("HF_TOKEN")
     assert main(["publish", "model", str(tiny_sam), "--repo-id", "me/sam"]) == 2
