@@ -133,17 +133,10 @@ def check_repo_id(repo_id: str) -> str:
     Raises:
         UserInputError: it is not ``USER/NAME`` or the Hub's validator rejects it.
     """
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     text = str(repo_id)
     if text.count("/") != 1 or not all(text.split("/")):
         raise UserInputError(f"--repo-id: {text!r} is not of the form USER/NAME")
-    try:
-        validate_repo_id(text)
-    except HFValidationError as exc:
-        reason = " ".join(str(exc).split())
-        raise UserInputError(f"--repo-id: {text!r} is not a valid repo id ({reason})") from exc
-    return text
+    return check_hub_id(text, "--repo-id")
 
 
 def check_hub_id(value: str, flag: str) -> str:

@@ -153,18 +153,16 @@ def publish_command(args: argparse.Namespace) -> int:
     detect_kind(args.dir)
     where = f"{args.repo_id}" + (f"@{args.revision}" if args.revision else "")
     where += " (private)" if args.private else ""
+    options = {
+        "force": args.force,
+        "max_flag_share": args.max_flag_share,
+        "evals": args.evals,
+        "base_model": args.base_model,
+        "datasets": args.datasets,
+    }
     if args.dry_run is not None:
         files = publish_dry_run(
-            args.kind,
-            args.dir,
-            args.repo_id,
-            args.dry_run,
-            force=args.force,
-            overwrite=args.overwrite,
-            max_flag_share=args.max_flag_share,
-            evals=args.evals,
-            base_model=args.base_model,
-            datasets=args.datasets,
+            args.kind, args.dir, args.repo_id, args.dry_run, overwrite=args.overwrite, **options
         )
         print(
             f"wrote {args.dry_run}: {len(files)} files that would go to {where}; nothing uploaded"
@@ -182,11 +180,7 @@ def publish_command(args: argparse.Namespace) -> int:
                 token,
                 private=args.private,
                 revision=args.revision,
-                force=args.force,
-                max_flag_share=args.max_flag_share,
-                evals=args.evals,
-                base_model=args.base_model,
-                datasets=args.datasets,
+                **options,
             )
         except OfflineModeIsEnabled as exc:
             raise UserInputError(
