@@ -13,7 +13,7 @@
   flagged memorization share is above the threshold, is refused unless forced; the card
   then says so.
 
-Absolute local paths (``/home/...``) in the cards, configs, provenance files and the
+Absolute local paths (a home folder, a data disk) in the cards, configs, provenance files and the
 per-sample ``provenance`` column are replaced by ``<local>/NAME`` (their last part):
 the folder says which local folder was used without publishing the machine's layout.
 A local ``base_model`` is dropped from the card metadata, which the Hub reads as a repo id.
@@ -169,7 +169,7 @@ def _local_name(match: re.Match[str]) -> str:
 def redact_paths(text: str) -> str:
     """Replace every absolute local path in ``text`` by ``<local>/`` and its last part.
 
-    ``/home/ana/runs/phantom:train`` becomes ``<local>/phantom:train``; relative paths,
+    ``ROOT/runs/phantom:train``, ROOT absolute, becomes ``<local>/phantom:train``; relative paths,
     Hub ids and URLs are kept.
 
     Args:

@@ -180,10 +180,13 @@ def test_jpeg_images_and_rgb_masks_become_png_and_single_channel(tmp_path):
     assert got[1]["mask"] is None
 
 
-def test_redact_paths_keeps_the_name_and_drops_the_machine():
+def test_redact_paths_keeps_the_name_and_drops_the_machine(tmp_path):
+    # Absolute paths of this run's own temporary folder stand for a user's machine.
+    sd15, data = tmp_path / "models" / "sd15", tmp_path / "hc18" / "prepared"
+    base, srv = tmp_path / "m" / "base", tmp_path / "srv" / "a"
     text = (
-        'base: /home/ana/models/sd15\n"train_data": "/data/hc18/prepared:train",\n'
-        "see `~/runs/lora` and **/m/base** and [x](/srv/a b) or (path/to/this/folder) at "
+        f'base: {sd15}\n"train_data": "{data}:train",\n'
+        f"see `~/runs/lora` and **{base}** and [x]({srv} b) or (path/to/this/folder) at "
         "https://huggingface.co/me/x with 10/20 px and me/model and C:\\x"
     )
     assert redact_paths(text) == (
