@@ -20,8 +20,8 @@ A local ``base_model`` is dropped from the card metadata, which the Hub reads as
 
 :func:`upload` builds the same folder in a temporary place and sends it with
 huggingface_hub (``create_repo(exist_ok=True)``, ``create_branch`` for ``--revision``,
-``upload_folder``, which with ``hf_xet`` commits big folders in resumable batches). The
-token comes from ``HF_TOKEN`` or ``hf auth login`` and is never printed or written.
+then one atomic ``create_commit``). The token comes from ``HF_TOKEN`` or ``hf auth
+login`` and is never printed or written.
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ MODEL_MARKERS: dict[str, tuple[str, ...]] = {
     "ssl": ("ssl_config.json", "encoder.safetensors"),
 }
 COHORT_MARKERS: tuple[str, ...] = ("request.json", "dataset_dict.json")
-KINDS: tuple[str, ...] = (*MODEL_MARKERS, "cohort")
 
 #: Files a user of each kind of model needs (copied when present), besides sample grids.
 MODEL_FILES: dict[str, tuple[str, ...]] = {
@@ -79,11 +78,26 @@ NOT_FOR_CLINICAL_USE = (
     "decision about a patient."
 )
 _TAGS = ["fusynth", "ultrasound", "fetal-ultrasound", "medical-imaging"]
+#: The card metadata's ``library_name`` of each kind, for folders without a card.
+LIBRARY = {
+    "lora": "diffusers",
+    "controlnet": "diffusers",
+    "sam": "segment-anything",
+    "classifier": "pytorch",
+    "ssl": "pytorch",
+}
+#: An empty metadata block that huggingface_hub's card parser recognises.
+_NO_METADATA = "---\n{}\n---\n"
 
 
-#: An absolute POSIX path (or ``~/...``) that starts a token: at the start of a line or
-#: after a space, quote, backtick, bracket, ``*``, ``|``, ``=`` or ``,``. URLs do not match.
-_ABS_PATH = re.compile(r"""(?:^|(?<=[\s"'`(\[=,*|]))~?/[\w.@+-][^\s"'`)\],*|]*""", re.MULTILINE)
+#: An absolute POSIX path of two parts or more (or ``~/...``) that starts a token: at the
+#: start of a line or after a space, quote, backtick, bracket, ``*``, ``|``, ``=``, ``,``
+#: or ``:``. URLs do not match (``//`` follows their colon), nor ``/x`` alone.
+_PATH_CHARS = r"""[^\s"'`)\],*|:]"""
+_ABS_PATH = re.compile(
+    rf"""(?:^|(?<=[\s"'`(\[=,*|:]))(?:~|/[\w.@+-]{_PATH_CHARS}*)/{_PATH_CHARS}+(?::\w+)?""",
+    re.MULTILINE,
+)
 #: Files whose text is redacted in a published folder.
 TEXT_SUFFIXES: tuple[str, ...] = (".md", ".json", ".yaml", ".yml", ".txt", ".csv")
 LOCAL = "<local>"
@@ -99,7 +113,7 @@ def detect_kind(folder: str | os.PathLike) -> str:
         folder: a training output folder or a cohort folder.
 
     Returns:
-        One of :data:`KINDS`.
+        ``cohort`` or a key of :data:`MODEL_MARKERS`.
 
     Raises:
         UserInputError: ``folder`` is missing, not a folder, or holds no fusynth output.
@@ -156,6 +170,49 @@ def check_hub_id(value: str, flag: str) -> str:
         reason = " ".join(str(exc).split())
         raise UserInputError(f"{flag}: {text!r} is not a valid Hub id ({reason})") from exc
     return text
+
+
+def check_request(
+    kind: str,
+    src: str | os.PathLike,
+    repo_id: str,
+    max_flag_share: float = 0.0,
+    base_model: str | None = None,
+    datasets: list[str] | None = None,
+) -> str:
+    """Check what ``fusynth publish model|cohort`` was given, before any work.
+
+    Args:
+        kind: ``model`` or ``cohort`` (the subcommand).
+        src: the fusynth output folder.
+        repo_id: ``--repo-id``.
+        max_flag_share: ``--max-flag-share``.
+        base_model: ``--base-model``.
+        datasets: ``--datasets``.
+
+    Returns:
+        The kind of output ``src`` is (see :func:`detect_kind`).
+
+    Raises:
+        UserInputError: naming the flag or folder that is wrong.
+    """
+    check_repo_id(repo_id)
+    if base_model is not None:
+        check_hub_id(base_model, "--base-model")
+    for dataset in datasets or []:
+        check_hub_id(dataset, "--datasets")
+    if not 0.0 <= max_flag_share <= 1.0:
+        raise UserInputError(f"--max-flag-share: must be in [0, 1], got {max_flag_share}")
+    found = detect_kind(src)
+    if kind == "model" and found == "cohort":
+        raise UserInputError(f"DIR: {src} is a cohort; use `fusynth publish cohort`")
+    if kind == "cohort" and found != "cohort":
+        raise UserInputError(
+            f"DIR: {src} is a {found} output, not a cohort; use `fusynth publish model`"
+        )
+    if kind not in ("model", "cohort"):
+        raise ValueError(f"kind must be 'model' or 'cohort', got {kind!r}")
+    return found
 
 
 # ----------------------------------------------------------------------------- local paths
@@ -250,13 +307,15 @@ def _evaluations(src: Path, kind: str, extra: list[str]) -> list[tuple[str, str,
     """
     from fusynth.io import weights_sha256
 
-    found = [(d, "DIR") for d in sorted(src.iterdir()) if d.is_dir() and read_evaluation(d)]
-    found += [(Path(e), "--eval") for e in extra]
-    own = weights_sha256(src) if kind in EVAL_OF_KIND else None
+    inside = [(d, "DIR", read_evaluation(d)) for d in sorted(src.iterdir()) if d.is_dir()]
+    found = [item for item in inside if item[2] is not None]
+    for e in extra:
+        folder = Path(e)
+        found.append((folder, "--eval", read_evaluation(folder) if folder.is_dir() else None))
+    own = weights_sha256(src) if found and kind in EVAL_OF_KIND else None
     out: list[tuple[str, str, dict, Path]] = []
     names: set[str] = set()
-    for folder, flag in found:
-        got = read_evaluation(folder) if folder.is_dir() else None
+    for folder, flag, got in found:
         if got is None:
             raise UserInputError(
                 f"{flag}: {folder}: not a `fusynth evaluate segmentation|classification` output "
@@ -370,6 +429,8 @@ def _model_card(
     """
     from huggingface_hub import ModelCard, ModelCardData
 
+    from fusynth.diffusion.pipelines import lora_training_config
+
     note = (
         f"Published as [`{repo_id}`](https://huggingface.co/{repo_id}). "
         f'`huggingface_hub.snapshot_download("{repo_id}")` downloads this folder; use the '
@@ -378,14 +439,14 @@ def _model_card(
     readme = src / "README.md"
     if readme.is_file():
         text = readme.read_text(encoding="utf-8")
-        card = ModelCard(text if text.startswith("---\n") else f"---\n---\n{text}")
+        card = ModelCard(text if text.startswith("---\n") else f"{_NO_METADATA}{text}")
         text = card.text
         if kind in ("lora", "controlnet"):  # diffusers loads these straight from the Hub
             text = text.replace('"path/to/this/folder"', f'"{repo_id}"')
-        local_base = _json_field(src / "config.json", "pretrained_model_name_or_path")
+        local_base = lora_training_config(src).get("pretrained_model_name_or_path")
         if base_model and local_base and local_base != base_model:
-            text = text.replace(local_base, base_model)
-            text = text.replace(redact_paths(local_base), base_model)
+            whole = rf"(?<![\w/.-]){re.escape(local_base)}(?![\w/.-])"  # not a longer path
+            text = re.sub(whole, base_model, text)
         lines = text.split("\n")
         title = next((i for i, line in enumerate(lines) if line.startswith("# ")), None)
         at = 0 if title is None else title + 1
@@ -402,26 +463,28 @@ def _model_card(
     else:
         listing = "\n".join(f"- `{f}`" for f in files)
         card = ModelCard(
-            f"---\n---\n\n# fusynth {kind}: {repo_id}\n\n{note}\n\n"
+            f"{_NO_METADATA}\n# fusynth {kind}: {repo_id}\n\n{note}\n\n"
             f"A fusynth {kind} output. The folder it was published from had no card, so "
             f"this one records only its files:\n\n{listing}\n\n{evaluation}## Intended use\n\n"
             f"Research on fetal ultrasound analysis. {NOT_FOR_CLINICAL_USE}\n"
         )
-        data = card.data = ModelCardData()
+        data = card.data = ModelCardData(library_name=LIBRARY[kind])
     if base_model:
         data.base_model = base_model
     elif is_local_path(data.get("base_model")):  # the Hub reads base_model as a repo id
         data.base_model = None
     if datasets:
         data.datasets = list(datasets)
+    data.library_name = data.library_name or LIBRARY[kind]
     tags = list(data.tags or [])
     data.tags = tags + [t for t in ["fusynth", kind] if t not in tags]
     data.license = data.license or "other"
     return str(card)
 
 
-def build_model_folder(
-    src: str | os.PathLike,
+def _build_model_folder(
+    src: Path,
+    kind: str,
     out: str | os.PathLike,
     repo_id: str,
     overwrite: bool = False,
@@ -438,7 +501,9 @@ def build_model_folder(
     "Evaluation" section.
 
     Args:
-        src: a LoRA, ControlNet, SAM, classifier or SSL output folder.
+        src: a LoRA, ControlNet, SAM, classifier or SSL output folder (checked by
+            :func:`check_request`).
+        kind: which of these it is.
         out: the folder to build (must not exist unless ``overwrite``).
         repo_id: the Hub repository, ``USER/NAME``.
         overwrite: replace an existing ``out``.
@@ -451,18 +516,8 @@ def build_model_folder(
         The files written, relative to ``out``, sorted.
 
     Raises:
-        UserInputError: ``src`` is not a model output, ``repo_id``, ``base_model`` or a
-            dataset id is invalid, or an evaluation does not fit.
+        UserInputError: an evaluation does not fit these weights.
     """
-    src = Path(src)
-    check_repo_id(repo_id)
-    if base_model is not None:
-        check_hub_id(base_model, "--base-model")
-    for dataset in datasets or []:
-        check_hub_id(dataset, "--datasets")
-    kind = detect_kind(src)
-    if kind == "cohort":
-        raise UserInputError(f"DIR: {src} is a cohort; use `fusynth publish cohort`")
     files = [f for f in MODEL_FILES[kind] if (src / f).is_file()]
     files += sorted(p.relative_to(src).as_posix() for p in src.glob("validation/*.png"))
     copies = {rel: src / rel for rel in files}
@@ -493,36 +548,21 @@ def _read_json(path: Path) -> Any:
         raise UserInputError(f"{path}: cannot be read as JSON ({type(exc).__name__})") from exc
 
 
-def _json_field(path: Path, key: str) -> Any:
-    """``key`` of a JSON object file, or None when the file or the key is missing."""
-    if not path.is_file():
-        return None
-    data = _read_json(path)
-    return data.get(key) if isinstance(data, dict) else None
-
-
-def _png_bytes(value: dict[str, Any] | None, single_channel: bool) -> dict[str, Any] | None:
-    """A stored image as PNG bytes (single-channel when asked); PNG input is kept as is."""
-    import numpy as np
+def _png_bytes(value: dict[str, Any] | None, mask: bool) -> dict[str, Any] | None:
+    """A stored image as PNG bytes: PNG images are kept as they are; anything else (a
+    JPEG, a colour mask) is decoded to grey and re-encoded, masks as label maps."""
     from PIL import Image
+
+    from fusynth.data.images import decode_image, encode_png, label_map
 
     if value is None or (value.get("bytes") is None and value.get("path") is None):
         return None
     raw = value["bytes"] if value.get("bytes") is not None else Path(value["path"]).read_bytes()
     with Image.open(io.BytesIO(raw)) as im:
-        if im.format == "PNG" and (not single_channel or im.mode in ("1", "L", "I", "I;16")):
+        if im.format == "PNG" and (not mask or im.mode in ("1", "L", "I", "I;16")):
             return {"bytes": raw, "path": None}
-        if single_channel:
-            arr = np.asarray(im)  # a palette image gives its indices: the label values
-            if arr.ndim == 3:
-                same = all(np.array_equal(arr[..., 0], arr[..., c]) for c in range(1, 3))
-                arr = arr[..., 0] if same else np.asarray(im.convert("L"))
-            if arr.dtype == bool:
-                arr = arr.astype(np.uint8)
-            im = Image.fromarray(arr if arr.dtype == np.uint16 else arr.astype(np.uint8))
-        buf = io.BytesIO()
-        im.save(buf, format="PNG")
-    return {"bytes": buf.getvalue(), "path": None}
+    grey = decode_image({"bytes": raw})
+    return {"bytes": encode_png(label_map(grey) if mask else grey), "path": None}
 
 
 def _to_png(batch: dict[str, list]) -> dict[str, list]:
@@ -558,13 +598,14 @@ def _audit_decision(
     audit = _read_json(path)
     audited = audit.get("counts", {}).get("cohort", {}).get("total")
     overall = audit.get("memorization", {}).get("overall", {})
-    share = float(overall.get("share_flagged") or 0.0)
     problem = ""
     if audited != n_rows:
         problem = f"the audit covers {audited} samples but the cohort holds {n_rows}"
-    elif share > max_flag_share:
+    elif not isinstance(overall.get("n"), int) or not isinstance(overall.get("flagged"), int):
+        problem = "it has no memorization result (memorization.overall n and flagged)"
+    elif (share := overall["flagged"] / max(overall["n"], 1)) > max_flag_share:
         problem = (
-            f"{overall.get('flagged')} of {overall.get('n')} samples (share {share}) are "
+            f"{overall['flagged']} of {overall['n']} samples (share {share:.3g}) are "
             f"flagged as possible copies of training images, above the threshold {max_flag_share}"
         )
     if problem and not force:
@@ -678,50 +719,42 @@ def _dataset_card(
     return render_card("dataset", card_data, fields, kind="dataset")
 
 
-def build_cohort_folder(
-    src: str | os.PathLike,
+def _build_cohort_folder(
+    src: Path,
     out: str | os.PathLike,
     repo_id: str,
     force: bool = False,
     max_flag_share: float = 0.0,
     overwrite: bool = False,
-    shard_rows: int | None = None,
 ) -> list[str]:
     """Build the upload folder of a cohort, atomically.
 
     Args:
-        src: a cohort folder (``fusynth generate text2img`` / ``pairs`` output).
+        src: a cohort folder (``fusynth generate text2img`` / ``pairs`` output),
+            checked by :func:`check_request`.
         out: the folder to build (must not exist unless ``overwrite``).
         repo_id: the Hub repository, ``USER/NAME``.
         force: publish without an audit, or against it; the card then says so.
         max_flag_share: the largest share of memorization-flagged samples accepted.
         overwrite: replace an existing ``out``.
-        shard_rows: rows per Parquet shard (:data:`SHARD_ROWS` when None).
 
     Returns:
         The files written, relative to ``out``, sorted.
 
     Raises:
-        UserInputError: ``src`` is not a cohort, ``repo_id`` is invalid, or the audit is
-            missing, stale or over the threshold and ``force`` is False.
+        UserInputError: ``src`` does not hold a dataset of the fusynth schema, or the
+            audit is missing, stale or over the threshold and ``force`` is False.
     """
+    from collections import Counter
+
     import datasets
 
-    src = Path(src)
-    check_repo_id(repo_id)
-    if detect_kind(src) != "cohort":
-        raise UserInputError(f"DIR: {src} is a training output; use `fusynth publish model`")
-    if not 0.0 <= max_flag_share <= 1.0:
-        raise UserInputError(f"--max-flag-share: must be in [0, 1], got {max_flag_share}")
-    try:
-        dsd = datasets.load_from_disk(str(src))
-    except Exception as exc:  # noqa: BLE001 - any failure means the folder is not readable
-        raise UserInputError(f"DIR: {src}: cannot be read as a cohort ({exc})") from exc
-    if not isinstance(dsd, datasets.DatasetDict) or "image" not in dsd[next(iter(dsd))].features:
-        raise UserInputError(f"DIR: {src}: not a cohort DatasetDict with an image column")
+    from fusynth.data.schema import FEATURES, load_prepared
+
+    dsd = load_prepared(src)
     split_rows = {name: len(ds) for name, ds in dsd.items()}
     audit, warning = _audit_decision(src, sum(split_rows.values()), force, max_flag_share)
-    features = dsd[next(iter(dsd))].features
+    features = FEATURES
     raw = datasets.Features(
         {
             **features,
@@ -729,7 +762,7 @@ def build_cohort_folder(
             "mask": datasets.Image(decode=False),
         }
     )
-    view_counts: dict[str, int] = {}
+    view_counts: Counter[str] = Counter()
     split_bytes = dict.fromkeys(split_rows, 0)
     has_masks = False
     written: list[str] = []
@@ -738,10 +771,9 @@ def build_cohort_folder(
         for split, ds in dsd.items():
             # cast_column on Image features changes metadata only: nothing is written to src
             ds = ds.cast_column("image", raw["image"]).cast_column("mask", raw["mask"])
-            for v in ds["view"]:
-                name = features["view"].int2str(v)
-                view_counts[name] = view_counts.get(name, 0) + 1
-            shards = max(1, math.ceil(len(ds) / (shard_rows or SHARD_ROWS)))
+            for v, k in Counter(ds["view"]).items():
+                view_counts[features["view"].int2str(v)] += k
+            shards = max(1, math.ceil(len(ds) / SHARD_ROWS))
             for k in range(shards):
                 part = ds.shard(num_shards=shards, index=k, contiguous=True)
                 part = part.map(
@@ -783,27 +815,27 @@ def build_cohort_folder(
 # ----------------------------------------------------------------------------- entry point
 
 
-def publish_dry_run(
-    kind: str,
+def build_folder(
+    found: str,
     src: str | os.PathLike,
     repo_id: str,
     out: str | os.PathLike,
-    force: bool = False,
     overwrite: bool = False,
+    force: bool = False,
     max_flag_share: float = 0.0,
     evals: list[str] | None = None,
     base_model: str | None = None,
     datasets: list[str] | None = None,
 ) -> list[str]:
-    """Build, atomically in ``out``, exactly the folder ``fusynth publish`` would upload.
+    """Build, atomically in ``out``, the folder an upload of a checked request sends.
 
     Args:
-        kind: ``model`` or ``cohort`` (the subcommand).
+        found: the kind :func:`check_request` returned for ``src``.
         src: the fusynth output folder.
         repo_id: the Hub repository, ``USER/NAME``.
         out: the folder to build.
-        force: for a cohort, publish without an audit or against it.
         overwrite: replace an existing ``out``.
+        force: for a cohort, publish without an audit or against it.
         max_flag_share: for a cohort, the largest memorization-flagged share accepted.
         evals: for a model, more evaluation folders (``--eval``).
         base_model: for a model, the Hub id of its base (``--base-model``).
@@ -813,31 +845,50 @@ def publish_dry_run(
         The files written, relative to ``out``, sorted.
 
     Raises:
-        UserInputError: bad folder, repo id, audit or evaluation (see the builders).
+        UserInputError: a bad audit or evaluation (see the builders).
     """
-    check_repo_id(repo_id)
-    found = detect_kind(src)
-    if kind == "model":
-        if found == "cohort":
-            raise UserInputError(f"DIR: {src} is a cohort; use `fusynth publish cohort`")
-        return build_model_folder(
-            src,
-            out,
-            repo_id,
-            overwrite=overwrite,
-            evals=evals,
-            base_model=base_model,
-            datasets=datasets,
-        )
-    if kind == "cohort":
-        if found != "cohort":
-            raise UserInputError(
-                f"DIR: {src} is a {found} output, not a cohort; use `fusynth publish model`"
-            )
-        return build_cohort_folder(
-            src, out, repo_id, force=force, max_flag_share=max_flag_share, overwrite=overwrite
-        )
-    raise ValueError(f"kind must be 'model' or 'cohort', got {kind!r}")
+    if found == "cohort":
+        return _build_cohort_folder(Path(src), out, repo_id, force, max_flag_share, overwrite)
+    return _build_model_folder(
+        Path(src), found, out, repo_id, overwrite, evals, base_model, datasets
+    )
+
+
+def publish_dry_run(
+    kind: str,
+    src: str | os.PathLike,
+    repo_id: str,
+    out: str | os.PathLike,
+    overwrite: bool = False,
+    **options: Any,
+) -> list[str]:
+    """Check a request and build, atomically in ``out``, exactly the folder
+    ``fusynth publish`` would upload (``--dry-run OUT``).
+
+    Args:
+        kind: ``model`` or ``cohort`` (the subcommand).
+        src: the fusynth output folder.
+        repo_id: the Hub repository, ``USER/NAME``.
+        out: the folder to build.
+        overwrite: replace an existing ``out``.
+        options: ``force``, ``max_flag_share``, ``evals``, ``base_model``, ``datasets``
+            (see :func:`build_folder`).
+
+    Returns:
+        The files written, relative to ``out``, sorted.
+
+    Raises:
+        UserInputError: bad folder, repo id, audit or evaluation.
+    """
+    found = check_request(
+        kind,
+        src,
+        repo_id,
+        options.get("max_flag_share", 0.0),
+        options.get("base_model"),
+        options.get("datasets"),
+    )
+    return build_folder(found, src, repo_id, out, overwrite, **options)
 
 
 # ----------------------------------------------------------------------------- upload
@@ -876,65 +927,51 @@ def owned_paths(found: str) -> list[str]:
 
 
 def upload(
-    kind: str,
+    found: str,
     src: str | os.PathLike,
     repo_id: str,
     token: str,
     private: bool = False,
     revision: str | None = None,
-    force: bool = False,
-    max_flag_share: float = 0.0,
-    evals: list[str] | None = None,
-    base_model: str | None = None,
-    datasets: list[str] | None = None,
+    **options: Any,
 ) -> tuple[str, list[str]]:
-    """Build the publish folder in a temporary place and upload it to the Hub.
+    """Build the publish folder of a checked request in a temporary place and upload it
+    to the Hub in one commit.
 
     The repository is created if missing (``exist_ok``); ``revision`` is created as a
-    branch if missing. The paths fusynth writes for this kind (:func:`owned_paths`) are
-    mirrored: files of an earlier upload there that are not in this one are deleted, so
-    a cohort never mixes shards of two uploads. Re-running after a failure sends the
-    same commit again.
+    branch if missing. The commit adds every file of the folder and deletes the files an
+    earlier upload left in :func:`owned_paths` that this one does not send, so a cohort
+    never mixes shards of two uploads. One commit is atomic: the repository shows either
+    the old upload or the new one, never a part. Re-running after a failure sends it
+    again.
 
     Args:
-        kind: ``model`` or ``cohort``.
+        found: the kind :func:`check_request` returned for ``src``.
         src: the fusynth output folder.
         repo_id: ``USER/NAME``.
         token: the Hub token (see :func:`hub_token`); never printed or written.
         private: create the repository as private, and refuse one that exists as public.
         revision: the branch to commit to (``main`` when None).
-        force: for a cohort, publish without an audit or against it.
-        max_flag_share: for a cohort, the largest memorization-flagged share accepted.
-        evals: for a model, more evaluation folders (``--eval``).
-        base_model: for a model, the Hub id of its base (``--base-model``).
-        datasets: for a model, Hub ids of its training data (``--datasets``).
+        options: ``force``, ``max_flag_share``, ``evals``, ``base_model``, ``datasets``
+            (see :func:`build_folder`).
 
     Returns:
         The commit URL and the files uploaded (relative, sorted).
 
     Raises:
-        UserInputError: bad folder, repo id or audit; ``private`` and a public repository.
+        UserInputError: a bad audit or evaluation; ``private`` and a public repository.
         huggingface_hub.errors.HfHubHTTPError: the Hub refused a request.
     """
-    from huggingface_hub import HfApi
+    from fnmatch import fnmatch
+
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
     from fusynth import __version__
 
-    repo_type = "dataset" if kind == "cohort" else "model"
-    found = detect_kind(src)
+    repo_type = "dataset" if found == "cohort" else "model"
     with tempfile.TemporaryDirectory(prefix="fusynth-publish-") as tmp:
         folder = Path(tmp) / "upload"
-        files = publish_dry_run(
-            kind,
-            src,
-            repo_id,
-            folder,
-            force=force,
-            max_flag_share=max_flag_share,
-            evals=evals,
-            base_model=base_model,
-            datasets=datasets,
-        )
+        files = build_folder(found, src, repo_id, folder, **options)
         api = HfApi(token=token)
         api.create_repo(repo_id, repo_type=repo_type, private=private or None, exist_ok=True)
         if private and not api.repo_info(repo_id, repo_type=repo_type).private:
@@ -944,12 +981,19 @@ def upload(
             )
         if revision:
             api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
-        info = api.upload_folder(
-            repo_id=repo_id,
-            folder_path=folder,
+        owned = owned_paths(found)
+        stale = [
+            path
+            for path in api.list_repo_files(repo_id, repo_type=repo_type, revision=revision)
+            if path not in files and any(fnmatch(path, pattern) for pattern in owned)
+        ]
+        operations = [CommitOperationAdd(rel, folder / rel) for rel in files]
+        operations += [CommitOperationDelete(path) for path in stale]
+        info = api.create_commit(
+            repo_id,
+            operations,
+            commit_message=f"Publish a fusynth {found} (fusynth {__version__})",
             repo_type=repo_type,
             revision=revision,
-            commit_message=f"Publish a fusynth {found} (fusynth {__version__})",
-            delete_patterns=owned_paths(found),
         )
     return str(info.commit_url), files

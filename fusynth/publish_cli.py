@@ -37,6 +37,11 @@ def _common_flags(p: argparse.ArgumentParser, what: str) -> None:
         "(needs no token)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --dry-run OUT")
+    p.add_argument(
+        "--revision",
+        metavar="BRANCH",
+        help="branch to commit to, created from main if missing (default: main)",
+    )
 
 
 def _id_list(text: str) -> list[str]:
@@ -62,11 +67,6 @@ def add_publish_parser(groups: Any) -> argparse.ArgumentParser:
         help="a LoRA, ControlNet, SAM, classifier or SSL encoder training output",
     )
     _common_flags(p, "training output")
-    p.add_argument(
-        "--revision",
-        metavar="BRANCH",
-        help="branch to commit to, created from main if missing (default: main)",
-    )
     p.add_argument(
         "--eval",
         dest="evals",
@@ -106,11 +106,6 @@ def add_publish_parser(groups: Any) -> argparse.ArgumentParser:
         default=0.0,
         help="largest share of samples the audit may flag as memorized (0.0)",
     )
-    p.add_argument(
-        "--revision",
-        metavar="BRANCH",
-        help="branch to commit to, created from main if missing (default: main)",
-    )
     p.set_defaults(func=publish_command, kind="cohort", evals=[], base_model=None, datasets=None)
     return pub
 
@@ -121,14 +116,15 @@ def _hub_failure(exc: Exception, repo_id: str, token: str) -> int:
     from huggingface_hub.errors import HfHubHTTPError
 
     status = getattr(getattr(exc, "response", None), "status_code", None)
-    first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    lines = [line.strip(" -") for line in str(exc).splitlines() if line.strip(" -")]
+    first = "; ".join(lines) or type(exc).__name__  # the Hub's reasons follow its first line
     first = first.replace(token, "***") if token else first
     hint = {
         401: "; check the token in HF_TOKEN or `hf auth login`",
         403: "; the token cannot write to this repository (a read-only token?)",
         404: "; check --repo-id and --revision",
     }.get(status, "")
-    refused = isinstance(exc, HfHubHTTPError)
+    refused = isinstance(exc, (HfHubHTTPError, ValueError))  # ValueError: its card check
     what = f"the Hub refused the upload to {repo_id}" if refused else f"upload to {repo_id} failed"
     print(f"fusynth: error: {what}: {first}{hint}", file=sys.stderr)
     return 2 if status in (401, 403, 404) else 1
@@ -147,10 +143,11 @@ def publish_command(args: argparse.Namespace) -> int:
     Raises:
         UserInputError: bad folder, repo id or audit; no token without ``--dry-run``.
     """
-    from fusynth.publish import check_repo_id, detect_kind, hub_token, publish_dry_run, upload
+    from fusynth.publish import build_folder, check_request, hub_token, upload
 
-    check_repo_id(args.repo_id)
-    detect_kind(args.dir)
+    found = check_request(
+        args.kind, args.dir, args.repo_id, args.max_flag_share, args.base_model, args.datasets
+    )
     where = f"{args.repo_id}" + (f"@{args.revision}" if args.revision else "")
     where += " (private)" if args.private else ""
     options = {
@@ -161,8 +158,8 @@ def publish_command(args: argparse.Namespace) -> int:
         "datasets": args.datasets,
     }
     if args.dry_run is not None:
-        files = publish_dry_run(
-            args.kind, args.dir, args.repo_id, args.dry_run, overwrite=args.overwrite, **options
+        files = build_folder(
+            found, args.dir, args.repo_id, args.dry_run, overwrite=args.overwrite, **options
         )
         print(
             f"wrote {args.dry_run}: {len(files)} files that would go to {where}; nothing uploaded"
@@ -174,7 +171,7 @@ def publish_command(args: argparse.Namespace) -> int:
         token = hub_token()
         try:
             url, files = upload(
-                args.kind,
+                found,
                 args.dir,
                 args.repo_id,
                 token,

@@ -45,13 +45,16 @@ def check_lora(folder: Path) -> str:
 
 
 def check_cohort(folder: Path) -> str:
+    import tempfile
+
     import datasets
 
-    ds = datasets.load_dataset(str(folder))
-    split = ds[next(iter(ds))]
-    views = split.features["view"].names
-    first = split[0]["image"]
-    return f"{len(split)} samples, views {sorted(set(views[v] for v in split['view']))}, {first.size} px"
+    with tempfile.TemporaryDirectory() as cache:  # a check leaves no cache behind
+        split = next(iter(datasets.load_dataset(str(folder), cache_dir=cache).values()))
+        views = split.features["view"].names
+        first = split[0]["image"]
+        names = sorted({views[v] for v in split["view"]})
+        return f"{len(split)} samples, views {names}, {first.size} px"
 
 
 def check_sam(folder: Path) -> str:

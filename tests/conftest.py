@@ -214,7 +214,8 @@ def phantom_prepared(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_lora(tiny_base, phantom_prepared, tmp_path_factory):
-    """A LoRA trained for 2 steps on the phantom (head, femur) with the tiny base."""
+    """A LoRA trained for 2 steps on the phantom (head, femur) with the tiny base, with a
+    validation grid at step 2."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
@@ -237,6 +238,12 @@ def tiny_lora(tiny_base, phantom_prepared, tmp_path_factory):
             "1e-2",
             "--views",
             "head,femur",
+            "--validation_prompt",
+            "an ultrasound image of the fetal head",
+            "--validation_steps",
+            "2",
+            "--num_validation_images",
+            "1",
         ]
     )
     assert rc == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 
 import datasets
 import numpy as np
@@ -56,20 +57,20 @@ def test_lora_dry_run_loads_with_stock_diffusers_and_peft(tiny_lora, tiny_base, 
             assert str(tiny_base.parent).encode() not in path.read_bytes(), path
     assert f"<local>/{tiny_base.name}" in json.loads((out / "config.json").read_text()).values()
     assert "base_model" not in card.split("---")[1]  # a local base is no Hub repo id
+    grids = re.findall(r"!\[validation samples\]\(([^)]+)\)", card)
+    assert grids and all(g in names for g in grids)  # the card's sample grid is published
 
     pipe = StableDiffusionPipeline.from_pretrained(str(tiny_base))
     pipe.load_lora_weights(str(out))
     assert any("lora" in n for n, _ in pipe.unet.named_parameters())
-    if (tiny_lora / "unet_peft").is_dir():
-        unet = UNet2DConditionModel.from_pretrained(str(tiny_base), subfolder="unet")
-        peft_unet = PeftModel.from_pretrained(unet, str(out / "unet_peft"))
-        saved = load_file(str(tiny_lora / "unet_peft" / "adapter_model.safetensors"))
-        loaded = dict(peft_unet.named_parameters())
-        key = next(iter(saved))
-        match = [
-            v for n, v in loaded.items() if n.endswith(key.replace(".weight", ".default.weight"))
-        ]
-        assert match and torch.equal(match[0].detach(), saved[key])
+    assert (tiny_lora / "unet_peft").is_dir()  # the trainer always writes the peft adapter
+    unet = UNet2DConditionModel.from_pretrained(str(tiny_base), subfolder="unet")
+    peft_unet = PeftModel.from_pretrained(unet, str(out / "unet_peft"))
+    saved = load_file(str(tiny_lora / "unet_peft" / "adapter_model.safetensors"))
+    loaded = dict(peft_unet.named_parameters())
+    key = next(iter(saved))
+    match = [v for n, v in loaded.items() if n.endswith(key.replace(".weight", ".default.weight"))]
+    assert match and torch.equal(match[0].detach(), saved[key])
 
 
 def test_sam_dry_run_loads_strictly_into_segment_anything(tiny_sam, tmp_path):
@@ -84,6 +85,11 @@ def test_sam_dry_run_loads_strictly_into_segment_anything(tiny_sam, tmp_path):
     assert all(torch.equal(v, ref[k]) for k, v in sam.state_dict().items())
     card = (out / "README.md").read_text()
     assert "me/tiny-sam" in card and "Not for clinical use" in card
+    from huggingface_hub import ModelCard
+
+    parsed = ModelCard(card)  # a card of its own: one metadata block, then the text
+    assert parsed.data.library_name == "segment-anything" and "fusynth" in parsed.data.tags
+    assert not parsed.text.lstrip().startswith("---")
 
 
 def test_audited_cohort_dry_run_loads_with_load_dataset(
@@ -140,6 +146,30 @@ def test_flagged_share_over_threshold_is_refused(audited_cohort, tmp_path):
     publish_dry_run("cohort", src, "me/c", tmp_path / "b", max_flag_share=0.5)
     publish_dry_run("cohort", src, "me/c", tmp_path / "c2", force=True)
     assert "published against the audit" in (tmp_path / "c2" / "README.md").read_text()
+
+
+def test_a_stale_or_incomplete_audit_is_refused_unless_forced(audited_cohort, tmp_path):
+    import shutil
+
+    src = tmp_path / "c"
+    shutil.copytree(audited_cohort, src)
+    path = src / "audit" / "cohort_audit.json"
+    audit = json.loads(path.read_text())
+    stale = json.loads(json.dumps(audit))
+    stale["counts"]["cohort"]["total"] = 5
+    path.write_text(json.dumps(stale))
+    with pytest.raises(UserInputError, match="covers 5 samples but the cohort holds 6"):
+        publish_dry_run("cohort", src, "me/c", tmp_path / "a")
+    del audit["memorization"]
+    path.write_text(json.dumps(audit))
+    with pytest.raises(UserInputError, match="no memorization result"):
+        publish_dry_run("cohort", src, "me/c", tmp_path / "a")
+    publish_dry_run("cohort", src, "me/c", tmp_path / "b", force=True)
+    assert (
+        "published against the audit: it has no memorization"
+        in (tmp_path / "b" / "README.md").read_text()
+    )
+    assert not (tmp_path / "a").exists()
 
 
 def test_jpeg_images_and_rgb_masks_become_png_and_single_channel(tmp_path):

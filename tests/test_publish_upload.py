@@ -23,12 +23,18 @@ TOKEN = "hf_fusynthTestToken0123456789abcdefXYZ"
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
     """A fake Hub accepting ``TOKEN``, wired into huggingface_hub for this process."""
+    from huggingface_hub import close_session
+
     with FakeHub(TOKEN) as fake:
         monkeypatch.setattr(constants, "ENDPOINT", fake.url)
         monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # Xet is not faked
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-stored-token"))
         monkeypatch.setenv("HF_TOKEN", TOKEN)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")  # a proxy must not see it
+        close_session()  # the next request opens a client that reads NO_PROXY
         yield fake
+        close_session()
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
@@ -57,7 +63,9 @@ def test_model_upload_from_the_command_line_commits_the_dry_run_folder(tiny_sam,
         main(["publish", "model", str(tiny_sam), "--repo-id", "me/sam", "--dry-run", str(dry)]) == 0
     )
     with FakeHub(TOKEN) as hub:
-        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_XET": "1"}
+        env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+        env.update(HF_ENDPOINT=hub.url, HF_TOKEN=TOKEN, HF_HUB_DISABLE_XET="1")
+        env["NO_PROXY"] = "127.0.0.1,localhost"
         env["HF_HOME"] = str(tmp_path / "hf-home")
         cmd = [sys.executable, "-m", "fusynth.cli", "publish", "model", str(tiny_sam)]
         done = subprocess.run(
@@ -167,3 +175,12 @@ def test_bad_input_sends_nothing(tmp_path, hub, capsys):
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and "is not a fusynth output" in err[0] and "--repo-id" in err[1]
     assert hub.requests == []
+
+
+def test_a_card_the_hub_refuses_is_one_line_with_its_reasons(tiny_sam, hub, capsys):
+    hub.yaml_errors = ["tags must be strings", "license is not known"]
+    assert main(["publish", "model", str(tiny_sam), "--repo-id", "me/sam"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the Hub refused the upload to me/sam" in err
+    assert "tags must be strings; license is not known" in err
+    assert hub.repos[("model", "me/sam")].commits == []  # checked before anything is sent

@@ -62,7 +62,8 @@ def resolve_base(
         smoke = is_smoke_model(path)
         if smoke:
             log.warning("using the %s", SMOKE_NOTE)
-        return BaseRef(str(path), revision, variant, smoke=smoke)
+        # resolved: a relative path in a card or provenance would read as a hub id
+        return BaseRef(str(path.resolve()), revision, variant, smoke=smoke)
     parts = str(name_or_path).split("/")
     if len(parts) != 2 or not all(parts) or str(name_or_path).startswith((".", "~")):
         raise UserInputError(f"{flag}: {name_or_path} is neither a folder nor a hub id (org/name)")

@@ -338,3 +338,12 @@ def test_trains_on_real_fetal_planes_db(tiny_base, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["views"] == ["brain", "femur"] and config["num_train_images"] >= 20
     StableDiffusionPipeline.from_pretrained(str(tiny_base)).load_lora_weights(str(out))
+
+
+def test_a_relative_base_folder_is_recorded_as_an_absolute_path(tiny_base, monkeypatch):
+    """A relative folder name in a config, card or provenance would read as a hub id."""
+    from fusynth.diffusion.base import resolve_base
+
+    monkeypatch.chdir(tiny_base.parent)
+    ref = resolve_base(tiny_base.name)
+    assert ref.name_or_path == str(tiny_base.resolve())
