@@ -171,27 +171,26 @@ def _train_and_test(
 ) -> dict[str, Any]:
     from fusynth.loop import list_checkpoints
     from fusynth.segment.evaluate import evaluate_segmentation
-    from fusynth.segment.finetune import SamFinetuneConfig, default_cache_root, finetune_sam
+    from fusynth.segment.finetune import SamFinetuneConfig, embedding_cache_root, finetune_sam
     from fusynth.segment.sam import WEIGHTS_FILE
 
     model_dir = folder / "model"
-    has_run = (model_dir / WEIGHTS_FILE).is_file()
-    if not has_run:
-        resume = "latest" if list_checkpoints(model_dir) else None
-        ft = SamFinetuneConfig(
-            **{key: getattr(config, key) for key in FINETUNE_KEYS},
-            train=f"{parse_data_spec(config.real)[0]}:train",
-            synthetic=config.synthetic if m else None,
-            n_real=k,
-            n_synthetic=m if m else None,
-            seed=config.seed + r,
-            output_dir=str(model_dir),
-            overwrite_output_dir=resume is None,
-            resume_from_checkpoint=resume,
-            validation_epochs=10**6,  # validate once, at the end: the test sets judge
-            checkpointing_steps=200,
-            checkpoints_total_limit=1,
-        )
+    resume = "latest" if list_checkpoints(model_dir) else None
+    ft = SamFinetuneConfig(
+        **{key: getattr(config, key) for key in FINETUNE_KEYS},
+        train=f"{parse_data_spec(config.real)[0]}:train",
+        synthetic=config.synthetic if m else None,
+        n_real=k,
+        n_synthetic=m if m else None,
+        seed=config.seed + r,
+        output_dir=str(model_dir),
+        overwrite_output_dir=resume is None,
+        resume_from_checkpoint=resume,
+        validation_epochs=10**6,  # validate once, at the end: the test sets judge
+        checkpointing_steps=200,
+        checkpoints_total_limit=1,
+    )
+    if not (model_dir / WEIGHTS_FILE).is_file():
         finetune_sam(ft)
     metrics = {}
     for spec in config.test:
@@ -204,7 +203,7 @@ def _train_and_test(
                 eval_dir,
                 seed=config.seed,
                 overwrite=True,
-                embedding_cache=config.embedding_cache or default_cache_root(),
+                embedding_cache=embedding_cache_root(ft),  # frozen encoder: encoded once
             )
         metrics[name] = _cell_metrics(eval_dir / "per_image.csv")
     train_log = json.loads((model_dir / "train_log.json").read_text())

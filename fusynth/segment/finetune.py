@@ -274,6 +274,15 @@ class EmbeddingCache:
         return torch.stack(out) if out else torch.empty(0)
 
 
+def embedding_cache_root(config: SamFinetuneConfig) -> str | None:
+    """Where a run's image embeddings are cached: None when the encoder is trained (its
+    embeddings change every step, and a cache of them would never be read again) or
+    caching is off, else ``--embedding_cache`` or the default under the fusynth cache."""
+    if not config.encoder_frozen or config.no_embedding_cache:
+        return None
+    return config.embedding_cache or str(default_cache_root())
+
+
 def default_cache_root() -> Path:
     """``$FUSYNTH_CACHE/sam_embeddings`` (``~/.cache/fusynth`` by default)."""
     from fusynth.data.phantom_cohort import cache_root
@@ -530,10 +539,7 @@ def finetune_sam(config: SamFinetuneConfig) -> SamTrainResult:
     embeddings = val_embeddings = None
     cache = None
     if config.encoder_frozen:
-        root = (
-            None if config.no_embedding_cache else (config.embedding_cache or default_cache_root())
-        )
-        cache = EmbeddingCache(root, sam, model_type)
+        cache = EmbeddingCache(embedding_cache_root(config), sam, model_type)
         if accelerator.is_main_process:
             embeddings = cache.embed(sam, [x.image for x in data.inputs])
             val_embeddings = cache.embed(sam, [x.image for x in data.validation])

@@ -205,3 +205,33 @@ def test_evaluation_through_the_embedding_cache_matches_and_reuses_training(real
     )
     assert [r["dice"] for r in cached] == [r["dice"] for r in plain]
     assert [r["box"] for r in cached] == [r["box"] for r in plain]
+
+
+def test_a_frozen_encoder_encodes_each_image_once_for_the_whole_grid(
+    real, synthetic, tmp_path, monkeypatch, capsys
+):
+    import hashlib
+
+    import fusynth.segment.finetune as finetune
+
+    seen: list[str] = []
+    encode = finetune.encode_image
+
+    def counting(sam, image):
+        seen.append(hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest())
+        return encode(sam, image)
+
+    monkeypatch.setattr(finetune, "encode_image", counting)
+    cache = tmp_path / "embeddings"
+    argv = ["--n_real", "2", "--n_synthetic", "0,4", "--embedding_cache", str(cache)]
+    assert _run(real, synthetic, tmp_path / "frozen", *argv) == 0  # 4 cells, 1 test set
+    assert seen and len(seen) == len(set(seen))  # no image is encoded twice
+    assert any(cache.rglob("*.safetensors"))
+
+    seen.clear()
+    trained = tmp_path / "trained-embeddings"
+    argv = ["--n_real", "2", "--n_synthetic", "0", "--repeats", "1", "--train_parts", "all"]
+    assert (
+        _run(real, synthetic, tmp_path / "trained", *argv, "--embedding_cache", str(trained)) == 0
+    )
+    assert not trained.exists() or not any(trained.rglob("*"))  # nothing cached: it changes
