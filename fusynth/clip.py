@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fusynth.data.transforms import square_resize
+from fusynth.data.transforms import square_batch
 from fusynth.errors import UserInputError, suggest
 
 log = logging.getLogger(__name__)
@@ -115,11 +115,6 @@ def register_tiny_clip() -> str:
 
 
 # ----------------------------------------------------------------------------- preprocessing
-
-
-def square_batch(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
-    """Grayscale ``[H, W]`` uint8 images padded to square and resized: ``[N, size, size]`` uint8."""
-    return torch.from_numpy(np.stack([square_resize(im, size) for im in images]))
 
 
 def normalize_batch(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

@@ -35,7 +35,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from fusynth import __version__
-from fusynth.data.transforms import square_resize
+from fusynth.data.transforms import square_batch, square_resize
 from fusynth.data.views import ViewSet, load_view_set
 from fusynth.embed import KINDS as EMBEDDER_KINDS
 from fusynth.embed import Embedder, embedder_from_spec
@@ -90,8 +90,7 @@ def inception_embedder(path: str | os.PathLike, flag: str = "--encoder") -> Embe
     model = load_inception(path, flag)
 
     def fn(images: Sequence[np.ndarray]) -> np.ndarray:
-        batch = np.stack([square_resize(im, INCEPTION_SIZE) for im in images])
-        x = torch.from_numpy(batch).float().div(127.5).sub(1.0)
+        x = square_batch(images, INCEPTION_SIZE).float().div(127.5).sub(1.0)
         with torch.inference_mode():
             return model(x[:, None].expand(-1, 3, -1, -1)).numpy()
 
@@ -326,8 +325,7 @@ class SSIMBank:
         self.padded, self.mu, self.var = self._prepare(images)
 
     def _prepare(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, ...]:
-        x = torch.from_numpy(np.stack([square_resize(im, self.size) for im in images]))
-        x = x.float().div(255.0)
+        x = square_batch(images, self.size).float().div(255.0)
         pad = (self.window.shape[1] - self.size) // 2
         padded = torch.nn.functional.pad(x[:, None], (pad,) * 4, mode="reflect")[:, 0]
         mu = self._filter(padded)

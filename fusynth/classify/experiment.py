@@ -110,10 +110,39 @@ def cell_name(backbone: str, m: int, r: int) -> str:
     return f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', backbone)}-m{m}-r{r}"
 
 
-def _check_inputs(config: ClsAugmentConfig) -> None:
-    """Fail before any training: test sets that share a subject with the real data."""
+def _train_config(
+    config: ClsAugmentConfig, backbone: str, m: int, r: int, model_dir: Path
+) -> Any:
+    """The ``ClassifierTrainConfig`` of one cell (its checks run on creation)."""
+    from fusynth.classify.train import ClassifierTrainConfig
+    from fusynth.loop import list_checkpoints
+
+    resume = "latest" if list_checkpoints(model_dir) else None
+    return ClassifierTrainConfig(
+        backbone=backbone,
+        train=f"{parse_data_spec(config.real)[0]}:train",
+        synthetic=config.synthetic if m else None,
+        n_synthetic_per_view=m if m else None,
+        views=config.views,
+        seed=config.seed + r,
+        output_dir=str(model_dir),
+        overwrite_output_dir=resume is None,
+        resume_from_checkpoint=resume,
+        checkpointing_steps=200,
+        checkpoints_total_limit=1,
+        **{k: getattr(config, k) for k in TRAIN_KEYS},
+    )
+
+
+def _check_inputs(config: ClsAugmentConfig, out: Path) -> None:
+    """Fail before any training and before ``experiment.json`` is written: bad training
+    settings of any cell, counts the data cannot give, and test sets that share a
+    subject with the real data."""
+    from fusynth.classify.train import choose_training_data
     from fusynth.data.views import load_view_set
 
+    biggest = max(config.n_synthetic_per_view)
+    check = [_train_config(config, b, biggest, 0, out / "check") for b in config.backbones]
     pool = load_view_set(f"{parse_data_spec(config.real)[0]}:train", "--real", config.views)
     subjects = set(pool.subjects)
     for spec in config.test:
@@ -124,34 +153,18 @@ def _check_inputs(config: ClsAugmentConfig) -> None:
                 f"--test {spec}: shares {len(shared)} subject(s) with the real training pool "
                 f"(e.g. {sorted(shared)[0]}); use a patient-disjoint test set"
             )
+    choose_training_data(check[0])  # the largest arm's counts, views and validation set
 
 
 def _train_and_test(
     config: ClsAugmentConfig, folder: Path, backbone: str, m: int, r: int
 ) -> dict[str, Any]:
     from fusynth.classify.evaluate import evaluate_classification
-    from fusynth.classify.train import WEIGHTS_FILE, ClassifierTrainConfig, train_classifier
-    from fusynth.loop import list_checkpoints
+    from fusynth.classify.train import WEIGHTS_FILE, train_classifier
 
     model_dir = folder / "model"
     if not (model_dir / WEIGHTS_FILE).is_file():
-        resume = "latest" if list_checkpoints(model_dir) else None
-        train_classifier(
-            ClassifierTrainConfig(
-                backbone=backbone,
-                train=f"{parse_data_spec(config.real)[0]}:train",
-                synthetic=config.synthetic if m else None,
-                n_synthetic_per_view=m if m else None,
-                views=config.views,
-                seed=config.seed + r,
-                output_dir=str(model_dir),
-                overwrite_output_dir=resume is None,
-                resume_from_checkpoint=resume,
-                checkpointing_steps=200,
-                checkpoints_total_limit=1,
-                **{k: getattr(config, k) for k in TRAIN_KEYS},
-            )
-        )
+        train_classifier(_train_config(config, backbone, m, r, model_dir))
     metrics = {}
     for spec in config.test:
         name = test_name(spec)
@@ -243,7 +256,7 @@ def _markdown(config: ClsAugmentConfig, table: list[dict[str, Any]]) -> str:
 def cls_augment(config: ClsAugmentConfig) -> dict[str, Any]:
     """Run (or finish) the experiment; returns the table rows and where files are."""
     out = Path(config.out)
-    _check_inputs(config)
+    _check_inputs(config, out)
     open_experiment(out, config.request(), config.overwrite)
     cells = [
         (b, m, r)

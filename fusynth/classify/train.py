@@ -45,9 +45,11 @@ from fusynth.classify.backbones import (
     read_state_dict,
     rebuild_classifier,
 )
-from fusynth.clip import normalize_batch, square_batch
+from fusynth.clip import normalize_batch
 from fusynth.data.schema import VIEWS
-from fusynth.data.views import ViewSet, load_view_set
+from fusynth.data.splits import check_disjoint_subjects, pick_by_subject
+from fusynth.data.transforms import square_batch
+from fusynth.data.views import ViewSet, load_view_set, parse_view_list
 from fusynth.errors import UserInputError
 from fusynth.loop import (
     check_run_dir,
@@ -114,8 +116,6 @@ class ClassifierTrainConfig:
     report_to: str = "none"
 
     def __post_init__(self) -> None:
-        from fusynth.classify.evaluate import parse_view_list
-
         parse_backbone(self.backbone, "--backbone")
         choice(self.optimizer, OPTIMIZERS, "--optimizer")
         choice(self.best_metric, BEST_METRICS, "--best_metric")
@@ -186,30 +186,9 @@ def choose_per_view(
             raise UserInputError(
                 f"{flag}: asks for {k} images of view {view!r} but {vs.source} has {len(idx)}"
             )
-        by_subject: dict[str, list[int]] = {}
-        for i in idx:
-            by_subject.setdefault(vs.subjects[i], []).append(i)
-        names = sorted(by_subject)
-        order = np.random.default_rng([seed, salt, VIEWS.index(view)]).permutation(len(names))
-        picked: list[int] = []
-        for j in order:
-            picked += by_subject[names[j]]
-            if len(picked) >= k:
-                break
-        chosen += picked[:k]
+        subjects = [vs.subjects[i] for i in idx]
+        chosen += [idx[j] for j in pick_by_subject(subjects, k, [seed, salt, VIEWS.index(view)])]
     return chosen
-
-
-def _concat(a: ViewSet, b: ViewSet) -> ViewSet:
-    return ViewSet(
-        a.source,
-        a.images + b.images,
-        a.views + b.views,
-        a.subjects + b.subjects,
-        a.centers + b.centers,
-        a.synthetic + b.synthetic,
-        a.keys + b.keys,
-    )
 
 
 def check_validation(train: ViewSet, validation: ViewSet, spec: str) -> None:
@@ -224,14 +203,13 @@ def check_validation(train: ViewSet, validation: ViewSet, spec: str) -> None:
             f"--validation: {spec} holds {len(synthetic)} synthetic image(s) (e.g. "
             f"{synthetic[0]}); validation must be real"
         )
-    real = {s for s, syn in zip(train.subjects, train.synthetic, strict=True) if not syn}
-    shared = real & set(validation.subjects)
-    if shared:
-        raise UserInputError(
-            f"--validation: {spec} shares {len(shared)} subject(s) with the training images "
-            f"(e.g. {sorted(shared)[0]}); use a patient-disjoint split such as DIR:validation "
-            "and train on DIR:train"
-        )
+    check_disjoint_subjects(
+        (s for s, syn in zip(train.subjects, train.synthetic, strict=True) if not syn),
+        validation.subjects,
+        f"--validation: {spec}",
+        "the training images",
+        "use a patient-disjoint split such as DIR:validation and train on DIR:train",
+    )
 
 
 def _train_spec(config: ClassifierTrainConfig) -> str:
@@ -305,7 +283,7 @@ def choose_training_data(config: ClassifierTrainConfig) -> ClassifierData:
     train = real_all.subset(real_idx)
     synthetic, synth_counts = _choose_synthetic(config, classes)
     if synthetic is not None:
-        train = _concat(train, synthetic)
+        train = train.concat(synthetic)
     validation, val_spec = _load_validation(config, train_spec, train, classes)
     source = {
         "train": train_spec,
@@ -385,15 +363,13 @@ class Progress:
     best_value: float | None = None
     best_state: dict[str, torch.Tensor] | None = None
 
-    def record(self, step: int, scores: dict[str, float], metric: str, model: nn.Module) -> bool:
+    def record(self, step: int, scores: dict[str, float], metric: str, model: nn.Module) -> None:
         """Add a validation; keep the weights when ``metric`` improved (ties: the earlier)."""
         self.validation.append({"step": step, **scores})
         value = scores[metric]
         if self.best_value is None or value > self.best_value:
             self.best_step, self.best_value = step, value
             self.best_state = _cpu_state(model)
-            return True
-        return False
 
     def to_json(self) -> str:
         """Everything but the weights."""
@@ -872,7 +848,6 @@ class LoadedClassifier:
 
     model: nn.Module
     spec: ClassifierSpec
-    path: Path
 
     def predict_proba(self, images, batch_size: int = 32, device=None) -> np.ndarray:
         """Class probabilities ``[N, C]`` of grayscale images (see ``spec.classes``)."""
@@ -904,4 +879,4 @@ def load_classifier(path: str | os.PathLike, flag: str = "--model") -> LoadedCla
             f"{flag}: {folder / WEIGHTS_FILE} does not fit {spec.backbone} with "
             f"{len(spec.classes)} classes: {first}"
         ) from exc
-    return LoadedClassifier(model.eval(), spec, folder)
+    return LoadedClassifier(model.eval(), spec)

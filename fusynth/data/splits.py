@@ -187,3 +187,55 @@ def subjects_in_several_splits(
     for subject, split in zip(subjects, splits, strict=True):
         seen.setdefault(subject, set()).add(split)
     return {s: sorted(v) for s, v in seen.items() if len(v) > 1}
+
+
+def pick_by_subject(subjects: Sequence[str], k: int, seed: int | Sequence[int]) -> list[int]:
+    """Positions of ``k`` items taken subject by subject in a seeded order.
+
+    The items are grouped by subject; the subjects, sorted by name, are shuffled with
+    ``numpy.random.default_rng(seed)`` and taken whole (their items in input order) until
+    ``k`` items are reached, the last subject possibly cut. For one seed a smaller ``k``
+    gives a prefix of a larger one, so selections are nested. ``k`` above the number of
+    items takes them all.
+
+    Args:
+        subjects: the subject id of each item.
+        k: how many items to take.
+        seed: the shuffle seed (an int or a list of ints, as numpy takes it).
+
+    Returns:
+        Positions into ``subjects``, in the order taken.
+    """
+    by_subject: dict[str, list[int]] = {}
+    for i, subject in enumerate(subjects):
+        by_subject.setdefault(subject, []).append(i)
+    names = sorted(by_subject)
+    picked: list[int] = []
+    for j in np.random.default_rng(seed).permutation(len(names)):
+        picked += by_subject[names[j]]
+        if len(picked) >= k:
+            break
+    return picked[:k]
+
+
+def check_disjoint_subjects(
+    train: Iterable[str], other: Iterable[str], what: str, against: str, hint: str
+) -> None:
+    """Refuse a validation or test set that shares a subject with the training data.
+
+    Args:
+        train: the training subjects.
+        other: the subjects of the set to check.
+        what: how the error starts, e.g. ``--test DIR:``.
+        against: what the set is checked against, e.g. ``the training images``.
+        hint: what to do instead.
+
+    Raises:
+        UserInputError: ``{what} shares N subject(s) with {against} (e.g. ID); {hint}``.
+    """
+    shared = set(train) & set(other)
+    if shared:
+        raise UserInputError(
+            f"{what} shares {len(shared)} subject(s) with {against} "
+            f"(e.g. {sorted(shared)[0]}); {hint}"
+        )

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 
 def pad_to_square(image: np.ndarray, fill: int = 0) -> np.ndarray:
@@ -39,3 +45,11 @@ def square_resize(
     """
     square = center_crop_square(image) if center_crop else pad_to_square(image)
     return np.asarray(Image.fromarray(square).resize((size, size), resample))
+
+
+def square_batch(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
+    """Grayscale ``[H, W]`` uint8 images padded to square and resized:
+    ``[N, size, size]`` uint8."""
+    import torch
+
+    return torch.from_numpy(np.stack([square_resize(im, size) for im in images]))

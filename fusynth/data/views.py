@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +20,11 @@ from fusynth.errors import UserInputError, suggest
 
 @dataclass
 class ViewSet:
-    """Grayscale images (native size) with their view and where they come from."""
+    """Grayscale images (native size) with their view and where they come from.
+
+    Loaded with ``images=False`` (:func:`load_view_set`) it holds the labels only and
+    ``images`` is empty.
+    """
 
     source: str
     images: list[np.ndarray] = field(default_factory=list)  # [H, W] uint8 each
@@ -30,7 +35,7 @@ class ViewSet:
     keys: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.views)
 
     @property
     def view_counts(self) -> dict[str, int]:
@@ -43,12 +48,26 @@ class ViewSet:
         idx = list(indices)
         return ViewSet(
             self.source,
-            [self.images[i] for i in idx],
+            [self.images[i] for i in idx] if self.images else [],
             [self.views[i] for i in idx],
             [self.subjects[i] for i in idx],
             [self.centers[i] for i in idx],
             [self.synthetic[i] for i in idx],
             [self.keys[i] for i in idx],
+        )
+
+    def concat(self, *others: ViewSet, source: str | None = None) -> ViewSet:
+        """These samples followed by those of ``others``, named ``source`` (default: this
+        set's)."""
+        sets = (self, *others)
+        return ViewSet(
+            self.source if source is None else source,
+            [x for s in sets for x in s.images],
+            [x for s in sets for x in s.views],
+            [x for s in sets for x in s.subjects],
+            [x for s in sets for x in s.centers],
+            [x for s in sets for x in s.synthetic],
+            [x for s in sets for x in s.keys],
         )
 
 
@@ -62,8 +81,33 @@ def check_view_names(views: list[str], flag: str) -> list[str]:
     return views
 
 
-def load_view_set(spec: str, flag: str, views: list[str] | None = None) -> ViewSet:
+def parse_view_list(value: str | Sequence[str] | None, flag: str) -> list[str] | None:
+    """``head,femur`` (or a list) as known views in canonical order; None stays None.
+
+    Raises:
+        UserInputError: an unknown or no view.
+    """
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    views = [v.strip() for v in items if v.strip()]
+    if not views:
+        raise UserInputError(f"{flag}: give at least one view, e.g. head,femur")
+    check_view_names(views, flag)
+    return [v for v in VIEWS if v in views]
+
+
+#: The columns of a :class:`ViewSet` besides the image.
+LABEL_COLUMNS = ("view", "subject_id", "center", "synthetic", "provenance")
+
+
+def load_view_set(
+    spec: str, flag: str, views: list[str] | None = None, images: bool = True
+) -> ViewSet:
     """Load ``DIR[:split]`` as a :class:`ViewSet`, keeping only ``views`` when given.
+
+    With ``images=False`` only the labels are read (no image is decoded) and the set's
+    ``images`` is empty: enough to count views or compare subjects.
 
     Raises:
         UserInputError: not a prepared dataset, unknown split or view, or nothing left.
@@ -76,7 +120,8 @@ def load_view_set(spec: str, flag: str, views: list[str] | None = None) -> ViewS
         check_view_names(views, flag)
     names = ds.features["view"].names
     out = ViewSet(str(spec))
-    for i, row in enumerate(ds):
+    rows = ds if images else ds.select_columns(list(LABEL_COLUMNS))
+    for i, row in enumerate(rows):
         view = names[row["view"]]
         if views is not None and view not in views:
             continue
@@ -84,7 +129,8 @@ def load_view_set(spec: str, flag: str, views: list[str] | None = None) -> ViewS
             source = json.loads(row.get("provenance") or "{}").get("source")
         except json.JSONDecodeError:
             source = None
-        out.images.append(decode_image(row["image"]))
+        if images:
+            out.images.append(decode_image(row["image"]))
         out.views.append(view)
         out.subjects.append(row["subject_id"])
         out.centers.append(row["center"] or "")

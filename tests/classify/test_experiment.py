@@ -3,21 +3,9 @@
 from __future__ import annotations
 
 import csv
-
-import pytest
+import json
 
 from fusynth.cli import main
-
-
-@pytest.fixture(scope="module")
-def t2i_cohort(tiny_base, tiny_lora, tmp_path_factory):
-    out = tmp_path_factory.mktemp("t2i") / "cohort"
-    code = main(
-        ["generate", "text2img", "--base", str(tiny_base), "--lora", str(tiny_lora),
-         "--views", "head:4,femur:4", "--steps", "2", "--resolution", "32", "--out", str(out)]
-    )  # fmt: skip
-    assert code == 0
-    return out
 
 
 def _run(real, cohort, out, *extra):
@@ -30,17 +18,25 @@ def _run(real, cohort, out, *extra):
 
 
 def test_both_arms_share_seeds_and_the_table_has_the_legacy_triple(
-    phantom_prepared, t2i_cohort, tmp_path, capsys
+    phantom_prepared, small_cohort, tmp_path, capsys
 ):
     out = tmp_path / "exp"
-    assert _run(phantom_prepared, t2i_cohort, out) == 0
+    assert _run(phantom_prepared, small_cohort, out) == 0
     printed = capsys.readouterr().out
     assert "### resnet18" in printed and "legacy ACC" in printed
     with (out / "results.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 2 * 2  # arms x repeats, one backbone, one test set
-    for r in ("0", "1"):
-        assert len({x["seed"] for x in rows if x["repeat"] == r}) == 1
+    for r in (0, 1):  # both arms of a repeat trained with one seed on the same real images
+        arms = [
+            json.loads(
+                (out / "cells" / f"resnet18-m{m}-r{r}" / "model" / "config.json").read_text()
+            )
+            for m in (0, 2)
+        ]
+        assert arms[0]["seed"] == arms[1]["seed"] == r
+        assert arms[0]["num_real"] == arms[1]["num_real"] > 0
+        assert (arms[0]["num_synthetic"], arms[1]["num_synthetic"]) == (0, 4)
     assert all(0.0 <= float(x["accuracy"]) <= 1.0 and x["ACC"] for x in rows)
     with (out / "table.csv").open() as fh:
         table = list(csv.DictReader(fh))
@@ -49,17 +45,29 @@ def test_both_arms_share_seeds_and_the_table_has_the_legacy_triple(
     assert not list((out / "cells").rglob("model.safetensors"))
     # A rerun trains nothing; a changed request is refused.
     stamp = (out / "cells" / "resnet18-m2-r1" / "cell.json").stat().st_mtime_ns
-    assert _run(phantom_prepared, t2i_cohort, out) == 0
+    assert _run(phantom_prepared, small_cohort, out) == 0
     assert (out / "cells" / "resnet18-m2-r1" / "cell.json").stat().st_mtime_ns == stamp
-    assert _run(phantom_prepared, t2i_cohort, out, "--seed", "5") == 2
+    assert _run(phantom_prepared, small_cohort, out, "--seed", "5") == 2
     assert "seed: 0 there, 5 now" in capsys.readouterr().err
 
 
-def test_a_test_set_sharing_subjects_is_refused(phantom_prepared, t2i_cohort, tmp_path, capsys):
+def test_a_test_set_sharing_subjects_is_refused(phantom_prepared, small_cohort, tmp_path, capsys):
     code = main(
         ["experiment", "cls-augment", "--real", str(phantom_prepared),
-         "--test", f"{phantom_prepared}:train", "--synthetic", str(t2i_cohort),
+         "--test", f"{phantom_prepared}:train", "--synthetic", str(small_cohort),
          "--out", str(tmp_path / "e")]
     )  # fmt: skip
     assert code == 2 and "shares" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+
+
+def test_counts_the_data_cannot_give_are_refused_before_any_training(
+    phantom_prepared, small_cohort, tmp_path, capsys
+):
+    out = tmp_path / "exp"
+    assert _run(phantom_prepared, small_cohort, out, "--n_synthetic_per_view", "0,99") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--n_synthetic_per_view: asks for 99 images" in err
+    assert _run(phantom_prepared, small_cohort, out, "--optimizer", "adam") == 2
+    assert "--optimizer" in capsys.readouterr().err
+    assert not (out / "experiment.json").exists() and not (out / "cells").exists()
