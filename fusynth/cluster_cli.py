@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from fusynth.errors import UserInputError
 
 
 def add_evaluate_clustering_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -59,19 +58,10 @@ def add_evaluate_clustering_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def parse_views(spec: str | None) -> list[str] | None:
-    """``--views a,b`` as a list (None for all)."""
-    if spec is None:
-        return None
-    views = [v.strip() for v in spec.split(",") if v.strip()]
-    if not views:
-        raise UserInputError("--views: empty list")
-    return views
-
-
 def evaluate_clustering_command(args: argparse.Namespace) -> int:
     """Run the evaluation and print one line per clustering; returns 0."""
     from fusynth.cluster import evaluate_clustering
+    from fusynth.data.views import parse_view_list
 
     metrics = evaluate_clustering(
         args.embed,
@@ -83,7 +73,7 @@ def evaluate_clustering_command(args: argparse.Namespace) -> int:
         extra=args.extra,
         seed=args.seed,
         overwrite=args.overwrite,
-        views=parse_views(args.views),
+        views=parse_view_list(args.views, "--views"),
         n_init=args.n_init,
         scan_neighbors=args.scan_neighbors,
         scan_entropy_weight=args.scan_entropy_weight,

@@ -1,4 +1,4 @@
-"""Report figures as PNG files: box plots and mean +/- sd line charts.
+"""Report figures as PNG files: box plots, mean +/- sd line charts and confusion matrices.
 
 Figures are built with ``matplotlib.figure.Figure`` and the Agg canvas directly, so no
 pyplot state or display is involved, and written atomically. Missing values (None, NaN)
@@ -10,7 +10,10 @@ from __future__ import annotations
 import io
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from fusynth.io import atomic_write_bytes
 from fusynth.stats import finite_values
@@ -107,4 +110,40 @@ def line_chart(
     ax.grid(alpha=0.3)
     if series:
         ax.legend()
+    return _save(fig, path)
+
+
+def confusion_png(
+    path: str | os.PathLike, matrix: np.ndarray, classes: Sequence[str], title: str
+) -> Path:
+    """Draw a confusion matrix: counts in the cells, colour = share of the true class.
+
+    Args:
+        path: the PNG to write.
+        matrix: ``[C, C]`` counts, rows true classes and columns predicted ones.
+        classes: the class names, in matrix order.
+        title: the figure's title.
+
+    Returns:
+        ``path`` as a Path.
+    """
+    matrix = np.asarray(matrix)
+    n = len(classes)
+    rows = matrix.sum(axis=1, keepdims=True)
+    share = np.divide(matrix, rows, out=np.zeros(matrix.shape, dtype=float), where=rows > 0)
+    side = max(4.0, 0.9 * n + 2.5)
+    fig, ax = _figure(side + 1.0, side)
+    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, label="share of the true view")
+    for i in range(n):
+        for j in range(n):
+            color = "white" if share[i, j] > 0.6 else "black"
+            ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", color=color)
+    ax.set_xticks(range(n), labels=list(classes), rotation=45, ha="right")
+    ax.set_yticks(
+        range(n), labels=[f"{c} (n={int(r)})" for c, r in zip(classes, rows[:, 0], strict=True)]
+    )
+    ax.set_xlabel("predicted view")
+    ax.set_ylabel("true view")
+    ax.set_title(title)
     return _save(fig, path)

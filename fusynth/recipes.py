@@ -10,6 +10,7 @@ from typing import Any
 
 from fusynth.config import resolve_config
 from fusynth.errors import UserInputError
+from fusynth.loop import REPORT_TO
 
 
 def quiet_libraries() -> None:
@@ -97,4 +98,4 @@ def add_run_flags(group: Any, default_output: str) -> None:
         action="store_true",
         help="start over in an output_dir that holds a run",
     )
-    group.add_argument("--report_to", choices=("none", "tensorboard"), help="(none)")
+    group.add_argument("--report_to", choices=REPORT_TO, help="(none)")

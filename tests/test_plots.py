@@ -7,7 +7,7 @@ import math
 import pytest
 from PIL import Image
 
-from fusynth.plots import box_plot, line_chart
+from fusynth.plots import box_plot, confusion_png, line_chart
 
 
 def _decoded_size(path):
@@ -48,6 +48,14 @@ def test_line_chart(tmp_path):
 def test_empty_inputs_still_draw(tmp_path):
     _decoded_size(box_plot(tmp_path / "b.png", {}, "t", "y"))
     _decoded_size(line_chart(tmp_path / "l.png", [], {}, "t", "x", "y"))
+
+
+def test_confusion_png_with_an_empty_true_class(tmp_path):
+    matrix = [[3, 1, 0], [0, 0, 0], [2, 0, 5]]  # no image of the second class
+    path = confusion_png(tmp_path / "c.png", matrix, ["head", "femur", "thorax"], "t")
+    w, h = _decoded_size(path)
+    assert w > h >= 300  # a square matrix with its colour bar beside
+    assert [p.name for p in path.parent.iterdir()] == ["c.png"]
 
 
 def test_line_chart_refuses_mismatched_lengths(tmp_path):

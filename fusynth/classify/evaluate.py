@@ -21,6 +21,7 @@ import io
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,7 @@ from fusynth.classify.metrics import (
     metrics_with_intervals,
     per_center,
 )
-from fusynth.data.schema import VIEWS
-from fusynth.data.views import ViewSet, check_view_names, load_view_set
+from fusynth.data.views import ViewSet, load_view_set, parse_view_list
 from fusynth.errors import UserInputError, suggest
 from fusynth.io import atomic_dir, check_output_dir, weights_sha256
 from fusynth.loop import positive
@@ -67,26 +67,63 @@ def parse_metrics(value: str | Sequence[str], flag: str = "--metrics") -> tuple[
     return tuple(k for k in METRIC_KINDS if k in kinds)
 
 
-def parse_view_list(value: str | Sequence[str] | None, flag: str) -> list[str] | None:
-    """``head,femur`` (or a list) as known views in canonical order; None stays None.
-
-    Raises:
-        UserInputError: an unknown or no view.
-    """
-    if value is None:
-        return None
-    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
-    views = [v.strip() for v in items if v.strip()]
-    if not views:
-        raise UserInputError(f"{flag}: give at least one view, e.g. head,femur")
-    check_view_names(views, flag)
-    return [v for v in VIEWS if v in views]
-
-
 def _check_counts(batch_size: int, n_boot: int, legacy_batch_size: int) -> None:
     positive(batch_size, "--batch_size")
     positive(n_boot, "--n_boot", allow_zero=True)
     positive(legacy_batch_size, "--legacy_batch_size")
+
+
+@dataclass
+class _Request:
+    """The checked settings both evaluation commands share."""
+
+    kinds: tuple[str, ...]
+    views: list[str] | None
+    seed: int
+    n_boot: int
+    legacy_batch_size: int
+    out: str | os.PathLike
+    overwrite: bool
+
+
+def _request(
+    metrics: str | Sequence[str],
+    views: str | Sequence[str] | None,
+    batch_size: int,
+    seed: int,
+    n_boot: int,
+    legacy_batch_size: int,
+    out: str | os.PathLike,
+    overwrite: bool,
+) -> _Request:
+    """Check the shared settings and that ``out`` may be written.
+
+    Raises:
+        UserInputError: naming the flag.
+    """
+    kinds = parse_metrics(metrics)
+    _check_counts(batch_size, n_boot, legacy_batch_size)
+    check_output_dir(out, overwrite)
+    return _Request(
+        kinds, parse_view_list(views, "--views"), seed, n_boot, legacy_batch_size, out, overwrite
+    )
+
+
+def _finish(
+    req: _Request,
+    vs: ViewSet,
+    classes: Sequence[str],
+    probs: np.ndarray,
+    setup: dict[str, Any],
+    data: str,
+) -> dict[str, Any]:
+    """Build and write the report of ``probs``; returns it with ``out``."""
+    setup = {**setup, "data": data, "views": req.views}
+    report = build_report(
+        vs, classes, probs, req.kinds, req.seed, req.n_boot, req.legacy_batch_size, setup
+    )
+    write_report(req.out, vs, classes, probs, report, req.overwrite)
+    return {**report, "out": Path(req.out)}
 
 
 # ----------------------------------------------------------------------------- the report
@@ -157,7 +194,7 @@ def write_report(
     overwrite: bool,
 ) -> Path:
     """Write ``metrics.json``, ``predictions.csv`` and ``confusion.png`` atomically."""
-    from fusynth.classify.plots import confusion_png
+    from fusynth.plots import confusion_png
 
     with atomic_dir(out, overwrite) as tmp:
         (tmp / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -199,7 +236,6 @@ def evaluate_classification(
     n_boot: int = N_BOOT,
     legacy_batch_size: int = LEGACY_BATCH_SIZE,
     overwrite: bool = False,
-    device: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a classifier folder (``recipes/train_classifier.py`` output) on ``DIR[:split]``.
 
@@ -214,7 +250,6 @@ def evaluate_classification(
         n_boot: bootstrap resamples (0: no intervals).
         legacy_batch_size: batch size of the legacy running accuracy (FU-LoRA's 24).
         overwrite: replace an existing ``out``.
-        device: torch device (default: CUDA when there is one).
 
     Returns:
         The content of ``metrics.json``, with ``out``.
@@ -223,29 +258,22 @@ def evaluate_classification(
         UserInputError: bad settings, an unloadable model or data, or data with a view
             the model does not know (naming it).
     """
-    from fusynth.classify.backbones import predict_proba
     from fusynth.classify.train import load_classifier
 
-    kinds = parse_metrics(metrics)
-    _check_counts(batch_size, n_boot, legacy_batch_size)
-    check_output_dir(out, overwrite)
+    req = _request(metrics, views, batch_size, seed, n_boot, legacy_batch_size, out, overwrite)
     loaded = load_classifier(model, "--model")
-    vs = load_view_set(data, "--data", parse_view_list(views, "--views"))
+    vs = load_view_set(data, "--data", req.views)
     classes = loaded.spec.classes
     check_known_views(vs, classes, str(model), "--data")
-    probs = predict_proba(loaded.model, loaded.spec, vs.images, batch_size, device)
+    probs = loaded.predict_proba(vs.images, batch_size)
     setup = {
         "what": "classifier",
         "model": str(model),
         "model_sha256": weights_sha256(model),
         "backbone": loaded.spec.backbone,
         "resolution": loaded.spec.resolution,
-        "data": data,
-        "views": parse_view_list(views, "--views"),
     }
-    report = build_report(vs, classes, probs, kinds, seed, n_boot, legacy_batch_size, setup)
-    write_report(out, vs, classes, probs, report, overwrite)
-    return {**report, "out": Path(out)}
+    return _finish(req, vs, classes, probs, setup, data)
 
 
 def evaluate_zeroshot(
@@ -261,7 +289,6 @@ def evaluate_zeroshot(
     n_boot: int = N_BOOT,
     legacy_batch_size: int = LEGACY_BATCH_SIZE,
     overwrite: bool = False,
-    device: str | None = None,
 ) -> dict[str, Any]:
     """Zero-shot view classification with an open_clip model on ``DIR[:split]``.
 
@@ -282,7 +309,6 @@ def evaluate_zeroshot(
         n_boot: bootstrap resamples (0: no intervals).
         legacy_batch_size: batch size of the legacy running accuracy.
         overwrite: replace an existing ``out``.
-        device: torch device (default: CUDA when there is one).
 
     Returns:
         The content of ``metrics.json``, with ``out``.
@@ -301,11 +327,8 @@ def evaluate_zeroshot(
         zero_shot_weights,
     )
 
-    kinds = parse_metrics(metrics)
-    _check_counts(batch_size, n_boot, legacy_batch_size)
-    check_output_dir(out, overwrite)
-    chosen = parse_view_list(views, "--views")
-    vs = load_view_set(data, "--data", chosen)
+    req = _request(metrics, views, batch_size, seed, n_boot, legacy_batch_size, out, overwrite)
+    vs = load_view_set(data, "--data", req.views)
     classes = list(vs.view_counts)
     if len(classes) < 2:
         raise UserInputError(
@@ -313,7 +336,7 @@ def evaluate_zeroshot(
         )
     texts = load_prompts(prompts, classes, "--prompts") if prompts else default_prompts(classes)
     clip = load_clip(model, pretrained, "--model", "--pretrained")
-    clip.model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    clip.model.to("cuda" if torch.cuda.is_available() else "cpu")
     weights = zero_shot_weights(clip, texts)
     probs = zero_shot_probabilities(clip, weights, vs.images, batch_size)
     setup = {
@@ -325,9 +348,5 @@ def evaluate_zeroshot(
         "preprocessing": "padded to square (black), resized, gray to RGB, the model's mean/std",
         "prompts": texts,
         "prompts_file": str(prompts) if prompts else None,
-        "data": data,
-        "views": chosen,
     }
-    report = build_report(vs, classes, probs, kinds, seed, n_boot, legacy_batch_size, setup)
-    write_report(out, vs, classes, probs, report, overwrite)
-    return {**report, "out": Path(out)}
+    return _finish(req, vs, classes, probs, setup, data)

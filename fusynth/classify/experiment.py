@@ -110,9 +110,7 @@ def cell_name(backbone: str, m: int, r: int) -> str:
     return f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', backbone)}-m{m}-r{r}"
 
 
-def _train_config(
-    config: ClsAugmentConfig, backbone: str, m: int, r: int, model_dir: Path
-) -> Any:
+def _train_config(config: ClsAugmentConfig, backbone: str, m: int, r: int, model_dir: Path) -> Any:
     """The ``ClassifierTrainConfig`` of one cell (its checks run on creation)."""
     from fusynth.classify.train import ClassifierTrainConfig
     from fusynth.loop import list_checkpoints
@@ -137,23 +135,25 @@ def _train_config(
 def _check_inputs(config: ClsAugmentConfig, out: Path) -> None:
     """Fail before any training and before ``experiment.json`` is written: bad training
     settings of any cell, counts the data cannot give, and test sets that share a
-    subject with the real data."""
+    subject with the real data. Reads labels only: no image is decoded."""
     from fusynth.classify.train import choose_training_data
+    from fusynth.data.splits import check_disjoint_subjects
     from fusynth.data.views import load_view_set
 
     biggest = max(config.n_synthetic_per_view)
     check = [_train_config(config, b, biggest, 0, out / "check") for b in config.backbones]
-    pool = load_view_set(f"{parse_data_spec(config.real)[0]}:train", "--real", config.views)
-    subjects = set(pool.subjects)
+    real = f"{parse_data_spec(config.real)[0]}:train"
+    pool = load_view_set(real, "--real", config.views, images=False)
     for spec in config.test:
-        test = load_view_set(test_spec(spec), "--test", config.views)
-        shared = subjects & set(test.subjects)
-        if shared:
-            raise UserInputError(
-                f"--test {spec}: shares {len(shared)} subject(s) with the real training pool "
-                f"(e.g. {sorted(shared)[0]}); use a patient-disjoint test set"
-            )
-    choose_training_data(check[0])  # the largest arm's counts, views and validation set
+        check_disjoint_subjects(
+            pool.subjects,
+            load_view_set(test_spec(spec), "--test", config.views, images=False).subjects,
+            f"--test {spec}:",
+            "the real training pool",
+            "use a patient-disjoint test set",
+        )
+    # The largest arm's counts, views and validation set.
+    choose_training_data(check[0], images=False)
 
 
 def _train_and_test(

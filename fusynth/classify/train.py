@@ -227,13 +227,13 @@ def _counts(vs: ViewSet, idx: list[int], classes: list[str]) -> dict[str, int]:
 
 
 def _choose_synthetic(
-    config: ClassifierTrainConfig, classes: list[str]
+    config: ClassifierTrainConfig, classes: list[str], images: bool
 ) -> tuple[ViewSet | None, dict[str, int]]:
     """The synthetic images of ``classes`` chosen per view, and their counts."""
     counts = dict.fromkeys(classes, 0)
     if not config.synthetic:
         return None, counts
-    cohort = load_view_set(config.synthetic, "--synthetic", classes)
+    cohort = load_view_set(config.synthetic, "--synthetic", classes, images)
     lacking = [v for v in classes if v not in cohort.view_counts]
     if lacking and config.n_synthetic_per_view != 0:
         log.warning("--synthetic: %s has no image of %s", config.synthetic, ", ".join(lacking))
@@ -244,7 +244,11 @@ def _choose_synthetic(
 
 
 def _load_validation(
-    config: ClassifierTrainConfig, train_spec: str, train: ViewSet, classes: list[str]
+    config: ClassifierTrainConfig,
+    train_spec: str,
+    train: ViewSet,
+    classes: list[str],
+    images: bool,
 ) -> tuple[ViewSet | None, str | None]:
     """The validation images of ``classes`` (checked real and patient-disjoint), or None."""
     from fusynth.segment.data import default_validation
@@ -255,20 +259,24 @@ def _load_validation(
             "no validation set: the output model is the last step's (give --validation DIR:split)"
         )
         return None, None
-    validation = load_view_set(spec, "--validation", classes)
+    validation = load_view_set(spec, "--validation", classes, images)
     check_validation(train, validation, spec)
     return validation, spec
 
 
-def choose_training_data(config: ClassifierTrainConfig) -> ClassifierData:
+def choose_training_data(config: ClassifierTrainConfig, images: bool = True) -> ClassifierData:
     """Real images chosen per view (plus synthetic ones) and the validation set.
+
+    With ``images=False`` only the labels are read (see
+    :func:`fusynth.data.views.load_view_set`): the same choice and checks, no image
+    decoded.
 
     Raises:
         UserInputError: unreadable data, fewer than two views, too few images of a view,
             or a validation set that is not real and patient-disjoint.
     """
     train_spec = _train_spec(config)
-    real_all = load_view_set(train_spec, "--train", config.views)
+    real_all = load_view_set(train_spec, "--train", config.views, images)
     classes = [v for v in VIEWS if v in real_all.view_counts]
     absent = [v for v in config.views or () if v not in classes]
     if absent:
@@ -281,10 +289,10 @@ def choose_training_data(config: ClassifierTrainConfig) -> ClassifierData:
         real_all, classes, config.n_real_per_view, config.seed, 17, "--n_real_per_view"
     )
     train = real_all.subset(real_idx)
-    synthetic, synth_counts = _choose_synthetic(config, classes)
+    synthetic, synth_counts = _choose_synthetic(config, classes, images)
     if synthetic is not None:
         train = train.concat(synthetic)
-    validation, val_spec = _load_validation(config, train_spec, train, classes)
+    validation, val_spec = _load_validation(config, train_spec, train, classes, images)
     source = {
         "train": train_spec,
         "synthetic": config.synthetic,

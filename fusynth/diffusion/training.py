@@ -36,6 +36,8 @@ from fusynth.data.schema import VIEWS
 from fusynth.diffusion.base import BaseRef, SDComponents, load_components, resolve_base
 from fusynth.errors import UserInputError, suggest
 from fusynth.loop import (
+    MIXED_PRECISION,
+    REPORT_TO,
     check_run_dir,
     checkpoint_if_due,
     choice,
@@ -58,8 +60,6 @@ LR_SCHEDULERS = (
     "cosine_with_restarts",
     "polynomial",
 )
-MIXED_PRECISION = ("no", "fp16", "bf16")
-REPORT_TO = ("none", "tensorboard")
 DEFAULT_CAPTION = "an ultrasound image of the fetal {view}"
 
 
@@ -469,11 +469,11 @@ def _resume_state(config: TrainConfig, method: TrainMethod, resolution: int) -> 
 
 
 def _load_checkpoint(
-    folder: Path, t: _Trainables, config: TrainConfig, method: TrainMethod, resolution: int
+    folder: Path, t: _Trainables, method: TrainMethod, resume_state: dict[str, Any]
 ) -> int:
     return load_checkpoint(
         folder,
-        _resume_state(config, method, resolution),
+        resume_state,
         lambda f: method.load_weights(f, t.modules),
         t.optimizer,
         t.scheduler,
@@ -573,8 +573,9 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
     )
 
     global_step = 0
+    resume_state = _resume_state(config, method, resolution)  # what a checkpoint must match
     if resume is not None:
-        global_step = _load_checkpoint(resume, trainables, config, method, resolution)
+        global_step = _load_checkpoint(resume, trainables, method, resume_state)
         log.info("resumed from %s at step %d", resume, global_step)
     run_config = _run_config(config, method, ref, resolution, data, processes)
     if accelerator.is_main_process:
@@ -675,7 +676,7 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
             output_dir,
             global_step,
             global_step == max_steps,
-            _resume_state(config, method, resolution),
+            resume_state,
             lambda tmp: method.save_weights(tmp, trainables.modules),
             trainables.optimizer,
             trainables.scheduler,

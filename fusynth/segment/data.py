@@ -122,21 +122,14 @@ def choose_by_subject(samples: list[SegSample], k: int, seed: int, flag: str) ->
     Raises:
         UserInputError: ``k`` is larger than the number of samples.
     """
+    from fusynth.data.splits import pick_by_subject
+
     if k > len(samples):
         raise UserInputError(
             f"{flag}: asks for {k} images but the data has {len(samples)} with masks"
         )
-    by_subject: dict[str, list[SegSample]] = {}
-    for s in samples:
-        by_subject.setdefault(s.subject_id, []).append(s)
-    names = sorted(by_subject)
-    order = np.random.default_rng([seed, 17]).permutation(len(names))
-    chosen: list[SegSample] = []
-    for i in order:
-        chosen.extend(by_subject[names[i]])
-        if len(chosen) >= k:
-            break
-    return chosen[:k]
+    picked = pick_by_subject([s.subject_id for s in samples], k, [seed, 17])
+    return [samples[i] for i in picked]
 
 
 def choose_synthetic(samples: list[SegSample], m: int, seed: int, flag: str) -> list[SegSample]:

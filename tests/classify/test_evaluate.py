@@ -89,6 +89,9 @@ def test_classification_report_with_legacy_metrics(classifier, phantom_prepared,
     assert report["per_view"]["brain"]["recall"]["value"] is None
     assert list(report["per_center"]) == ["phantom"]
     assert {"ACC", "AUC", "F1", "definitions"} <= set(report["fulora_legacy"])
+    from fusynth.io import file_sha256
+
+    assert report["setup"]["model_sha256"] == file_sha256(classifier / "model.safetensors")
     assert report["setup"]["backbone"] == "resnet18" and report["setup"]["n_boot"] == 20
 
 

@@ -135,6 +135,14 @@ def test_evaluate_segmentation_cli(real, tmp_path, capsys):
     assert code == 0
     assert "box jitter 0 px: Dice" in printed and "box jitter 4 px" in printed
     assert len(_csv(out / "per_image.csv")) == 3 * (1 + 2)
+    from fusynth.io import file_sha256
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model_sha256"] == file_sha256(model / "model.safetensors")
+    cache = tmp_path / "emb"
+    argv = ["evaluate", "segmentation", "--model", str(model), "--data", f"{real}:test"]
+    assert main([*argv, "--out", str(tmp_path / "e3"), "--embedding_cache", str(cache)]) == 0
+    assert len(list(cache.rglob("*.safetensors"))) == 3  # one per test image
     assert main(["evaluate", "segmentation", "--model", str(model), "--data", f"{real}:test",
                  "--out", str(tmp_path / "e2"), "--box_jitter", "-1"]) == 2  # fmt: skip
     assert "--box_jitter" in capsys.readouterr().err
