@@ -241,9 +241,25 @@ def _stat(s: dict | None, digits: int) -> str:
     return f"{s['mean']:.{digits}f} [{s['ci_low']:.{digits}f}, {s['ci_high']:.{digits}f}]"
 
 
-def _comma_list(text: str) -> list[str]:
-    """``a,b,,c`` -> ``[a, b, c]``."""
-    return [t for t in text.split(",") if t]
+def comma_list(text: str) -> list[str]:
+    """``a, b,,c`` -> ``[a, b, c]``: items stripped, empty ones dropped."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _experiment_kwargs(args: argparse.Namespace, keys: Sequence[str]) -> dict:
+    """The settings every experiment takes (see :func:`_add_experiment_flags`), plus those
+    of ``keys`` that were given (the others keep the config's defaults)."""
+    return {
+        "real": args.real,
+        "test": comma_list(args.test),
+        "out": args.out,
+        "synthetic": args.synthetic,
+        "repeats": args.repeats,
+        "seed": args.seed,
+        "keep_models": args.keep_models,
+        "overwrite": args.overwrite,
+        **{k: getattr(args, k) for k in keys if getattr(args, k) is not None},
+    }
 
 
 def _report_experiment(result: dict, what: str) -> int:
@@ -260,41 +276,25 @@ def _experiment_seg_augment(args: argparse.Namespace) -> int:
 
     quiet_libraries()
     config = SegAugmentConfig(
-        real=args.real,
-        test=_comma_list(args.test),
-        out=args.out,
-        synthetic=args.synthetic,
         n_real=parse_int_list(args.n_real, "--n_real"),
         n_synthetic=parse_int_list(args.n_synthetic, "--n_synthetic"),
-        repeats=args.repeats,
-        seed=args.seed,
-        keep_models=args.keep_models,
-        overwrite=args.overwrite,
-        **{k: getattr(args, k) for k in FINETUNE_KEYS if getattr(args, k) is not None},
+        **_experiment_kwargs(args, FINETUNE_KEYS),
     )
     return _report_experiment(seg_augment(config), "results, table and chart")
 
 
 def _experiment_cls_augment(args: argparse.Namespace) -> int:
-    from fusynth.classify.evaluate import parse_view_list
     from fusynth.classify.experiment import TRAIN_KEYS, ClsAugmentConfig, cls_augment
+    from fusynth.data.views import parse_view_list
     from fusynth.recipes import quiet_libraries
     from fusynth.segment.evaluate import parse_int_list
 
     quiet_libraries()
     config = ClsAugmentConfig(
-        real=args.real,
-        test=_comma_list(args.test),
-        out=args.out,
-        synthetic=args.synthetic,
-        backbones=_comma_list(args.backbones),
+        backbones=comma_list(args.backbones),
         n_synthetic_per_view=parse_int_list(args.n_synthetic_per_view, "--n_synthetic_per_view"),
-        repeats=args.repeats,
-        seed=args.seed,
         views=parse_view_list(args.views, "--views"),
-        keep_models=args.keep_models,
-        overwrite=args.overwrite,
-        **{k: getattr(args, k) for k in TRAIN_KEYS if getattr(args, k) is not None},
+        **_experiment_kwargs(args, TRAIN_KEYS),
     )
     return _report_experiment(cls_augment(config), "results and tables")
 
@@ -315,6 +315,25 @@ def _flag(*names: str) -> list[str]:
         if "_" in name:
             out.append(name.replace("_", "-"))
     return out
+
+
+def _add_experiment_flags(p: argparse.ArgumentParser, real: str, test: str, synthetic: str) -> None:
+    """The flags every ``fusynth experiment`` takes (read by :func:`_experiment_kwargs`);
+    ``real``, ``test`` and ``synthetic`` are the help of those flags."""
+    p.add_argument("--real", required=True, help=real)
+    p.add_argument("--test", required=True, help=test)
+    p.add_argument("--synthetic", help=synthetic)
+    p.add_argument("--out", required=True, help="experiment folder")
+    p.add_argument("--repeats", type=int, default=3, help="repeats per cell, seeds seed+r (3)")
+    p.add_argument("--seed", type=int, default=0, help="(0)")
+    p.add_argument(
+        "--keep_models",
+        action="store_true",
+        help="keep each cell's weights (deleted after evaluation)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an experiment with another request"
+    )
 
 
 def _add_cohort_flags(
@@ -656,18 +675,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = exp_cmds.add_parser(
         "seg-augment", help="SAM fine-tuning with K real + M synthetic pairs, every cell"
     )
-    p.add_argument(
-        "--real", required=True, help="prepared dataset with masks: its train split is the pool"
+    _add_experiment_flags(
+        p,
+        real="prepared dataset with masks: its train split is the pool",
+        test="comma-separated test sets DIR[:split] (split: test)",
+        synthetic="pairs cohort for the synthetic arm",
     )
-    p.add_argument(
-        "--test", required=True, help="comma-separated test sets DIR[:split] (split: test)"
-    )
-    p.add_argument("--synthetic", help="pairs cohort for the synthetic arm")
-    p.add_argument("--out", required=True, help="experiment folder")
     p.add_argument("--n_real", default="5,10,20,50", help="real image counts (5,10,20,50)")
     p.add_argument("--n_synthetic", default="0,500", help="synthetic pair counts (0,500)")
-    p.add_argument("--repeats", type=int, default=3, help="repeats per cell, seeds seed+r (3)")
-    p.add_argument("--seed", type=int, default=0, help="(0)")
     p.add_argument("--model_type", help="SAM size (tiny: random-init smoke model)")
     p.add_argument("--checkpoint", help="official or MedSAM .pth to start every cell from")
     p.add_argument("--train_parts", help="decoder, decoder+prompt or all (decoder)")
@@ -680,34 +695,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learning_rate", type=float, help="(1e-4 with --checkpoint, else 1e-3)")
     p.add_argument("--mixed_precision", help="no, fp16 or bf16 (no)")
     p.add_argument("--embedding_cache", help="image embedding cache folder")
-    p.add_argument(
-        "--keep_models",
-        action="store_true",
-        help="keep each cell's weights (deleted after evaluation)",
-    )
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace an experiment with another request"
-    )
     p.set_defaults(func=_experiment_seg_augment)
     p = exp_cmds.add_parser(
         "cls-augment", help="view classifiers, real-only against real + synthetic, per backbone"
     )
-    p.add_argument(
-        "--real",
-        required=True,
-        help="prepared dataset: its train split trains, validation validates",
+    _add_experiment_flags(
+        p,
+        real="prepared dataset: its train split trains, validation validates",
+        test="comma-separated held-out test sets DIR[:split] (split: test)",
+        synthetic="text-to-image cohort for the synthetic arm",
     )
-    p.add_argument(
-        "--test", required=True, help="comma-separated held-out test sets DIR[:split] (split: test)"
-    )
-    p.add_argument("--synthetic", help="text-to-image cohort for the synthetic arm")
-    p.add_argument("--out", required=True, help="experiment folder")
     p.add_argument("--backbones", default="resnet18", help="comma-separated backbones (resnet18)")
     p.add_argument(
         "--n_synthetic_per_view", default="0,1000", help="synthetic images per view (0,1000)"
     )
-    p.add_argument("--repeats", type=int, default=3, help="repeats per cell, seeds seed+r (3)")
-    p.add_argument("--seed", type=int, default=0, help="(0)")
     p.add_argument("--views", help="comma-separated views to classify (all of --real)")
     p.add_argument("--resolution", type=int, help="input side (224; clip: the model's)")
     p.add_argument("--optimizer", help="sgd or adamw (adamw)")
@@ -724,14 +725,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="train without augmentation",
     )
     p.add_argument("--mixed_precision", help="no, fp16 or bf16 (no)")
-    p.add_argument(
-        "--keep_models",
-        action="store_true",
-        help="keep each cell's weights (deleted after evaluation)",
-    )
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace an experiment with another request"
-    )
     p.set_defaults(func=_experiment_cls_augment)
 
     from fusynth.publish_cli import add_publish_parser

@@ -132,6 +132,19 @@ def preprocess_images(
     return normalize_batch(x, mean, std)
 
 
+def visual_dim(visual: torch.nn.Module, size: int) -> int:
+    """Dimension of the features of an open_clip image tower: its ``output_dim``, else
+    measured on a blank ``size``-px input (first output of a tower returning a tuple)."""
+    dim = getattr(visual, "output_dim", None)
+    if isinstance(dim, int):
+        return dim
+    param = next(visual.parameters(), None)
+    device = param.device if param is not None else None
+    with torch.no_grad():
+        out = visual(torch.zeros(1, 3, size, size, device=device))
+    return int((out[0] if isinstance(out, tuple) else out).shape[-1])
+
+
 # ----------------------------------------------------------------------------- loading
 
 
@@ -174,12 +187,7 @@ class ClipModel:
     @property
     def embed_dim(self) -> int:
         """Dimension of the image features."""
-        dim = getattr(self.model.visual, "output_dim", None)
-        if isinstance(dim, int):
-            return dim
-        with torch.no_grad():
-            x = torch.zeros(1, 3, self.image_size, self.image_size, device=self.device)
-            return int(self.model.encode_image(x).shape[-1])
+        return visual_dim(self.model.visual, self.image_size)
 
 
 class _DropOpenClipWarnings(logging.Filter):

@@ -6,7 +6,6 @@ import argparse
 from typing import Any
 
 
-
 def add_evaluate_clustering_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``clustering`` to the ``fusynth evaluate`` subcommands.
 

@@ -90,6 +90,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+def folder_sha256(path: str | os.PathLike) -> str:
+    """Content hash of a model folder (configs and weights, in sorted path order)."""
+    root = Path(path)
+    h = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        if file.suffix not in (".json", ".safetensors", ".bin", ".txt", ".model"):
+            continue
+        h.update(file.relative_to(root).as_posix().encode() + b"\0")
+        with file.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """sha256 of one file."""
     h = hashlib.sha256()

@@ -13,6 +13,7 @@ import argparse
 import sys
 from typing import Any
 
+from fusynth.cli import comma_list
 from fusynth.errors import UserInputError
 
 
@@ -42,10 +43,6 @@ def _common_flags(p: argparse.ArgumentParser, what: str) -> None:
         metavar="BRANCH",
         help="branch to commit to, created from main if missing (default: main)",
     )
-
-
-def _id_list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def add_publish_parser(groups: Any) -> argparse.ArgumentParser:
@@ -85,7 +82,7 @@ def add_publish_parser(groups: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--datasets",
-        type=_id_list,
+        type=comma_list,
         metavar="ID[,ID...]",
         help="Hub ids of the datasets the model was trained on, for the card's metadata",
     )

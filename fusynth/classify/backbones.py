@@ -63,7 +63,8 @@ def parse_backbone(spec: str, flag: str = "--backbone") -> tuple[str, str]:
     )
 
 
-def _clip_patch_size(name: str) -> int:
+def _clip_vision_cfg(name: str) -> dict[str, Any]:
+    """open_clip's config of model ``name``'s image tower ({} when it has none)."""
     from fusynth.clip import register_tiny_clip
 
     register_tiny_clip()
@@ -73,7 +74,7 @@ def _clip_patch_size(name: str) -> int:
         cfg = open_clip.get_model_config(name) or {}
     except Exception:  # an hf-hub: config that cannot be fetched: open_clip will say why
         cfg = {}
-    return int(cfg.get("vision_cfg", {}).get("patch_size", 1))
+    return cfg.get("vision_cfg", {})
 
 
 def default_resolution(spec: str) -> int:
@@ -81,13 +82,7 @@ def default_resolution(spec: str) -> int:
     kind, name = parse_backbone(spec)
     if kind == "torchvision":
         return 224
-    import open_clip
-
-    try:
-        cfg = open_clip.get_model_config(name) or {}
-    except Exception:  # an hf-hub: config that cannot be fetched: open_clip will say why
-        cfg = {}
-    size = cfg.get("vision_cfg", {}).get("image_size", 224)
+    size = _clip_vision_cfg(name).get("image_size", 224)
     return int(size[0] if isinstance(size, list | tuple) else size)
 
 
@@ -100,7 +95,11 @@ def check_resolution(spec: str, resolution: int, flag: str = "--resolution") -> 
     if resolution < MIN_RESOLUTION:
         raise UserInputError(f"{flag}: must be at least {MIN_RESOLUTION}, got {resolution}")
     kind, name = parse_backbone(spec)
-    patch = 16 if name == "vit_b_16" else (_clip_patch_size(name) if kind == "clip" else 1)
+    patch = 1
+    if name == "vit_b_16":
+        patch = 16
+    elif kind == "clip":
+        patch = int(_clip_vision_cfg(name).get("patch_size", 1))
     if resolution % patch:
         raise UserInputError(
             f"{flag}: {spec} has {patch}-px patches; {resolution} is not a multiple of {patch}"
@@ -168,15 +167,6 @@ def _torchvision_model(name: str, num_classes: int, resolution: int) -> nn.Modul
     return getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
 
 
-def _clip_dim(visual: nn.Module, resolution: int) -> int:
-    dim = getattr(visual, "output_dim", None)
-    if isinstance(dim, int):
-        return dim
-    with torch.no_grad():
-        out = visual(torch.zeros(1, 3, resolution, resolution))
-    return int((out[0] if isinstance(out, tuple) else out).shape[-1])
-
-
 @dataclass
 class BuiltClassifier:
     """A classifier, its spec, and where its initial weights came from."""
@@ -191,27 +181,24 @@ def build_classifier(
     classes: Sequence[str],
     resolution: int,
     weights: str | None = None,
-    flag: str = "--backbone",
-    weights_flag: str = "--weights",
     seed: int = 0,
 ) -> BuiltClassifier:
     """A classifier for ``classes`` at ``resolution``, random-init unless ``weights``.
 
     Args:
-        backbone: a backbone spec (see the module docstring).
+        backbone: a backbone spec (see the module docstring), as ``--backbone``.
         classes: the class (view) names, in output order.
-        resolution: input side in pixels.
-        weights: a state dict file (torchvision), or an open_clip file or tag (``clip:``).
-        flag: the flag naming the backbone, for errors.
-        weights_flag: the flag naming the weights, for errors.
+        resolution: input side in pixels (see :func:`check_resolution`).
+        weights: a state dict file (torchvision), or an open_clip file or tag (``clip:``),
+            as ``--weights``.
         seed: seed of the random initialisation (head included).
 
     Raises:
-        UserInputError: an unknown backbone, a bad resolution, or weights that cannot be
-            loaded (naming the file and the keys).
+        UserInputError: an unknown backbone, or weights that cannot be loaded (naming
+            the file and the keys).
     """
+    flag, weights_flag = "--backbone", "--weights"
     kind, name = parse_backbone(backbone, flag)
-    check_resolution(backbone, resolution)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if kind == "torchvision":
@@ -245,7 +232,7 @@ def _clip_classifier(
 ) -> tuple[ClipClassifier, tuple]:
     """An open_clip image tower (random, or from ``weights``) with a linear head, and the
     mean and std its inputs are normalised with."""
-    from fusynth.clip import build_clip_model, load_clip
+    from fusynth.clip import build_clip_model, load_clip, visual_dim
 
     if weights is None:
         visual = build_clip_model(name, resolution, seed=seed).visual
@@ -253,7 +240,7 @@ def _clip_classifier(
     else:
         clip = load_clip(name, weights, flag, weights_flag, image_size=resolution)
         visual, mean_std = clip.model.visual, (clip.mean, clip.std)
-    return ClipClassifier(visual, _clip_dim(visual, resolution), num_classes), mean_std
+    return ClipClassifier(visual, visual_dim(visual, resolution), num_classes), mean_std
 
 
 def _clip_mean_std(visual: nn.Module) -> tuple:
@@ -268,10 +255,10 @@ def rebuild_classifier(spec: ClassifierSpec, flag: str = "--model") -> nn.Module
     kind, name = parse_backbone(spec.backbone, flag)
     if kind == "torchvision":
         return _torchvision_model(name, len(spec.classes), spec.resolution)
-    from fusynth.clip import build_clip_model
+    from fusynth.clip import build_clip_model, visual_dim
 
     visual = build_clip_model(name, spec.resolution).visual
-    return ClipClassifier(visual, _clip_dim(visual, spec.resolution), len(spec.classes))
+    return ClipClassifier(visual, visual_dim(visual, spec.resolution), len(spec.classes))
 
 
 # ----------------------------------------------------------------------------- weights

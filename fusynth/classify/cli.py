@@ -69,21 +69,16 @@ def print_summary(report: dict[str, Any]) -> None:
     )
 
 
+def _report_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings of the flags :func:`_add_report_flags` adds, as keyword arguments."""
+    keys = ("metrics", "views", "batch_size", "seed", "n_boot", "legacy_batch_size", "overwrite")
+    return {k: getattr(args, k) for k in keys}
+
+
 def _evaluate_classification(args: argparse.Namespace) -> int:
     from fusynth.classify.evaluate import evaluate_classification
 
-    report = evaluate_classification(
-        args.model,
-        args.data,
-        args.out,
-        metrics=args.metrics,
-        views=args.views,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        n_boot=args.n_boot,
-        legacy_batch_size=args.legacy_batch_size,
-        overwrite=args.overwrite,
-    )
+    report = evaluate_classification(args.model, args.data, args.out, **_report_kwargs(args))
     print_summary(report)
     return 0
 
@@ -92,18 +87,7 @@ def _evaluate_zeroshot(args: argparse.Namespace) -> int:
     from fusynth.classify.evaluate import evaluate_zeroshot
 
     report = evaluate_zeroshot(
-        args.model,
-        args.pretrained,
-        args.prompts,
-        args.data,
-        args.out,
-        metrics=args.metrics,
-        views=args.views,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        n_boot=args.n_boot,
-        legacy_batch_size=args.legacy_batch_size,
-        overwrite=args.overwrite,
+        args.model, args.pretrained, args.prompts, args.data, args.out, **_report_kwargs(args)
     )
     if report["setup"]["smoke_model"]:
         print(f"note: {report['setup']['model']} is random-init: these numbers are a smoke test")

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from fusynth.classify import LEGACY_BATCH_SIZE, N_BOOT
+from fusynth.stats import finite_values
 
 CONFIDENCE = 0.95
 SCALARS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auroc")
@@ -169,8 +170,7 @@ def bootstrap_intervals(
     alpha = 100 * (1 - confidence) / 2
     out: dict[str, tuple[float | None, float | None]] = {}
     for k, values in draws.items():
-        arr = np.asarray(values)
-        arr = arr[np.isfinite(arr)]
+        arr = finite_values(values)
         if arr.size == 0:
             out[k] = (None, None)
         else:
@@ -184,6 +184,16 @@ def _with_ci(value: float | None, ci: tuple[float | None, float | None] | None) 
     return {"value": _reported(value), "ci_low": _reported(low), "ci_high": _reported(high)}
 
 
+def _overall(
+    y_true: Sequence[int], probs: np.ndarray, subjects: Sequence[str], n_boot: int, seed: int
+) -> tuple[dict[str, Any], dict[str, tuple], dict[str, dict]]:
+    """The standard metrics, their bootstrap intervals (none when ``n_boot`` is 0), and
+    the scalars with their intervals as written to ``metrics.json``."""
+    m = standard_metrics(y_true, probs)
+    ci = bootstrap_intervals(y_true, probs, subjects, n_boot, seed) if n_boot else {}
+    return m, ci, {k: _with_ci(m[k], ci.get(k)) for k in SCALARS}
+
+
 def metrics_with_intervals(
     y_true: Sequence[int],
     probs: np.ndarray,
@@ -191,7 +201,6 @@ def metrics_with_intervals(
     classes: Sequence[str],
     n_boot: int = N_BOOT,
     seed: int = 0,
-    confidence: float = CONFIDENCE,
 ) -> dict[str, Any]:
     """Standard metrics with bootstrap intervals, as written to ``metrics.json``.
 
@@ -200,8 +209,7 @@ def metrics_with_intervals(
         "per_view": {view: {support, predicted, precision, recall, f1, auroc}}}``; per-view
         precision and recall carry intervals too.
     """
-    m = standard_metrics(y_true, probs)
-    ci = bootstrap_intervals(y_true, probs, subjects, n_boot, seed, confidence) if n_boot else {}
+    m, ci, overall = _overall(y_true, probs, subjects, n_boot, seed)
     per_view = {}
     for i, view in enumerate(classes):
         per_view[view] = {
@@ -215,7 +223,7 @@ def metrics_with_intervals(
     return {
         "n_images": len(y_true),
         "n_subjects": len(set(subjects)),
-        "overall": {k: _with_ci(m[k], ci.get(k)) for k in SCALARS},
+        "overall": overall,
         "per_view": per_view,
     }
 
@@ -227,7 +235,6 @@ def per_center(
     centers: Sequence[str],
     n_boot: int = N_BOOT,
     seed: int = 0,
-    confidence: float = CONFIDENCE,
 ) -> dict[str, dict[str, Any]]:
     """The overall metrics (with intervals) of each center's images, in sorted order;
     images without a center are grouped as ``unknown``."""
@@ -237,16 +244,10 @@ def per_center(
     for center in sorted(set(names)):
         idx = np.asarray([i for i, c in enumerate(names) if c == center])
         sub = [subjects[i] for i in idx]
-        m = standard_metrics(y_true[idx], probs[idx])
-        ci = (
-            bootstrap_intervals(y_true[idx], probs[idx], sub, n_boot, seed, confidence)
-            if n_boot
-            else {}
-        )
         out[center] = {
             "n_images": len(idx),
             "n_subjects": len(set(sub)),
-            **{k: _with_ci(m[k], ci.get(k)) for k in SCALARS},
+            **_overall(y_true[idx], probs[idx], sub, n_boot, seed)[2],
         }
     return out
 

@@ -264,7 +264,7 @@ def generate_pairs(req: PairsRequest) -> CohortResult:
     from PIL import Image
 
     from fusynth.data.masks import conditioning_image, extract_head_mask
-    from fusynth.diffusion.base import folder_sha256, resolve_base
+    from fusynth.diffusion.base import resolve_base
     from fusynth.diffusion.pipelines import (
         adapter_fingerprint,
         base_fingerprint,
@@ -274,6 +274,7 @@ def generate_pairs(req: PairsRequest) -> CohortResult:
         luma,
     )
     from fusynth.distributed import partial_state
+    from fusynth.io import folder_sha256
 
     state = partial_state()
     cfg = adapter_config(req)

@@ -3,9 +3,7 @@ tiny smoke base. One code path for all three."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,17 +106,3 @@ def load_components(ref: BaseRef) -> SDComponents:
         unet=_from_pretrained(UNet2DConditionModel, ref, "unet", **variant),
         noise_scheduler=_from_pretrained(DDPMScheduler, ref, "scheduler"),
     )
-
-
-def folder_sha256(path: str | os.PathLike) -> str:
-    """Content hash of a model folder (configs and weights, in sorted path order)."""
-    root = Path(path)
-    h = hashlib.sha256()
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        if file.suffix not in (".json", ".safetensors", ".bin", ".txt", ".model"):
-            continue
-        h.update(file.relative_to(root).as_posix().encode() + b"\0")
-        with file.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from fusynth.diffusion.base import BaseRef, folder_sha256
+from fusynth.diffusion.base import BaseRef
 from fusynth.errors import UserInputError, suggest
-from fusynth.io import file_sha256
+from fusynth.io import file_sha256, folder_sha256
 
 log = logging.getLogger(__name__)
 

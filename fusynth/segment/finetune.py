@@ -242,10 +242,10 @@ class EmbeddingCache:
     """
 
     def __init__(self, root: str | os.PathLike | None, sam: Any, model_type: str) -> None:
-        self.enabled = root is not None
-        digest = tensor_digest(sam.image_encoder.state_dict())
-        self.model_key = f"{model_type}-{digest[:16]}"
-        self.folder = Path(root) / self.model_key if root is not None else None
+        self.folder = None
+        if root is not None:  # the digest reads every encoder weight: only when caching
+            digest = tensor_digest(sam.image_encoder.state_dict())
+            self.folder = Path(root) / f"{model_type}-{digest[:16]}"
         self.hits = self.misses = 0
 
     def path(self, image: np.ndarray) -> Path | None:
@@ -442,11 +442,11 @@ RESUME_KEYS = (
 def _load_model(config: SamFinetuneConfig) -> tuple[Any, str, dict[str, Any]]:
     if config.checkpoint:
         sam, model_type = load_sam(config.checkpoint, config.model_type, flag="--checkpoint")
-        from fusynth.diffusion.base import folder_sha256
-        from fusynth.io import file_sha256
+        from fusynth.io import folder_sha256, weights_sha256
 
+        # the digest evaluation reports give the same weights (model.safetensors)
         path = Path(config.checkpoint)
-        digest = folder_sha256(path) if path.is_dir() else file_sha256(path)
+        digest = weights_sha256(path) or folder_sha256(path)
         return sam, model_type, {"checkpoint": str(path), "checkpoint_sha256": digest}
     log.warning(SMOKE_NOTE.format(size=config.model_type))
     # A fixed init, like released weights: runs with other seeds differ in data and

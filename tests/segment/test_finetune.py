@@ -349,6 +349,16 @@ def test_an_official_style_pth_checkpoint_loads_and_trains(heads, tmp_path):
         cfg = json.loads((result.output_dir / "config.json").read_text())
         assert cfg["smoke_model"] is False and cfg["learning_rate"] == 1e-4
         assert len(cfg["checkpoint_sha256"]) == 64
+    # From a fusynth SAM folder: the digest evaluation reports give these weights.
+    from fusynth.io import file_sha256
+
+    again = finetune_sam(
+        _config(
+            heads, tmp_path / "again", tmp_path / "cache", checkpoint=str(out), max_train_steps=1
+        )
+    )
+    cfg = json.loads((again.output_dir / "config.json").read_text())
+    assert cfg["checkpoint_sha256"] == file_sha256(out / "model.safetensors")
 
 
 def test_two_processes_train_and_save_once(heads, tmp_path):
