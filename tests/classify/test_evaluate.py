@@ -17,6 +17,7 @@ from fusynth.classify.backbones import build_classifier
 from fusynth.classify.cli import add_evaluate_classification_parser, add_evaluate_zeroshot_parser
 from fusynth.classify.evaluate import evaluate_classification, evaluate_zeroshot
 from fusynth.errors import UserInputError
+from fusynth.io import file_sha256
 
 
 def save_classifier(path: Path, classes: list[str], backbone: str = "resnet18") -> Path:
@@ -89,8 +90,6 @@ def test_classification_report_with_legacy_metrics(classifier, phantom_prepared,
     assert report["per_view"]["brain"]["recall"]["value"] is None
     assert list(report["per_center"]) == ["phantom"]
     assert {"ACC", "AUC", "F1", "definitions"} <= set(report["fulora_legacy"])
-    from fusynth.io import file_sha256
-
     assert report["setup"]["model_sha256"] == file_sha256(classifier / "model.safetensors")
     assert report["setup"]["backbone"] == "resnet18" and report["setup"]["n_boot"] == 20
 
@@ -117,6 +116,23 @@ def test_not_a_classifier_folder_and_an_existing_out_are_refused(
         evaluate_classification(
             classifier, f"{phantom_prepared}:test", tmp_path / "p", metrics="fulora"
         )
+
+
+@pytest.mark.parametrize(
+    ("kw", "flag"),
+    [
+        ({"batch_size": 0}, "--batch_size"),
+        ({"n_boot": -1}, "--n_boot"),
+        ({"legacy_batch_size": 0}, "--legacy_batch_size"),
+    ],
+)
+def test_bad_counts_name_their_flag(classifier, phantom_prepared, tmp_path, kw, flag):
+    data, out = f"{phantom_prepared}:test", tmp_path / "o"
+    with pytest.raises(UserInputError, match=f"^{flag}: must be"):
+        evaluate_classification(classifier, data, out, **kw)
+    with pytest.raises(UserInputError, match=f"^{flag}: must be"):
+        evaluate_zeroshot(None, None, None, data, out, **kw)
+    assert not out.exists()
 
 
 def test_zeroshot_with_the_smoke_model(phantom_prepared, tmp_path, capsys):

@@ -36,6 +36,7 @@ def test_both_arms_share_seeds_and_the_table_has_the_legacy_triple(
         ]
         assert arms[0]["seed"] == arms[1]["seed"] == r
         assert arms[0]["num_real"] == arms[1]["num_real"] > 0
+        assert arms[0]["real_per_view"] == arms[1]["real_per_view"]
         assert (arms[0]["num_synthetic"], arms[1]["num_synthetic"]) == (0, 4)
     assert all(0.0 <= float(x["accuracy"]) <= 1.0 and x["ACC"] for x in rows)
     with (out / "table.csv").open() as fh:
@@ -68,6 +69,21 @@ def test_counts_the_data_cannot_give_are_refused_before_any_training(
     assert _run(phantom_prepared, small_cohort, out, "--n_synthetic_per_view", "0,99") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--n_synthetic_per_view: asks for 99 images" in err
-    assert _run(phantom_prepared, small_cohort, out, "--optimizer", "adam") == 2
-    assert "--optimizer" in capsys.readouterr().err
+    for flag, value in (
+        ("--optimizer", "adam"),
+        ("--mixed_precision", "fp8"),
+        ("--resolution", "8"),
+        ("--n_real_per_view", "99"),
+    ):
+        assert _run(phantom_prepared, small_cohort, out, flag, value) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{flag}: " in err, err
     assert not (out / "experiment.json").exists() and not (out / "cells").exists()
+
+
+def test_keep_models_keeps_each_cells_weights(phantom_prepared, small_cohort, tmp_path):
+    out = tmp_path / "exp"
+    argv = ["--n_synthetic_per_view", "0", "--repeats", "1", "--keep_models"]
+    assert _run(phantom_prepared, small_cohort, out, *argv) == 0
+    model = out / "cells" / "resnet18-m0-r0" / "model"
+    assert (model / "model.safetensors").is_file() and not list(model.glob("checkpoint-*"))

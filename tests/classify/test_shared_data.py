@@ -4,6 +4,9 @@ zero-shot, a short training with a text-to-image cohort, and evaluation per cent
 from __future__ import annotations
 
 import json
+import shutil
+
+import pytest
 
 from fusynth.classify.evaluate import evaluate_classification, evaluate_zeroshot
 from fusynth.classify.train import ClassifierTrainConfig, train_classifier
@@ -13,16 +16,24 @@ from tests.conftest import SHARED_DATA, requires_shared_data
 AFRICAN_CENTERS = {"Algeria", "Egypt", "Ghana", "Malawi", "Uganda"}
 
 
-@requires_shared_data
-def test_zeroshot_training_and_evaluation_on_real_samples(tiny_base, tiny_lora, tmp_path):
-    fpdb, african, cohort = tmp_path / "fpdb", tmp_path / "african", tmp_path / "cohort"
+@pytest.fixture(scope="module")
+def real_data(tiny_base, tiny_lora, tmp_path_factory):
+    """FETAL_PLANES_DB and African samples prepared, and a text-to-image cohort of 4
+    femur and 4 brain images: ``(fpdb, african, cohort)``."""
+    root = tmp_path_factory.mktemp("shared")
+    fpdb, african, cohort = root / "fpdb", root / "african", root / "cohort"
     prepare = ["data", "prepare", "--format"]
     assert main([*prepare, "fetal_planes_db", str(SHARED_DATA / "fetal_planes_db"), str(fpdb)]) == 0
     assert main([*prepare, "african", str(SHARED_DATA / "african_planes"), str(african)]) == 0
     generate = ["generate", "text2img", "--base", str(tiny_base), "--lora", str(tiny_lora)]
     steps = ["--steps", "2", "--resolution", "32", "--batch_size", "4"]
-    assert main([*generate, "--views", "femur:4", *steps, "--out", str(cohort)]) == 0
+    assert main([*generate, "--views", "femur:4,brain:4", *steps, "--out", str(cohort)]) == 0
+    return fpdb, african, cohort
 
+
+@requires_shared_data
+def test_zeroshot_training_and_evaluation_on_real_samples(real_data, tmp_path):
+    fpdb, african, cohort = real_data
     zs = evaluate_zeroshot(
         None, None, None, f"{african}:test", tmp_path / "zs", n_boot=20, metrics="fulora-legacy"
     )
@@ -44,8 +55,8 @@ def test_zeroshot_training_and_evaluation_on_real_samples(tiny_base, tiny_lora, 
     assert result.global_step == 2 and result.best_step == 2
     cfg = json.loads((result.output_dir / "config.json").read_text())
     assert cfg["classes"] == ["abdomen", "brain", "femur", "thorax", "other"]
-    assert cfg["validation"] == f"{fpdb}:validation" and cfg["num_synthetic"] == 2
-    assert cfg["synthetic_per_view"]["femur"] == 2
+    assert cfg["validation"] == f"{fpdb}:validation" and cfg["num_synthetic"] == 4
+    assert cfg["synthetic_per_view"]["femur"] == cfg["synthetic_per_view"]["brain"] == 2
 
     # Trained on FETAL_PLANES_DB (Spain), evaluated on the African centers.
     report = evaluate_classification(
@@ -63,17 +74,12 @@ def test_zeroshot_training_and_evaluation_on_real_samples(tiny_base, tiny_lora, 
 
 
 @requires_shared_data
-def test_every_downstream_command_runs_on_the_real_samples(tiny_base, tiny_lora, tmp_path, capsys):
+def test_every_downstream_command_runs_on_the_real_samples(real_data, tmp_path, capsys):
     """The issue's acceptance run through the CLI with tiny defaults: SimCLR, clustering
     (ssl, clip and pixels embeddings, real and synthetic together), the cohort audit and
     the classification experiment trained on FETAL_PLANES_DB and tested on African data."""
-    fpdb, african, cohort = tmp_path / "fpdb", tmp_path / "african", tmp_path / "cohort"
-    prepare = ["data", "prepare", "--format"]
-    assert main([*prepare, "fetal_planes_db", str(SHARED_DATA / "fetal_planes_db"), str(fpdb)]) == 0
-    assert main([*prepare, "african", str(SHARED_DATA / "african_planes"), str(african)]) == 0
-    generate = ["generate", "text2img", "--base", str(tiny_base), "--lora", str(tiny_lora)]
-    steps = ["--steps", "2", "--resolution", "32", "--batch_size", "4"]
-    assert main([*generate, "--views", "femur:4,brain:4", *steps, "--out", str(cohort)]) == 0
+    fpdb, african, shared_cohort = real_data
+    cohort = shutil.copytree(shared_cohort, tmp_path / "cohort")  # the audit writes into it
 
     import importlib
     import sys

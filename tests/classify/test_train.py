@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from fusynth.classify.backbones import build_classifier, predict_proba
 from fusynth.classify.train import (
     ClassifierTrainConfig,
+    Progress,
     augment_batch,
     choose_per_view,
     choose_training_data,
@@ -221,7 +222,31 @@ def test_augmentation_is_seeded_and_keeps_the_background_black():
     assert torch.equal(a, b) and a.shape == x.shape
     assert not torch.equal(a, augment_batch(x, torch.Generator().manual_seed(2)))
     assert a[:, :, :3, :3].max() == 0 and (a >= 0).all() and (a <= 1).all()
-    assert augment_batch(torch.zeros(2, 1, 16, 16), torch.Generator()).max() == 0
+    # A bright square near the top-left corner (centre 6.5, 6.5) moves in every image,
+    # and the horizontal flip sends some to the right half.
+    x = torch.zeros(8, 1, 32, 32)
+    x[:, :, 4:10, 4:10] = 1.0
+    w = augment_batch(x, torch.Generator().manual_seed(0))[:, 0]
+    ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    cy, cx = ((w * c).sum((1, 2)) / w.sum((1, 2)) for c in (ys, xs))
+    assert (torch.hypot(cy - 6.5, cx - 6.5) > 0.5).all()
+    assert (cx > 16).any() and (cx < 16).any()
+
+
+def test_best_weights_keep_the_earlier_step_on_a_tie():
+    model = torch.nn.Linear(2, 2)
+    progress = Progress()
+    progress.record(1, {"macro_f1": 0.5, "accuracy": 0.4}, "macro_f1", model)
+    first = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    progress.record(2, {"macro_f1": 0.5, "accuracy": 0.9}, "macro_f1", model)
+    assert (progress.best_step, progress.best_value) == (1, 0.5)
+    assert torch.equal(progress.best_state["weight"], first)
+    progress.record(3, {"macro_f1": 0.6, "accuracy": 0.1}, "macro_f1", model)
+    assert (progress.best_step, progress.best_value) == (3, 0.6)
+    assert torch.equal(progress.best_state["weight"], model.weight)
+    assert [v["step"] for v in progress.validation] == [1, 2, 3]
 
 
 # ----------------------------------------------------------------------------- flags

@@ -2,7 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from fusynth.data.splits import assign_splits, split_subjects, subjects_in_several_splits
+from fusynth.data.splits import (
+    assign_splits,
+    check_disjoint_subjects,
+    pick_by_subject,
+    split_subjects,
+    subjects_in_several_splits,
+)
 from fusynth.errors import UserInputError
 
 
@@ -52,3 +58,22 @@ def test_stratified_split_gives_every_view_a_validation_subject():
     for v in "abcd":
         got = {sp for s, sp in zip(subjects, splits, strict=True) if s[0] == v}
         assert got == {"train", "validation", "test"}
+
+
+def test_pick_by_subject_takes_whole_subjects_and_nests():
+    subjects = [f"p{i % 5}" for i in range(15)]  # three items per subject, interleaved
+    seven = pick_by_subject(subjects, 7, [0, 17])
+    assert len(seven) == 7 and pick_by_subject(subjects, 3, [0, 17]) == seven[:3]
+    taken = [subjects[i] for i in seven]
+    assert len(set(taken[:6])) == 2 and taken[:3] == [taken[0]] * 3  # whole subjects first
+    assert sorted(pick_by_subject(subjects, 99, 1)) == list(range(15))
+    backwards = list(reversed(subjects))  # the subjects' names decide, not the item order
+    assert {backwards[i] for i in pick_by_subject(backwards, 6, [0, 17])} == set(taken[:6])
+
+
+def test_check_disjoint_subjects_names_one_shared_subject():
+    check_disjoint_subjects(["a", "b"], ["c"], "--test X:", "the pool", "fix it")
+    with pytest.raises(
+        UserInputError, match=r"^--test X: shares 2 subject\(s\) with the pool \(e.g. a\); fix it$"
+    ):
+        check_disjoint_subjects(["a", "b", "c"], ["b", "a", "d"], "--test X:", "the pool", "fix it")
