@@ -220,14 +220,23 @@ def replace_outputs(output_dir: Path, write: Callable[[Path], None]) -> None:
     tmp.rmdir()
 
 
+def write_config_json(folder: Path, run_config: dict[str, Any]) -> Path:
+    """Write a run's resolved settings as ``folder/config.json`` (one format for every
+    run: sorted keys, values JSON cannot hold as their ``str``)."""
+    path = Path(folder) / "config.json"
+    path.write_text(json.dumps(run_config, indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
 def write_run_config(
     accelerator: Any, run_config: dict[str, Any], output_dir: Path, project: str, report_to: str
 ) -> None:
-    """Main process: write ``config.json`` at the start of a run and start the trackers."""
+    """At the start of a run the main process writes ``config.json`` and starts the
+    trackers; other processes do nothing."""
+    if not accelerator.is_main_process:
+        return
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.json").write_text(
-        json.dumps(run_config, indent=2, sort_keys=True, default=str) + "\n"
-    )
+    write_config_json(output_dir, run_config)
     if report_to != "none":
         accelerator.init_trackers(project, config=tracker_config(run_config))
 
@@ -291,14 +300,19 @@ def checkpoint_if_due(
     config: Any,
     output_dir: Path,
     step: int,
-    last: bool,
+    max_steps: int | bool,
     resume_state: dict[str, Any],
     save_weights: Callable[[Path], None],
     optimizer: Any,
     scheduler: Any,
 ) -> None:
-    """Every ``--checkpointing_steps`` steps and after the last one, the main process
-    writes ``checkpoint-N``; every process waits for it."""
+    """Every ``--checkpointing_steps`` steps and after the last one (``step ==
+    max_steps``), the main process writes ``checkpoint-N``; every process waits for it.
+
+    ``max_steps`` may still be a bool, ``True`` on the last step: the earlier form of
+    this argument, which ``fusynth.classify.train`` passes until it moves to ``max_steps``.
+    """
+    last = max_steps if isinstance(max_steps, bool) else step == max_steps
     if step % config.checkpointing_steps and not last:
         return
     if accelerator.is_main_process:

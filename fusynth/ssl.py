@@ -47,6 +47,7 @@ from fusynth.loop import (
     resume_run,
     start_run,
     step_generator,
+    write_config_json,
     write_run_config,
 )
 
@@ -419,7 +420,7 @@ def train_ssl(config: SslConfig) -> SslTrainResult:
             batch,
             max_steps,
         )
-        write_run_config(accelerator, run_config, output_dir, "fusynth-ssl", config.report_to)
+    write_run_config(accelerator, run_config, output_dir, "fusynth-ssl", config.report_to)
 
     losses: list[float] = []
     top1: list[float] = []
@@ -466,7 +467,7 @@ def train_ssl(config: SslConfig) -> SslTrainResult:
             config,
             output_dir,
             global_step,
-            global_step == max_steps,
+            max_steps,
             resume_state,
             lambda tmp: _save_model(tmp, model),
             optimizer,
@@ -527,7 +528,7 @@ def _save_final(output_dir, model, run_config, step, losses, top1) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in model.encoder.state_dict().items()}
         save_file(state, str(tmp / ENCODER_FILE))
         (tmp / SSL_CONFIG_FILE).write_text(json.dumps(ssl_config(run_config), indent=2) + "\n")
-        (tmp / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
+        write_config_json(tmp, run_config)
         log = {"global_step": step, "losses": losses, "positive_top1": top1}
         (tmp / "train_log.json").write_text(json.dumps(log, indent=1))
         (tmp / "README.md").write_text(render_ssl_card(run_config, step, losses))

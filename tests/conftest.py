@@ -141,20 +141,18 @@ def imagefolder_dir(tmp_path: Path) -> Path:
     return root
 
 
-def write_prepared(
-    path: Path, rows: list[dict], size: tuple[int, int] = (48, 64), seed: int = 0
-) -> Path:
+def write_prepared(path: Path, rows: list[dict], size: tuple[int, int] = (48, 64)) -> Path:
     """A prepared dataset from rows of schema values, split by each row's ``split``.
 
     A row gives any column; ``image`` and ``mask`` are ``[H, W]`` uint8 arrays (or None
-    for no mask). A missing image is seeded noise of ``size``, drawn in row order.
+    for no mask). A missing image is noise of ``size`` (seed 0), drawn in row order.
     """
     import datasets
 
     from fusynth.data.images import encode_png
     from fusynth.data.schema import FEATURES, VIEWS, save_prepared
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(0)
     defaults = {
         "mask": None,
         "view": VIEWS.index("head"),
@@ -216,38 +214,31 @@ def phantom_prepared(tmp_path_factory):
 def tiny_lora(tiny_base, phantom_prepared, tmp_path_factory):
     """A LoRA trained for 2 steps on the phantom (head, femur) with the tiny base, with a
     validation grid at step 2."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-    import train_lora
-
     out = tmp_path_factory.mktemp("tiny_lora") / "lora"
-    rc = train_lora.main(
-        [
-            "--pretrained_model_name_or_path",
-            str(tiny_base),
-            "--train_data",
-            str(phantom_prepared),
-            "--output_dir",
-            str(out),
-            "--resolution",
-            "32",
-            "--max_train_steps",
-            "2",
-            "--learning_rate",
-            "1e-2",
-            "--views",
-            "head,femur",
-            "--validation_prompt",
-            "an ultrasound image of the fetal head",
-            "--validation_steps",
-            "2",
-            "--num_validation_images",
-            "1",
-        ]
+    return _train(
+        "train_lora",
+        out,
+        "--pretrained_model_name_or_path",
+        str(tiny_base),
+        "--train_data",
+        str(phantom_prepared),
+        "--output_dir",
+        str(out),
+        "--resolution",
+        "32",
+        "--max_train_steps",
+        "2",
+        "--learning_rate",
+        "1e-2",
+        "--views",
+        "head,femur",
+        "--validation_prompt",
+        "an ultrasound image of the fetal head",
+        "--validation_steps",
+        "2",
+        "--num_validation_images",
+        "1",
     )
-    assert rc == 0
-    return out
 
 
 @pytest.fixture(scope="session")
@@ -306,13 +297,28 @@ def accelerate_launch(num_processes: int, *args: str) -> list[str]:
     ]
 
 
-def _train(recipe: str, out: Path, *argv: str) -> Path:
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def run_recipe(name: str, *argv: str) -> int:
+    """``recipes/<name>.py``'s ``main(argv)`` in this process; its exit code."""
     import importlib
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-    assert importlib.import_module(recipe).main(list(argv)) == 0
+    if str(RECIPES) not in sys.path:
+        sys.path.insert(0, str(RECIPES))
+    return importlib.import_module(name).main(list(argv))
+
+
+def _train(recipe: str, out: Path, *argv: str) -> Path:
+    """Run ``recipes/<recipe>.py`` (it must succeed); returns ``out``."""
+    assert run_recipe(recipe, *argv) == 0
     return out
+
+
+def recipe_flags(settings: dict) -> list[str]:
+    """``--key value`` flags of a settings dict."""
+    return [part for k, v in settings.items() for part in (f"--{k}", str(v))]
 
 
 def train_on_phantom(
@@ -373,19 +379,29 @@ def tiny_packed_lora(tiny_base, phantom_prepared, tmp_path_factory):
     )
 
 
+#: The settings of ``ssl_run`` beside its data and output folder; tests/test_ssl.py
+#: resumes that run with the same ones (a bitwise comparison).
+SSL_RUN = {
+    "resolution": 32,
+    "train_batch_size": 4,
+    "max_train_steps": 4,
+    "checkpointing_steps": 2,
+    "learning_rate": 1e-2,
+}
+
+
 @pytest.fixture(scope="session")
 def ssl_run(phantom_prepared, tmp_path_factory):
     """A SimCLR encoder: 4 steps of recipes/train_ssl.py on the phantom (checkpoints at 2
-    and 4)."""
+    and 4), with the settings ``SSL_RUN``."""
     import torch
 
     out = tmp_path_factory.mktemp("ssl") / "run"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as tests/test_ssl.py resumes it: bitwise-equal weights
     try:
-        return train_on_phantom(
-            "train_ssl", out, phantom_prepared, 4, 4, 2, "--learning_rate", "1e-2"
-        )
+        argv = ["--train", f"{phantom_prepared}:train", "--output_dir", str(out)]
+        return _train("train_ssl", out, *argv, *recipe_flags(SSL_RUN))
     finally:
         torch.set_num_threads(threads)
 

@@ -24,6 +24,7 @@ from fusynth.ssl import (
     ssl_embedder,
     train_ssl,
 )
+from tests.conftest import SSL_RUN, run_recipe
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -90,15 +91,8 @@ def test_augmentations_keep_a_black_frame_black_and_a_single_channel():
 
 
 def _config(data, out, **kw) -> SslConfig:
-    base = dict(
-        train=f"{data}:train",
-        output_dir=str(out),
-        resolution=32,
-        train_batch_size=4,
-        max_train_steps=4,
-        checkpointing_steps=2,
-        learning_rate=1e-2,
-    )
+    """The settings of the ``ssl_run`` fixture (``SSL_RUN``), on ``data``, into ``out``."""
+    base = dict(train=f"{data}:train", output_dir=str(out), **SSL_RUN)
     return SslConfig(**{**base, **kw})
 
 
@@ -130,6 +124,8 @@ def test_a_short_run_writes_a_loadable_encoder_config_and_card(ssl_run):
 
 
 def test_resume_from_a_checkpoint_gives_the_same_weights(ssl_run, phantom_prepared, tmp_path):
+    trained = json.loads((ssl_run / "config.json").read_text())
+    assert {k: trained[k] for k in SSL_RUN} == SSL_RUN  # resumed with the run's own settings
     out = tmp_path / "resumed"
     out.mkdir()
     shutil.copytree(ssl_run / "checkpoint-2", out / "checkpoint-2")
@@ -186,13 +182,7 @@ def test_a_folder_that_is_not_an_ssl_output_names_the_missing_file(ssl_run, tmp_
     ],
 )
 def test_bad_flags_exit_2_with_one_line(argv, needle, tmp_path, capsys):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-    import train_ssl
-
-    assert train_ssl.main([*argv, "--output_dir", str(tmp_path / "o")]) == 2
+    assert run_recipe("train_ssl", *argv, "--output_dir", str(tmp_path / "o")) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err
     if "invalid choice" not in needle:

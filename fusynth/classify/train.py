@@ -677,8 +677,7 @@ def train_classifier(config: ClassifierTrainConfig) -> ClassifierTrainResult:
     run_config = _run_config(
         config, run.spec, weights, data, acc.num_processes, run.sched.max_steps
     )
-    if acc.is_main_process:
-        write_run_config(acc, run_config, run.output_dir, "fusynth-classifier", config.report_to)
+    write_run_config(acc, run_config, run.output_dir, "fusynth-classifier", config.report_to)
 
     micro = global_step * config.gradient_accumulation_steps
     seen, started, running = 0, time.perf_counter(), 0.0
@@ -771,7 +770,9 @@ def _save_final(
     def write(tmp: Path) -> None:
         save_file(state, str(tmp / WEIGHTS_FILE))
         (tmp / CONFIG_FILE).write_text(spec.to_json() + "\n")
-        (tmp / "config.json").write_text(json.dumps(run_config, indent=2, default=str) + "\n")
+        from fusynth.loop import write_config_json
+
+        write_config_json(tmp, run_config)
         (tmp / "train_log.json").write_text(json.dumps(log_data, indent=1) + "\n")
         (tmp / "README.md").write_text(render_classifier_card(run_config, step, progress))
 

@@ -23,12 +23,11 @@ from fusynth.diffusion.training import (
     TrainingSet,
     TrainMethod,
     TrainResult,
-    choice,
-    positive,
     run_validation_pipeline,
     train,
 )
 from fusynth.errors import UserInputError
+from fusynth.loop import choice, positive
 
 CONDITIONING = ("filled", "distance")
 CONTROLNET_DIR = "controlnet"

@@ -26,12 +26,12 @@ from fusynth.diffusion.training import (
     encode_captions,
     encode_images,
     parse_packing,
-    positive,
     run_validation_pipeline,
     tokenize,
     train,
 )
 from fusynth.errors import UserInputError
+from fusynth.loop import positive
 
 __all__ = [
     "LoraMethod",

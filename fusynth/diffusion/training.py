@@ -35,31 +35,27 @@ from fusynth.data.images import save_png, tile_images
 from fusynth.data.schema import VIEWS
 from fusynth.diffusion.base import BaseRef, SDComponents, load_components, resolve_base
 from fusynth.errors import UserInputError, suggest
+from fusynth.loop import LR_SCHEDULERS as LOOP_LR_SCHEDULERS
 from fusynth.loop import (
     MIXED_PRECISION,
-    REPORT_TO,
     check_run_dir,
+    check_run_settings,
     checkpoint_if_due,
-    choice,
     epoch_order,
-    load_checkpoint,
+    make_lr_scheduler,
     positive,
     replace_outputs,
+    resume_run,
     start_run,
     step_generator,
+    write_config_json,
     write_run_config,
 )
 
 log = logging.getLogger(__name__)
 
-LR_SCHEDULERS = (
-    "constant",
-    "constant_with_warmup",
-    "linear",
-    "cosine",
-    "cosine_with_restarts",
-    "polynomial",
-)
+#: fusynth.loop's schedulers plus two more of diffusers'.
+LR_SCHEDULERS = (*LOOP_LR_SCHEDULERS, "cosine_with_restarts", "polynomial")
 DEFAULT_CAPTION = "an ultrasound image of the fetal {view}"
 
 
@@ -127,28 +123,20 @@ class TrainConfig:
                 raise UserInputError(
                     f"--resolution: must be divisible by 8 (the VAE downsamples 8x), got {self.resolution}"
                 )
-        for name in (
-            "train_batch_size",
-            "gradient_accumulation_steps",
-            "num_train_epochs",
-            "checkpointing_steps",
-            "validation_steps",
-            "num_validation_images",
-            "validation_inference_steps",
-        ):
-            positive(getattr(self, name), f"--{name}")
-        if self.max_train_steps is not None:
-            positive(self.max_train_steps, "--max_train_steps")
-        if self.checkpoints_total_limit is not None:
-            positive(self.checkpoints_total_limit, "--checkpoints_total_limit")
-        positive(self.learning_rate, "--learning_rate")
+        check_run_settings(
+            self,
+            positive_fields=(
+                "gradient_accumulation_steps",
+                "validation_steps",
+                "num_validation_images",
+                "validation_inference_steps",
+                "learning_rate",
+            ),
+            non_negative_fields=("noise_offset",),
+            lr_schedulers=LR_SCHEDULERS,
+        )
         if self.snr_gamma is not None:
             positive(self.snr_gamma, "--snr_gamma")
-        positive(self.noise_offset, "--noise_offset", allow_zero=True)
-        positive(self.lr_warmup_steps, "--lr_warmup_steps", allow_zero=True)
-        choice(self.lr_scheduler, LR_SCHEDULERS, "--lr_scheduler")
-        choice(self.mixed_precision, MIXED_PRECISION, "--mixed_precision")
-        choice(self.report_to, REPORT_TO, "--report_to")
 
 
 # ----------------------------------------------------------------------------- data
@@ -453,31 +441,11 @@ class TrainResult:
     base: BaseRef
 
 
-@dataclass
-class _Trainables:
-    """What a checkpoint saves and restores (modules unwrapped from DDP)."""
-
-    modules: dict[str, Any]
-    optimizer: Any
-    scheduler: Any
-
-
 def _resume_state(config: TrainConfig, method: TrainMethod, resolution: int) -> dict[str, Any]:
+    """The settings a checkpoint must have been trained with to be resumed."""
     state = {k: getattr(config, k) for k in (*RESUME_KEYS, *method.resume_keys)}
     state["resolution"] = resolution
     return state
-
-
-def _load_checkpoint(
-    folder: Path, t: _Trainables, method: TrainMethod, resume_state: dict[str, Any]
-) -> int:
-    return load_checkpoint(
-        folder,
-        resume_state,
-        lambda f: method.load_weights(f, t.modules),
-        t.optimizer,
-        t.scheduler,
-    )
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -493,7 +461,6 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
     Raises:
         UserInputError: bad settings or inputs, naming the flag or file.
     """
-    from diffusers.optimization import get_scheduler
     from diffusers.training_utils import cast_training_params, compute_snr
     from tqdm.auto import tqdm
 
@@ -558,30 +525,21 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
     max_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
     # Stepped by hand once per optimizer step, so warm-up counts optimizer steps whatever
     # the number of processes.
-    lr_scheduler = get_scheduler(
-        config.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=config.lr_warmup_steps,
-        num_training_steps=max_steps,
-    )
+    lr_scheduler = make_lr_scheduler(config, optimizer, max_steps)
     names = list(modules)
     *prepared_list, optimizer = accelerator.prepare(*modules.values(), optimizer)
     prepared = dict(zip(names, prepared_list, strict=True))
     # The same objects, unwrapped from DDP: what checkpoints, validation and saving see.
-    trainables = _Trainables(
-        {k: accelerator.unwrap_model(v) for k, v in prepared.items()}, optimizer, lr_scheduler
-    )
+    trained = {k: accelerator.unwrap_model(v) for k, v in prepared.items()}
 
-    global_step = 0
     resume_state = _resume_state(config, method, resolution)  # what a checkpoint must match
-    if resume is not None:
-        global_step = _load_checkpoint(resume, trainables, method, resume_state)
-        log.info("resumed from %s at step %d", resume, global_step)
+    global_step = resume_run(
+        resume, resume_state, lambda f: method.load_weights(f, trained), optimizer, lr_scheduler
+    )
     run_config = _run_config(config, method, ref, resolution, data, processes)
-    if accelerator.is_main_process:
-        write_run_config(
-            accelerator, run_config, output_dir, f"fusynth-{method.name}", config.report_to
-        )
+    write_run_config(
+        accelerator, run_config, output_dir, f"fusynth-{method.name}", config.report_to
+    )
 
     scaling = comps.vae.config.scaling_factor
     shift = getattr(comps.vae.config, "shift_factor", None) or 0.0
@@ -675,11 +633,11 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
             config,
             output_dir,
             global_step,
-            global_step == max_steps,
+            max_steps,
             resume_state,
-            lambda tmp: method.save_weights(tmp, trainables.modules),
-            trainables.optimizer,
-            trainables.scheduler,
+            lambda tmp: method.save_weights(tmp, trained),
+            optimizer,
+            lr_scheduler,
         )
         if config.validation_prompt and (
             global_step % config.validation_steps == 0 or global_step == max_steps
@@ -688,7 +646,7 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
                 accelerator,
                 method,
                 comps,
-                trainables.modules,
+                trained,
                 data,
                 resolution,
                 output_dir,
@@ -698,7 +656,7 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
     elapsed = time.perf_counter() - started
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _save_final(output_dir, method, trainables.modules, run_config, ref, global_step, losses)
+        _save_final(output_dir, method, trained, run_config, ref, global_step, losses)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(output_dir, global_step, seen / elapsed if elapsed > 0 else 0.0, losses, ref)
@@ -780,9 +738,7 @@ def _save_final(output_dir, method, modules, run_config, ref, step, losses) -> N
     def write(tmp: Path) -> None:
         method.save_weights(tmp, modules)
         method.save_extras(tmp, modules, ref)
-        (tmp / "config.json").write_text(
-            json.dumps(run_config, indent=2, sort_keys=True, default=str) + "\n"
-        )
+        write_config_json(tmp, run_config)
         (tmp / "train_log.json").write_text(
             json.dumps({"global_step": step, "losses": losses}, indent=1)
         )

@@ -45,6 +45,7 @@ from fusynth.loop import (
     resume_run,
     start_run,
     step_generator,
+    write_config_json,
     write_run_config,
 )
 from fusynth.segment.data import (
@@ -442,12 +443,12 @@ RESUME_KEYS = (
 def _load_model(config: SamFinetuneConfig) -> tuple[Any, str, dict[str, Any]]:
     if config.checkpoint:
         sam, model_type = load_sam(config.checkpoint, config.model_type, flag="--checkpoint")
-        from fusynth.io import folder_sha256, weights_sha256
+        from fusynth.io import weights_sha256
 
-        # the digest evaluation reports give the same weights (model.safetensors)
+        # A file's own digest; a fusynth SAM folder's model.safetensors (which load_sam
+        # requires): the digest evaluation reports give the same weights.
         path = Path(config.checkpoint)
-        digest = weights_sha256(path) or folder_sha256(path)
-        return sam, model_type, {"checkpoint": str(path), "checkpoint_sha256": digest}
+        return sam, model_type, {"checkpoint": str(path), "checkpoint_sha256": weights_sha256(path)}
     log.warning(SMOKE_NOTE.format(size=config.model_type))
     # A fixed init, like released weights: runs with other seeds differ in data and
     # jitter only, and share the embedding cache.
@@ -585,8 +586,7 @@ def finetune_sam(config: SamFinetuneConfig) -> SamTrainResult:
         resume, resume_state, lambda f: _load_trained(f, sam), optimizer, lr_scheduler
     )
     run_config = _run_config(config, model_type, size, base_info, data, processes, max_steps)
-    if accelerator.is_main_process:
-        write_run_config(accelerator, run_config, output_dir, "fusynth-sam", config.report_to)
+    write_run_config(accelerator, run_config, output_dir, "fusynth-sam", config.report_to)
 
     losses: list[float] = []
     val_history: list[dict[str, float]] = []
@@ -659,7 +659,7 @@ def finetune_sam(config: SamFinetuneConfig) -> SamTrainResult:
             config,
             output_dir,
             global_step,
-            global_step == max_steps,
+            max_steps,
             resume_state,
             lambda tmp: _save_trained(tmp, sam),
             optimizer,
@@ -719,7 +719,7 @@ def _save_final(output_dir, sam, model_type, run_config, step, losses, val_histo
         save_file(state, str(tmp / WEIGHTS_FILE))
         sam_config = {"model_type": model_type, "trained_parts": run_config["train_parts"]}
         (tmp / CONFIG_FILE).write_text(json.dumps(sam_config, indent=2))
-        (tmp / "config.json").write_text(json.dumps(run_config, indent=2, default=str) + "\n")
+        write_config_json(tmp, run_config)
         log = {"global_step": step, "losses": losses, "validation": val_history}
         (tmp / "train_log.json").write_text(json.dumps(log, indent=1))
         (tmp / "README.md").write_text(render_sam_card(run_config, step, val_history))

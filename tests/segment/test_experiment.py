@@ -235,6 +235,17 @@ def test_a_frozen_encoder_encodes_each_image_once_for_the_whole_grid(
     assert _run(real, synthetic, tmp_path / "frozen", *argv) == 0  # 4 cells, 1 test set
     assert seen and len(seen) == len(set(seen))  # no image is encoded twice
     assert any(cache.rglob("*.safetensors"))
+    # Each test image (in the encoder frame) was encoded exactly once for the 4 cells.
+    from fusynth.segment.data import load_seg_set, sam_input
+    from fusynth.segment.sam import build_sam
+
+    size = build_sam("tiny").image_encoder.img_size
+    tests = load_seg_set(f"{real}:test", "--test").samples
+    digests = [
+        hashlib.sha256(np.ascontiguousarray(sam_input(s, size).image).tobytes()).hexdigest()
+        for s in tests
+    ]
+    assert len(set(digests)) == 3 and [seen.count(d) for d in digests] == [1, 1, 1]
 
     seen.clear()
     trained = tmp_path / "trained-embeddings"
@@ -243,3 +254,24 @@ def test_a_frozen_encoder_encodes_each_image_once_for_the_whole_grid(
         _run(real, synthetic, tmp_path / "trained", *argv, "--embedding_cache", str(trained)) == 0
     )
     assert not trained.exists() or not any(trained.rglob("*"))  # nothing cached: it changes
+
+
+def test_a_trained_encoder_passes_no_embedding_cache(tmp_path):
+    """Training and seg-augment's evaluation take the cache root from one function; an
+    encoder that trains gets none (its embeddings would never be read again)."""
+    from fusynth.segment.finetune import (
+        SamFinetuneConfig,
+        default_cache_root,
+        embedding_cache_root,
+    )
+
+    cache = str(tmp_path / "cache")
+    frozen = SamFinetuneConfig(embedding_cache=cache)
+    assert frozen.encoder_frozen and embedding_cache_root(frozen) == cache
+    for trained in (
+        SamFinetuneConfig(embedding_cache=cache, train_parts="all"),
+        SamFinetuneConfig(embedding_cache=cache, encoder_lora_rank=2),
+    ):
+        assert not trained.encoder_frozen and embedding_cache_root(trained) is None
+    assert embedding_cache_root(SamFinetuneConfig(no_embedding_cache=True)) is None
+    assert embedding_cache_root(SamFinetuneConfig()) == str(default_cache_root())

@@ -30,7 +30,7 @@ from fusynth.segment.finetune import (
     segmentation_loss,
 )
 from fusynth.segment.sam import build_sam, load_sam
-from tests.conftest import _train, accelerate_launch, write_prepared
+from tests.conftest import _train, accelerate_launch, run_recipe, write_prepared
 
 
 def _sample(i: int, subject: str, h: int = 90, w: int = 160, synthetic: bool = False) -> SegSample:
@@ -278,11 +278,7 @@ def test_tensorboard_logs(heads, tmp_path):
 
 
 def _recipe(*argv: str) -> int:
-    import importlib
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes"))
-    return importlib.import_module("finetune_sam").main(list(argv))
+    return run_recipe("finetune_sam", *argv)
 
 
 @pytest.mark.parametrize(
