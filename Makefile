@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test lint format clean
+.PHONY: demo test lint format clean architecture
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,7 +37,7 @@ demo: $(STAMP)
 	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		recipes/train_controlnet.py --train_data $(DEMO_OUT)/phantom --views head --resolution 64 \
 		--max_train_steps 20 --learning_rate 1e-4 --output_dir $(DEMO_OUT)/controlnet --overwrite_output_dir
-	$(BIN)/fusynth generate pairs --method controlnet --adapter $(DEMO_OUT)/controlnet --masks-from ellipse \
+	$(BIN)/fusynth generate pairs --method controlnet --adapter $(DEMO_OUT)/controlnet --masks_from ellipse \
 		--n 8 --steps 10 --out $(DEMO_OUT)/pairs --overwrite
 	$(BIN)/fusynth audit pairs $(DEMO_OUT)/pairs
 	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
@@ -49,12 +49,12 @@ demo: $(STAMP)
 	$(BIN)/fusynth experiment seg-augment --real $(DEMO_OUT)/phantom --test $(DEMO_OUT)/phantom \
 		--synthetic $(DEMO_OUT)/pairs --n_real 4,8 --n_synthetic 0,8 --repeats 2 --max_train_steps 20 \
 		--embedding_cache $(DEMO_OUT)/sam_embeddings --out $(DEMO_OUT)/seg_augment --overwrite
-	$(BIN)/fusynth publish model $(DEMO_OUT)/lora --repo-id fusynth-demo/tiny-lora \
-		--dry-run $(DEMO_OUT)/publish/lora --overwrite
-	$(BIN)/fusynth publish cohort $(DEMO_OUT)/cohort --repo-id fusynth-demo/tiny-cohort \
-		--dry-run $(DEMO_OUT)/publish/cohort --overwrite
-	$(BIN)/fusynth publish model $(DEMO_OUT)/sam --repo-id fusynth-demo/tiny-sam --eval $(DEMO_OUT)/sam_eval \
-		--dry-run $(DEMO_OUT)/publish/sam --overwrite
+	$(BIN)/fusynth publish model $(DEMO_OUT)/lora --repo_id fusynth-demo/tiny-lora \
+		--dry_run $(DEMO_OUT)/publish/lora --overwrite
+	$(BIN)/fusynth publish cohort $(DEMO_OUT)/cohort --repo_id fusynth-demo/tiny-cohort \
+		--dry_run $(DEMO_OUT)/publish/cohort --overwrite
+	$(BIN)/fusynth publish model $(DEMO_OUT)/sam --repo_id fusynth-demo/tiny-sam --eval $(DEMO_OUT)/sam_eval \
+		--dry_run $(DEMO_OUT)/publish/sam --overwrite
 	$(BIN)/python scripts/check_published.py $(DEMO_OUT)/publish
 	@echo
 	@echo "demo outputs in $(DEMO_OUT)/ (tiny smoke base: the images are noise-like by design):"
@@ -80,6 +80,10 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
+
+# Check the layout rule (no import against the pipeline order, no circle) and redraw its picture.
+architecture: $(STAMP)
+	$(BIN)/python scripts/architecture.py --draw docs/architecture.png
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -156,7 +156,7 @@ class _Trainer:
     def __init__(self, sam: Any, inputs: list[Any], size: int, device: Any) -> None:
         import torch
 
-        from fusynth.segment.finetune import BoxPromptedSam
+        from fusynth.segment.model import BoxPromptedSam
 
         sam.to(device)
         sam.requires_grad_(False)
@@ -174,8 +174,8 @@ class _Trainer:
         import torch
         import torch.nn.functional as F
 
-        from fusynth.loop import step_generator
-        from fusynth.segment.finetune import jittered_boxes, segmentation_loss
+        from fusynth.core.loop import step_generator
+        from fusynth.segment.model import jittered_boxes, segmentation_loss
 
         gen = step_generator(SEED, self.micro, 0)
         self.micro += 1
@@ -203,7 +203,7 @@ class _Trainer:
 
     def batches(self, step: int, batch: int) -> Any:
         """Indices of global step ``step`` (epochs follow ``epoch_order``)."""
-        from fusynth.loop import epoch_order
+        from fusynth.core.loop import epoch_order
 
         n = len(self.inputs)
         per_epoch = math.ceil(n / batch)
@@ -219,7 +219,7 @@ def _model_mb(module: Any) -> float:
 def _cache_child(variant: str, cfg: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from fusynth.segment.finetune import EmbeddingCache
+    from fusynth.segment.cache import EmbeddingCache
     from fusynth.segment.sam import build_sam
 
     device = _device(cfg)
@@ -259,7 +259,7 @@ def _embed_child(cfg: dict[str, Any]) -> dict[str, Any]:
     """Setup of ``--what memory``: embeddings into the cache, decoder weights to a file."""
     from safetensors.torch import save_file
 
-    from fusynth.segment.finetune import EmbeddingCache
+    from fusynth.segment.cache import EmbeddingCache
     from fusynth.segment.sam import build_sam
 
     device = _device(cfg)
@@ -306,7 +306,7 @@ def _decoder_only_sam(cfg: dict[str, Any]) -> tuple[Any, Any]:
 def _memory_child(variant: str, cfg: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from fusynth.segment.finetune import EmbeddingCache
+    from fusynth.segment.cache import EmbeddingCache
     from fusynth.segment.sam import SAM_CONFIGS, build_sam
 
     device = _device(cfg)

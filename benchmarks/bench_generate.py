@@ -143,7 +143,7 @@ def _bare(cfg: dict[str, Any]) -> dict[str, Any]:
 def _child(variant: str, cfg_json: str) -> None:
     import torch
 
-    from fusynth.recipes import quiet_libraries
+    from fusynth.cli.recipe import quiet_libraries
 
     quiet_libraries()
     cfg = json.loads(cfg_json)

@@ -200,7 +200,7 @@ def _fusynth(cfg: dict[str, Any], method: str, setting: str, tmp: Path) -> dict[
     import fusynth.cohort.writer as writer
     import fusynth.diffusion.pipelines as pipelines
     from fusynth.cohort.writer import STATS_FILE
-    from fusynth.errors import UserInputError
+    from fusynth.core.errors import UserInputError
 
     # Timers around two functions, in this process only (they measure, change nothing):
     # run_cohort (what generate_pairs times as CohortResult.seconds), wherever it is
@@ -347,7 +347,7 @@ def _bare(cfg: dict[str, Any], method: str) -> dict[str, Any]:
 def _child(variant: str, cfg_json: str) -> None:
     import torch
 
-    from fusynth.recipes import quiet_libraries
+    from fusynth.cli.recipe import quiet_libraries
 
     quiet_libraries()
     cfg = json.loads(cfg_json)

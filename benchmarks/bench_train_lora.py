@@ -56,7 +56,7 @@ SEED = 0
 def _helpers() -> Any:
     """fusynth's module with ``load_training_set``, ``epoch_order``, ``step_generator``."""
     try:
-        from fusynth.diffusion import training  # the shared loop, once moved out of lora.py
+        from fusynth.diffusion import training
     except ImportError:
         from fusynth.diffusion import lora as training
     return training
@@ -275,7 +275,7 @@ def _make_inputs(cfg: dict[str, Any]) -> None:
 def _child(variant: str, cfg_json: str) -> None:
     import torch
 
-    from fusynth.recipes import quiet_libraries
+    from fusynth.cli.recipe import quiet_libraries
 
     quiet_libraries()
     cfg = json.loads(cfg_json)

@@ -14,16 +14,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fusynth.recipes import add_run_flags, run_training_recipe
+from fusynth.cli.args import Parser
+from fusynth.cli.recipe import add_run_flags, run_training_recipe
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The recipe's flags (defaults live in ``SamFinetuneConfig``)."""
-    from fusynth.loop import LR_SCHEDULERS, MIXED_PRECISION
+    from fusynth.core.loop import LR_SCHEDULERS, MIXED_PRECISION
     from fusynth.segment.finetune import LOSSES, TRAIN_PARTS
     from fusynth.segment.sam import SAM_CONFIGS
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="finetune_sam.py",
         description=__doc__.splitlines()[0],
         argument_default=argparse.SUPPRESS,

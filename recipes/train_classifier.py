@@ -19,15 +19,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fusynth.recipes import add_run_flags, run_training_recipe
+from fusynth.cli.args import Parser
+from fusynth.cli.recipe import add_run_flags, run_training_recipe
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The recipe's flags (defaults live in ``ClassifierTrainConfig``)."""
-    from fusynth.classify.train import BEST_METRICS, OPTIMIZERS
-    from fusynth.loop import LR_SCHEDULERS, MIXED_PRECISION
+    from fusynth.classify.config import BEST_METRICS, OPTIMIZERS
+    from fusynth.core.loop import LR_SCHEDULERS, MIXED_PRECISION
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="train_classifier.py",
         description=__doc__.splitlines()[0],
         argument_default=argparse.SUPPRESS,
@@ -112,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the recipe; returns the exit status."""
-    from fusynth.classify.train import ClassifierTrainConfig, train_classifier
+    from fusynth.classify.config import ClassifierTrainConfig
+    from fusynth.classify.train import train_classifier
 
     return run_training_recipe(
         build_parser(), ClassifierTrainConfig, train_classifier, "classifier", argv

@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fusynth.diffusion.training import add_common_flags
-from fusynth.recipes import run_training_recipe
+from fusynth.cli.args import Parser
+from fusynth.cli.recipe import add_common_flags, run_training_recipe
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The recipe's flags (defaults live in ``LoraTrainConfig``)."""
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="train_lora.py",
         description=__doc__.splitlines()[0],
         argument_default=argparse.SUPPRESS,

@@ -14,14 +14,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fusynth.recipes import add_run_flags, run_training_recipe
+from fusynth.cli.args import Parser
+from fusynth.cli.recipe import add_run_flags, run_training_recipe
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The recipe's flags (defaults live in ``SslConfig``)."""
-    from fusynth.loop import LR_SCHEDULERS, MIXED_PRECISION
+    from fusynth.core.loop import LR_SCHEDULERS, MIXED_PRECISION
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="train_ssl.py",
         description=__doc__.splitlines()[0],
         argument_default=argparse.SUPPRESS,
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the recipe; returns the exit status."""
-    from fusynth.ssl import SslConfig, train_ssl
+    from fusynth.ssl.train import SslConfig, train_ssl
 
     return run_training_recipe(build_parser(), SslConfig, train_ssl, "encoder", argv)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from fusynth.cli import iter_commands
+from fusynth.cli.main import iter_commands
 
 
 def main() -> int:

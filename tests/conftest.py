@@ -244,7 +244,7 @@ def tiny_lora(tiny_base, phantom_prepared, tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_cohort(tiny_base, tiny_lora, tmp_path_factory):
     """An unaudited 6-sample text2img cohort (head 4, femur 2) in shards of 3."""
-    from fusynth.cli import main
+    from fusynth.cli.main import main
 
     out = tmp_path_factory.mktemp("small_cohort") / "c"
     argv = ["generate", "text2img", "--base", str(tiny_base), "--lora", str(tiny_lora)]
@@ -259,7 +259,7 @@ def audited_cohort(small_cohort, phantom_prepared, tmp_path_factory):
     """``small_cohort`` copied and audited against the phantom's train split."""
     import shutil
 
-    from fusynth.cli import main
+    from fusynth.cli.main import main
 
     out = tmp_path_factory.mktemp("audited_cohort") / "c"
     shutil.copytree(small_cohort, out)

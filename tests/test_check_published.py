@@ -8,7 +8,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from fusynth.publish import publish_dry_run
+from fusynth.publish.hub import publish_dry_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import check_published  # noqa: E402

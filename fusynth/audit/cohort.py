@@ -35,14 +35,14 @@ import torch
 from PIL import Image, ImageDraw
 
 from fusynth import __version__
+from fusynth.core.artifacts import AUDIT_DIR
+from fusynth.core.artifacts import COHORT_AUDIT_FILE as AUDIT_FILE
+from fusynth.core.errors import UserInputError
+from fusynth.core.io import atomic_write_bytes
 from fusynth.data.transforms import square_batch, square_resize
 from fusynth.data.views import ViewSet, load_view_set
-from fusynth.embed import KINDS as EMBEDDER_KINDS
-from fusynth.embed import Embedder, embedder_from_spec
-from fusynth.errors import UserInputError
-from fusynth.io import atomic_write_bytes
+from fusynth.embed.base import Embedder
 
-AUDIT_FILE = "cohort_audit.json"
 MEMORIZATION_FILE = "memorization.csv"
 MONTAGE_FILE = "closest_pairs.png"
 
@@ -52,106 +52,9 @@ DEFAULT_KID_SUBSET_SIZE = 1000
 SSIM_SIZE = 64
 #: Images per embedder call.
 EMBED_BATCH = 64
-#: Inception-v3 input side.
-INCEPTION_SIZE = 299
 
 
 # ----------------------------------------------------------------------------- encoders
-
-
-def encoder_from_spec(spec: str, flag: str = "--encoder") -> Embedder:
-    """The embedder a spec names: ``inception:PATH`` here, any other kind in fusynth.embed.
-
-    Raises:
-        UserInputError: an unknown spec, or a model that cannot be loaded (naming it).
-    """
-    kind, _, arg = spec.partition(":")
-    if kind == "inception":
-        if not arg:
-            raise UserInputError(f"{flag}: inception needs a weights file: inception:PATH")
-        return inception_embedder(arg, flag)
-    if kind not in EMBEDDER_KINDS:
-        raise UserInputError(
-            f"{flag}: {spec!r} is not an encoder; use pixels, clip:NAME[@PRETRAINED], "
-            "ssl:DIR or inception:PATH"
-        )
-    return embedder_from_spec(spec, flag)
-
-
-def inception_embedder(path: str | os.PathLike, flag: str = "--encoder") -> Embedder:
-    """2048-d pooled features of torchvision's Inception-v3 loaded from a local file.
-
-    Grayscale images are padded to square, resized to 299 px, repeated over three
-    channels and scaled to [-1, 1], the input the Google-trained weights expect.
-
-    Raises:
-        UserInputError: the file is missing or is not Inception-v3 weights (naming it).
-    """
-    model = load_inception(path, flag)
-
-    def fn(images: Sequence[np.ndarray]) -> np.ndarray:
-        x = square_batch(images, INCEPTION_SIZE).float().div(127.5).sub(1.0)
-        with torch.inference_mode():
-            return model(x[:, None].expand(-1, 3, -1, -1)).numpy()
-
-    return Embedder(f"inception:{path}", fn, 2048)
-
-
-def load_inception(path: str | os.PathLike, flag: str = "--encoder") -> torch.nn.Module:
-    """torchvision's Inception-v3 with weights from ``path``, without its classifier.
-
-    Accepts a state dict (``.pth``/``.pt``, read without unpickling code, or
-    ``.safetensors``), such as torchvision's ``inception_v3_google-0cc3c7bd.pth``; the
-    auxiliary and final classifiers are not needed and are ignored.
-
-    Raises:
-        UserInputError: the file is missing, unreadable, or holds other weights.
-    """
-    from torchvision.models import inception_v3
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserInputError(
-            f"{flag}: {path}: no such file (inception:PATH needs a local torchvision "
-            "inception_v3 weights file; none can be downloaded here)"
-        )
-    state = _read_state_dict(path, flag)
-    state = {
-        k.removeprefix("module."): v
-        for k, v in state.items()
-        if not k.removeprefix("module.").startswith(("AuxLogits.", "fc."))
-    }
-    model = inception_v3(weights=None, aux_logits=False, init_weights=False)
-    model.fc = torch.nn.Identity()
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        line = str(exc).strip().splitlines()[-1].strip()
-        raise UserInputError(f"{flag}: {path}: not inception_v3 weights ({line})") from exc
-    if missing or unexpected:
-        what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
-        raise UserInputError(f"{flag}: {path}: not inception_v3 weights ({what})")
-    return model.eval()
-
-
-def _read_state_dict(path: Path, flag: str) -> dict[str, torch.Tensor]:
-    """A tensor dict from a ``.safetensors`` or ``torch.save`` file, or UserInputError."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any reason a file cannot be read means: not loadable
-        raise UserInputError(
-            f"{flag}: {path}: cannot be loaded as a weights file ({type(exc).__name__})"
-        ) from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserInputError(f"{flag}: {path}: holds no state dict of tensors")
-    return state
 
 
 def embed(embedder: Embedder, images: Sequence[np.ndarray]) -> np.ndarray:
@@ -521,7 +424,9 @@ def audit_cohort(
             f"--reference: {reference} has none of the cohort's views "
             f"(cohort: {', '.join(syn.view_counts)}; reference: {', '.join(ref.view_counts)})"
         )
-    embedder = encoder_from_spec(encoder, "--encoder")
+    from fusynth.embed.registry import embedder_from_spec
+
+    embedder = embedder_from_spec(encoder, "--encoder")
     syn_f, ref_f = embed(embedder, syn.images), embed(embedder, ref.images)
     train_f = ref_f if training is None else embed(embedder, train.images)
     distance = _distances(syn, ref, syn_f, ref_f, shared, kid_subset_size, kid_subsets, seed)
@@ -544,7 +449,7 @@ def audit_cohort(
         "notes": _notes(encoder, syn),
         "fusynth_version": __version__,
     }
-    target = Path(out) if out is not None else parse_data_spec(str(cohort))[0] / "audit"
+    target = Path(out) if out is not None else parse_data_spec(str(cohort))[0] / AUDIT_DIR
     atomic_write_bytes(target / MEMORIZATION_FILE, memorization_csv(rows))
     atomic_write_bytes(target / MONTAGE_FILE, montage_png(pairs, syn, train))
     atomic_write_bytes(target / AUDIT_FILE, (json.dumps(summary, indent=2) + "\n").encode())

@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from fusynth.core.artifacts import AUDIT_DIR, PAIRS_AUDIT_FILE, REQUEST_FILE, STATS_FILE
+from fusynth.core.errors import UserInputError
+from fusynth.core.io import atomic_write_bytes
 from fusynth.data.geometry import boundary_points, ellipse_mask, fit_ellipse
 from fusynth.data.images import decode_image
-from fusynth.errors import UserInputError
-from fusynth.io import atomic_write_bytes
 
 
 @dataclass
@@ -157,8 +158,8 @@ def audit_pairs(
     import datasets
     from tqdm.auto import tqdm
 
+    from fusynth.core.io import atomic_dir, check_output_dir
     from fusynth.data.schema import load_prepared, parse_data_spec, save_prepared
-    from fusynth.io import atomic_dir, check_output_dir
 
     t = thresholds or PairThresholds()
     path, split = parse_data_spec(str(cohort))
@@ -190,15 +191,13 @@ def audit_pairs(
     if not scores:
         raise UserInputError(f"{path}: no pairs to audit")
     summary = _summary(scores, t, segmenter)
-    target = Path(report) if report else path / "audit"
+    target = Path(report) if report else path / AUDIT_DIR
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(asdict(scores[0])), lineterminator="\n")
     writer.writeheader()
     writer.writerows(asdict(s) for s in scores)
     atomic_write_bytes(target / "pairs.csv", buf.getvalue().encode())
-    atomic_write_bytes(
-        target / "pairs_summary.json", (json.dumps(summary, indent=2) + "\n").encode()
-    )
+    atomic_write_bytes(target / PAIRS_AUDIT_FILE, (json.dumps(summary, indent=2) + "\n").encode())
     summary["report"] = str(target)
     if drop is not None:
         kept = {name: dsd[name].select(idx) for name, idx in keep.items() if idx}
@@ -206,7 +205,7 @@ def audit_pairs(
             raise UserInputError(f"--drop: no pair passed; nothing to write to {drop}")
         with atomic_dir(drop, overwrite=overwrite) as tmp:
             save_prepared(datasets.DatasetDict(kept), tmp)
-            for extra in ("request.json", "cohort_stats.json"):
+            for extra in (REQUEST_FILE, STATS_FILE):
                 if (path / extra).is_file():
                     (tmp / extra).write_bytes((path / extra).read_bytes())
             (tmp / "audit.json").write_text(json.dumps(summary, indent=2) + "\n")

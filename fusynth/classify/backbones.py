@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fusynth.errors import UserInputError, suggest
+from fusynth.core.errors import UserInputError, suggest
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def parse_backbone(spec: str, flag: str = "--backbone") -> tuple[str, str]:
     if sep and kind == "clip":
         if not name:
             raise UserInputError(f"{flag}: clip: needs an open_clip model, e.g. clip:ViT-B-32")
-        from fusynth.clip import check_model_name
+        from fusynth.embed.clip import check_model_name
 
         return "clip", check_model_name(name, flag)
     if spec in TORCHVISION_BACKBONES:
@@ -65,7 +65,7 @@ def parse_backbone(spec: str, flag: str = "--backbone") -> tuple[str, str]:
 
 def _clip_vision_cfg(name: str) -> dict[str, Any]:
     """open_clip's config of model ``name``'s image tower ({} when it has none)."""
-    from fusynth.clip import register_tiny_clip
+    from fusynth.embed.clip import register_tiny_clip
 
     register_tiny_clip()
     import open_clip
@@ -232,7 +232,7 @@ def _clip_classifier(
 ) -> tuple[ClipClassifier, tuple]:
     """An open_clip image tower (random, or from ``weights``) with a linear head, and the
     mean and std its inputs are normalised with."""
-    from fusynth.clip import build_clip_model, load_clip, visual_dim
+    from fusynth.embed.clip import build_clip_model, load_clip, visual_dim
 
     if weights is None:
         visual = build_clip_model(name, resolution, seed=seed).visual
@@ -255,7 +255,7 @@ def rebuild_classifier(spec: ClassifierSpec, flag: str = "--model") -> nn.Module
     kind, name = parse_backbone(spec.backbone, flag)
     if kind == "torchvision":
         return _torchvision_model(name, len(spec.classes), spec.resolution)
-    from fusynth.clip import build_clip_model, visual_dim
+    from fusynth.embed.clip import build_clip_model, visual_dim
 
     visual = build_clip_model(name, spec.resolution).visual
     return ClipClassifier(visual, visual_dim(visual, spec.resolution), len(spec.classes))
@@ -359,7 +359,7 @@ def predict_proba(
     device: str | torch.device | None = None,
 ) -> np.ndarray:
     """Class probabilities ``[N, C]`` (float64) of grayscale images, in eval mode."""
-    from fusynth.clip import preprocess_images
+    from fusynth.embed.clip import preprocess_images
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     was = model.training

@@ -36,10 +36,10 @@ from fusynth.classify.metrics import (
     metrics_with_intervals,
     per_center,
 )
+from fusynth.core.errors import UserInputError, suggest
+from fusynth.core.io import atomic_dir, check_output_dir, weights_sha256
+from fusynth.core.loop import positive
 from fusynth.data.views import ViewSet, load_view_set, parse_view_list
-from fusynth.errors import UserInputError, suggest
-from fusynth.io import atomic_dir, check_output_dir, weights_sha256
-from fusynth.loop import positive
 
 METRIC_KINDS = ("standard", "fulora-legacy")
 
@@ -194,7 +194,7 @@ def write_report(
     overwrite: bool,
 ) -> Path:
     """Write ``metrics.json``, ``predictions.csv`` and ``confusion.png`` atomically."""
-    from fusynth.plots import confusion_png
+    from fusynth.core.plots import confusion_png
 
     with atomic_dir(out, overwrite) as tmp:
         (tmp / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -319,7 +319,7 @@ def evaluate_zeroshot(
     """
     import torch
 
-    from fusynth.clip import (
+    from fusynth.embed.clip import (
         default_prompts,
         load_clip,
         load_prompts,

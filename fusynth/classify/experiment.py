@@ -19,20 +19,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fusynth.data.schema import parse_data_spec
-from fusynth.errors import UserInputError
-from fusynth.experiments import (
+from fusynth.core.errors import UserInputError
+from fusynth.core.experiment import (
     cell,
     csv_bytes,
     drop_models,
     mean_sd_text,
     open_experiment,
     result_rows,
-    test_name,
-    test_spec,
 )
-from fusynth.io import atomic_write_bytes
-from fusynth.stats import mean_sd
+from fusynth.core.io import atomic_write_bytes
+from fusynth.core.stats import mean_sd
+from fusynth.data.schema import parse_data_spec, spec_label, with_default_split
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +110,8 @@ def cell_name(backbone: str, m: int, r: int) -> str:
 
 def _train_config(config: ClsAugmentConfig, backbone: str, m: int, r: int, model_dir: Path) -> Any:
     """The ``ClassifierTrainConfig`` of one cell (its checks run on creation)."""
-    from fusynth.classify.train import ClassifierTrainConfig
-    from fusynth.loop import list_checkpoints
+    from fusynth.classify.config import ClassifierTrainConfig
+    from fusynth.core.loop import list_checkpoints
 
     resume = "latest" if list_checkpoints(model_dir) else None
     return ClassifierTrainConfig(
@@ -136,7 +134,7 @@ def _check_inputs(config: ClsAugmentConfig, out: Path) -> None:
     """Fail before any training and before ``experiment.json`` is written: bad training
     settings of any cell, counts the data cannot give, and test sets that share a
     subject with the real data. Reads labels only: no image is decoded."""
-    from fusynth.classify.train import choose_training_data
+    from fusynth.classify.data import choose_training_data
     from fusynth.data.splits import check_disjoint_subjects
     from fusynth.data.views import load_view_set
 
@@ -147,7 +145,9 @@ def _check_inputs(config: ClsAugmentConfig, out: Path) -> None:
     for spec in config.test:
         check_disjoint_subjects(
             pool.subjects,
-            load_view_set(test_spec(spec), "--test", config.views, images=False).subjects,
+            load_view_set(
+                with_default_split(spec, "test"), "--test", config.views, images=False
+            ).subjects,
             f"--test {spec}:",
             "the real training pool",
             "use a patient-disjoint test set",
@@ -167,12 +167,12 @@ def _train_and_test(
         train_classifier(_train_config(config, backbone, m, r, model_dir))
     metrics = {}
     for spec in config.test:
-        name = test_name(spec)
+        name = spec_label(spec)
         eval_dir = folder / f"eval-{name.replace(':', '-')}"
         if not (eval_dir / "metrics.json").is_file():
             evaluate_classification(
                 model_dir,
-                test_spec(spec),
+                with_default_split(spec, "test"),
                 eval_dir,
                 metrics=("standard", "fulora-legacy"),
                 views=config.views,
@@ -205,7 +205,7 @@ def summarise(config: ClsAugmentConfig, records: list[dict[str, Any]]) -> list[d
     rows = []
     for backbone in config.backbones:
         for spec in config.test:
-            name = test_name(spec)
+            name = spec_label(spec)
             for m in config.n_synthetic_per_view:
                 cells = sorted(
                     (

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from fusynth.classify import LEGACY_BATCH_SIZE, N_BOOT
-from fusynth.stats import finite_values
+from fusynth.core.stats import finite_values
 
 CONFIDENCE = 0.95
 SCALARS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auroc")

@@ -12,7 +12,7 @@
   the checkpoint with the best validation macro-F1 (or accuracy).
 * Images are padded to square and resized once; augmentation (small rotation, scale and
   shift, horizontal flip, brightness as a gain and contrast as a gamma, so the black
-  background stays black) is drawn per batch from :mod:`fusynth.loop`'s seeded
+  background stays black) is drawn per batch from :mod:`fusynth.core.loop`'s seeded
   generators, so resuming from a checkpoint reproduces an uninterrupted run.
 """
 
@@ -38,324 +38,30 @@ from fusynth.classify.backbones import (
     WEIGHTS_FILE,
     ClassifierSpec,
     build_classifier,
-    check_resolution,
-    default_resolution,
-    parse_backbone,
     predict_proba,
     read_state_dict,
     rebuild_classifier,
 )
-from fusynth.clip import normalize_batch
-from fusynth.data.schema import VIEWS
-from fusynth.data.splits import check_disjoint_subjects, pick_by_subject
-from fusynth.data.transforms import square_batch
-from fusynth.data.views import ViewSet, load_view_set, parse_view_list
-from fusynth.errors import UserInputError
-from fusynth.loop import (
+from fusynth.classify.card import render_classifier_card
+from fusynth.classify.config import VALIDATION_BATCH, ClassifierTrainConfig
+from fusynth.classify.data import ClassifierData, choose_training_data, model_inputs
+from fusynth.core.errors import UserInputError
+from fusynth.core.loop import (
     check_run_dir,
-    check_run_settings,
     checkpoint_if_due,
-    choice,
     epoch_order,
+    finish_run,
     make_lr_scheduler,
-    positive,
     replace_outputs,
     resume_run,
     start_run,
     step_generator,
     write_run_config,
 )
+from fusynth.data.transforms import square_batch
+from fusynth.data.views import ViewSet
 
 log = logging.getLogger(__name__)
-
-OPTIMIZERS = ("sgd", "adamw")
-BEST_METRICS = ("macro_f1", "accuracy")
-VALIDATION_BATCH = 64
-
-#: Augmentation ranges: rotation (degrees), scale, shift (fraction of the side), gain, gamma.
-ROTATION_DEG = 10.0
-SCALE = 0.1
-SHIFT = 0.05
-GAIN = 0.15
-GAMMA = 0.2
-
-
-@dataclass
-class ClassifierTrainConfig:
-    """Settings of ``recipes/train_classifier.py``; field names are the flags."""
-
-    backbone: str = "resnet18"
-    weights: str | None = None
-    train: str | None = None
-    validation: str | None = None
-    synthetic: str | None = None
-    n_real_per_view: int | None = None
-    n_synthetic_per_view: int | None = None
-    views: str | list[str] | None = None
-    resolution: int | None = None
-    augment: bool = True
-    optimizer: str = "adamw"
-    learning_rate: float | None = None
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    lr_scheduler: str = "constant"
-    lr_warmup_steps: int = 0
-    train_batch_size: int = 16
-    gradient_accumulation_steps: int = 1
-    num_train_epochs: int = 10
-    max_train_steps: int | None = None
-    validation_epochs: int = 1
-    best_metric: str = "macro_f1"
-    mixed_precision: str = "no"
-    checkpointing_steps: int = 500
-    checkpoints_total_limit: int | None = None
-    resume_from_checkpoint: str | None = None
-    seed: int = 0
-    output_dir: str = "fusynth-classifier"
-    overwrite_output_dir: bool = False
-    report_to: str = "none"
-
-    def __post_init__(self) -> None:
-        parse_backbone(self.backbone, "--backbone")
-        choice(self.optimizer, OPTIMIZERS, "--optimizer")
-        choice(self.best_metric, BEST_METRICS, "--best_metric")
-        check_run_settings(
-            self,
-            positive_fields=("gradient_accumulation_steps", "validation_epochs"),
-            non_negative_fields=("weight_decay", "momentum"),
-        )
-        if self.n_real_per_view is not None:
-            positive(self.n_real_per_view, "--n_real_per_view")
-        if self.learning_rate is not None:
-            positive(self.learning_rate, "--learning_rate")
-        if self.n_synthetic_per_view is not None:
-            positive(self.n_synthetic_per_view, "--n_synthetic_per_view", allow_zero=True)
-            if not self.synthetic:
-                raise UserInputError("--n_synthetic_per_view: needs --synthetic COHORT")
-        self.views = parse_view_list(self.views, "--views")
-        if self.views is not None and len(self.views) < 2:
-            raise UserInputError(
-                f"--views: a classifier needs two views or more, got {self.views[0]}"
-            )
-        if self.resolution is None:
-            self.resolution = default_resolution(self.backbone)
-        check_resolution(self.backbone, self.resolution)
-
-    @property
-    def lr(self) -> float:
-        """The learning rate: as given, else 1e-3 (SGD, or AdamW from random init) or
-        1e-4 (AdamW from ``--weights``)."""
-        if self.learning_rate is not None:
-            return self.learning_rate
-        return 1e-4 if self.optimizer == "adamw" and self.weights else 1e-3
-
-
-# ----------------------------------------------------------------------------- data
-
-
-@dataclass
-class ClassifierData:
-    """The chosen training images (real then synthetic), the validation set, and counts."""
-
-    classes: list[str]
-    train: ViewSet
-    validation: ViewSet | None
-    source: dict[str, Any]
-
-
-def choose_per_view(
-    vs: ViewSet, views: list[str], k: int | None, seed: int, salt: int, flag: str
-) -> list[int]:
-    """Indices of ``k`` images of each view, taken subject by subject in a seeded order.
-
-    Per view, the subjects are shuffled with ``(seed, salt, view)`` and taken whole until
-    ``k`` images are reached (the last one may be cut), so for one seed a smaller ``k``
-    gives a subset of a larger one. ``k`` None takes every image; a view without images
-    is skipped.
-
-    Raises:
-        UserInputError: a view has fewer than ``k`` images (naming it and the count).
-    """
-    chosen: list[int] = []
-    for view in views:
-        idx = [i for i, v in enumerate(vs.views) if v == view]
-        if k is None or not idx:
-            chosen += idx
-            continue
-        if k > len(idx):
-            raise UserInputError(
-                f"{flag}: asks for {k} images of view {view!r} but {vs.source} has {len(idx)}"
-            )
-        subjects = [vs.subjects[i] for i in idx]
-        chosen += [idx[j] for j in pick_by_subject(subjects, k, [seed, salt, VIEWS.index(view)])]
-    return chosen
-
-
-def check_validation(train: ViewSet, validation: ViewSet, spec: str) -> None:
-    """Refuse a validation set that is synthetic in part or shares a real subject.
-
-    Raises:
-        UserInputError: naming the validation set and one offending subject or image.
-    """
-    synthetic = [k for k, s in zip(validation.keys, validation.synthetic, strict=True) if s]
-    if synthetic:
-        raise UserInputError(
-            f"--validation: {spec} holds {len(synthetic)} synthetic image(s) (e.g. "
-            f"{synthetic[0]}); validation must be real"
-        )
-    check_disjoint_subjects(
-        (s for s, syn in zip(train.subjects, train.synthetic, strict=True) if not syn),
-        validation.subjects,
-        f"--validation: {spec}",
-        "the training images",
-        "use a patient-disjoint split such as DIR:validation and train on DIR:train",
-    )
-
-
-def _train_spec(config: ClassifierTrainConfig) -> str:
-    if config.train is not None:
-        return config.train
-    from fusynth.data.phantom_cohort import default_dataset
-
-    log.info("no --train: using the built-in phantom (head, abdomen, femur, thorax)")
-    return f"{default_dataset()}:train"
-
-
-def _counts(vs: ViewSet, idx: list[int], classes: list[str]) -> dict[str, int]:
-    views = [vs.views[i] for i in idx]
-    return {v: views.count(v) for v in classes}
-
-
-def _choose_synthetic(
-    config: ClassifierTrainConfig, classes: list[str], images: bool
-) -> tuple[ViewSet | None, dict[str, int]]:
-    """The synthetic images of ``classes`` chosen per view, and their counts."""
-    counts = dict.fromkeys(classes, 0)
-    if not config.synthetic:
-        return None, counts
-    cohort = load_view_set(config.synthetic, "--synthetic", classes, images)
-    lacking = [v for v in classes if v not in cohort.view_counts]
-    if lacking and config.n_synthetic_per_view != 0:
-        log.warning("--synthetic: %s has no image of %s", config.synthetic, ", ".join(lacking))
-    idx = choose_per_view(
-        cohort, classes, config.n_synthetic_per_view, config.seed, 23, "--n_synthetic_per_view"
-    )
-    return cohort.subset(idx), _counts(cohort, idx, classes)
-
-
-def _load_validation(
-    config: ClassifierTrainConfig,
-    train_spec: str,
-    train: ViewSet,
-    classes: list[str],
-    images: bool,
-) -> tuple[ViewSet | None, str | None]:
-    """The validation images of ``classes`` (checked real and patient-disjoint), or None."""
-    from fusynth.segment.data import default_validation
-
-    spec = config.validation if config.validation is not None else default_validation(train_spec)
-    if not spec or spec == "none":
-        log.warning(
-            "no validation set: the output model is the last step's (give --validation DIR:split)"
-        )
-        return None, None
-    validation = load_view_set(spec, "--validation", classes, images)
-    check_validation(train, validation, spec)
-    return validation, spec
-
-
-def choose_training_data(config: ClassifierTrainConfig, images: bool = True) -> ClassifierData:
-    """Real images chosen per view (plus synthetic ones) and the validation set.
-
-    With ``images=False`` only the labels are read (see
-    :func:`fusynth.data.views.load_view_set`): the same choice and checks, no image
-    decoded.
-
-    Raises:
-        UserInputError: unreadable data, fewer than two views, too few images of a view,
-            or a validation set that is not real and patient-disjoint.
-    """
-    train_spec = _train_spec(config)
-    real_all = load_view_set(train_spec, "--train", config.views, images)
-    classes = [v for v in VIEWS if v in real_all.view_counts]
-    absent = [v for v in config.views or () if v not in classes]
-    if absent:
-        raise UserInputError(f"--views: {train_spec} has no image of view {absent[0]!r}")
-    if len(classes) < 2:
-        raise UserInputError(
-            f"--train: {train_spec} has only view {classes[0]}; a classifier needs two or more"
-        )
-    real_idx = choose_per_view(
-        real_all, classes, config.n_real_per_view, config.seed, 17, "--n_real_per_view"
-    )
-    train = real_all.subset(real_idx)
-    synthetic, synth_counts = _choose_synthetic(config, classes, images)
-    if synthetic is not None:
-        train = train.concat(synthetic)
-    validation, val_spec = _load_validation(config, train_spec, train, classes, images)
-    source = {
-        "train": train_spec,
-        "synthetic": config.synthetic,
-        "validation": val_spec,
-        "classes": classes,
-        "num_real": len(real_idx),
-        "num_real_subjects": len({real_all.subjects[i] for i in real_idx}),
-        "real_per_view": _counts(real_all, real_idx, classes),
-        "num_synthetic": sum(synth_counts.values()),
-        "synthetic_per_view": synth_counts,
-        "num_validation": len(validation) if validation is not None else 0,
-        "validation_per_view": validation.view_counts if validation is not None else {},
-    }
-    return ClassifierData(classes, train, validation, source)
-
-
-# ----------------------------------------------------------------------------- augmentation
-
-
-def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random affine (rotation, scale, shift, horizontal flip) and intensity changes.
-
-    Args:
-        x: ``[B, 1, H, W]`` values in [0, 1].
-        gen: the (CPU) generator every parameter is drawn from.
-
-    Returns:
-        The augmented batch, same shape, values in [0, 1]; outside the image is black.
-    """
-    b = x.shape[0]
-
-    def uniform(*shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=gen) * 2 - 1
-
-    angle = uniform(b) * math.radians(ROTATION_DEG)
-    scale = 1 + uniform(b) * SCALE
-    shift = uniform(b, 2) * SHIFT * 2  # grid coordinates span [-1, 1]
-    flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
-    gain = 1 + uniform(b) * GAIN
-    gamma = torch.exp(uniform(b) * GAMMA)
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack(
-        [
-            torch.stack([cos * flip, -sin, shift[:, 0]], dim=1),
-            torch.stack([sin * flip, cos, shift[:, 1]], dim=1),
-        ],
-        dim=1,
-    ).to(x.device, x.dtype)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    out = out.clamp(0, 1) ** gamma.to(x.device, x.dtype).view(b, 1, 1, 1)
-    return (out * gain.to(x.device, x.dtype).view(b, 1, 1, 1)).clamp(0, 1)
-
-
-def model_inputs(
-    x: torch.Tensor, spec: ClassifierSpec, device: torch.device, gen: torch.Generator | None
-) -> torch.Tensor:
-    """uint8 ``[B, R, R]`` squares to normalised ``[B, 3, R, R]`` inputs, augmented when
-    ``gen`` is given."""
-    batch = x.to(device).float().div(255.0)[:, None]
-    if gen is not None:
-        batch = augment_batch(batch, gen)
-    return normalize_batch(batch, spec.mean, spec.std)
 
 
 # ----------------------------------------------------------------------------- progress
@@ -701,14 +407,12 @@ def train_classifier(config: ClassifierTrainConfig) -> ClassifierTrainResult:
         bar.set_postfix(loss=f"{running:.4f}")
         run.after_step(global_step, running)
         running = 0.0
-    bar.close()
-    elapsed = time.perf_counter() - started
-    acc.wait_for_everyone()
-    if acc.is_main_process:
+
+    def save_final() -> None:
         final = progress.best_state if progress.best_state is not None else _cpu_state(run.model)
         _save_final(run.output_dir, final, run.spec, run_config, global_step, progress)
-    acc.wait_for_everyone()
-    acc.end_training()
+
+    elapsed = finish_run(acc, bar, started, save_final)
     return ClassifierTrainResult(
         run.output_dir,
         global_step,
@@ -726,7 +430,7 @@ def _run_config(config, spec, weights, data, processes, max_steps) -> dict[str, 
     resolved = dataclasses.asdict(config)
     weights_sha256 = None
     if weights is not None and Path(weights).is_file():
-        from fusynth.io import file_sha256
+        from fusynth.core.io import file_sha256
 
         weights_sha256 = file_sha256(weights)
     resolved.update(
@@ -770,82 +474,15 @@ def _save_final(
     def write(tmp: Path) -> None:
         save_file(state, str(tmp / WEIGHTS_FILE))
         (tmp / CONFIG_FILE).write_text(spec.to_json() + "\n")
-        from fusynth.loop import write_config_json
+        from fusynth.core.loop import write_config_json
 
         write_config_json(tmp, run_config)
         (tmp / "train_log.json").write_text(json.dumps(log_data, indent=1) + "\n")
-        (tmp / "README.md").write_text(render_classifier_card(run_config, step, progress))
+        (tmp / "README.md").write_text(
+            render_classifier_card(run_config, step, progress.best_value, progress.best_step)
+        )
 
     replace_outputs(output_dir, write)
-
-
-# ----------------------------------------------------------------------------- card
-
-
-_HYPERPARAMETERS = (
-    "optimizer",
-    "learning_rate",
-    "momentum",
-    "weight_decay",
-    "lr_scheduler",
-    "lr_warmup_steps",
-    "train_batch_size",
-    "gradient_accumulation_steps",
-    "num_train_epochs",
-    "max_train_steps",
-    "augment",
-    "mixed_precision",
-    "best_metric",
-    "seed",
-)
-
-
-def render_classifier_card(config: dict[str, Any], step: int, progress: Progress) -> str:
-    """The README.md of a ``train_classifier`` output folder."""
-    from fusynth.cards import render_card
-
-    smoke = bool(config["smoke_model"])
-    card_data = {
-        "library_name": "pytorch",
-        "license": "apache-2.0",
-        "tags": [
-            "fusynth",
-            "image-classification",
-            "ultrasound",
-            "fetal-ultrasound",
-            "medical-imaging",
-        ],
-        "pipeline_tag": "image-classification",
-    }
-    best = None
-    if progress.best_value is not None:
-        best = f"{progress.best_value:.4f} at step {progress.best_step}"
-    fields = {
-        "title": f"fusynth fetal view classifier ({config['backbone']})"
-        + (" (smoke model)" if smoke else ""),
-        "backbone": config["backbone"],
-        "classes": ", ".join(config["classes"]),
-        "resolution": config["resolution"],
-        "smoke_model": smoke,
-        "weights": config["weights"],
-        "weights_sha256": config["weights_sha256"],
-        "train": config["train"],
-        "num_real": config["num_real"],
-        "num_real_subjects": config["num_real_subjects"],
-        "real_per_view": config["real_per_view"],
-        "seed": config["seed"],
-        "synthetic": config["synthetic"],
-        "num_synthetic": config["num_synthetic"],
-        "synthetic_per_view": config["synthetic_per_view"],
-        "validation": config["validation"],
-        "num_validation": config["num_validation"],
-        "best_metric": config["best_metric"],
-        "best": best,
-        "hyperparameters": {k: config.get(k) for k in _HYPERPARAMETERS},
-        "global_step": step,
-        "num_processes": config["num_processes"],
-    }
-    return render_card("classifier", card_data, fields)
 
 
 # ----------------------------------------------------------------------------- loading

@@ -29,9 +29,10 @@ from fusynth import __version__
 from fusynth.cohort.request import SamplingRequest
 from fusynth.cohort.text2img import write_previews
 from fusynth.cohort.writer import CohortResult, iter_batches, open_cohort, write_cohort
+from fusynth.core.errors import UserInputError, suggest
 from fusynth.data.images import encode_png
 from fusynth.data.schema import provenance_json
-from fusynth.errors import UserInputError, suggest
+from fusynth.diffusion.config import TrainedAdapter
 
 log = logging.getLogger(__name__)
 
@@ -90,41 +91,36 @@ class PairsRequest(SamplingRequest):
             raise UserInputError(f"--threshold: must be in 1..255, got {self.threshold}")
 
 
-def adapter_config(req: PairsRequest) -> dict[str, Any]:
-    """The adapter's training ``config.json``, checked against the requested method.
+def adapter_config(req: PairsRequest) -> TrainedAdapter:
+    """The adapter's training config, checked against the requested method.
 
     Raises:
         UserInputError: not a fusynth training output, or trained for another method,
             packing or conditioning than requested.
     """
     folder = Path(req.adapter)
-    cfg_file = folder / "config.json"
-    if not cfg_file.is_file():
-        raise UserInputError(
-            f"--adapter: {folder} is not a fusynth training output (no config.json)"
-        )
-    cfg = json.loads(cfg_file.read_text())
-    trained = cfg.get("method", "lora")
+    cfg = TrainedAdapter.read(folder, "--adapter", required=True)
+    trained = cfg.method
     if req.method == "packed":
-        if trained != "lora" or not cfg.get("packing"):
+        if trained != "lora" or not cfg.packing:
             raise UserInputError(
-                f"--adapter: {folder} was trained as {trained} with packing {cfg.get('packing')}; "
+                f"--adapter: {folder} was trained as {trained} with packing {cfg.packing}; "
                 "--method packed needs a LoRA trained with --packing"
             )
-        if req.packing and req.packing != cfg["packing"]:
+        if req.packing and req.packing != cfg.packing:
             raise UserInputError(
-                f"--packing: {folder} was trained with packing {cfg['packing']}, not {req.packing}"
+                f"--packing: {folder} was trained with packing {cfg.packing}, not {req.packing}"
             )
-        if "mask" not in cfg["packing"].split(","):
-            raise UserInputError(f"--adapter: {folder} packs no mask channel ({cfg['packing']})")
+        if "mask" not in cfg.packing.split(","):
+            raise UserInputError(f"--adapter: {folder} packs no mask channel ({cfg.packing})")
     else:
         if trained != "controlnet":
             raise UserInputError(
                 f"--adapter: {folder} is a {trained} output; --method controlnet needs a ControlNet"
             )
-        if req.conditioning and req.conditioning != cfg["conditioning"]:
+        if req.conditioning and req.conditioning != cfg.conditioning:
             raise UserInputError(
-                f"--conditioning: {folder} was trained with conditioning {cfg['conditioning']}, not {req.conditioning}"
+                f"--conditioning: {folder} was trained with conditioning {cfg.conditioning}, not {req.conditioning}"
             )
     return cfg
 
@@ -263,6 +259,8 @@ def generate_pairs(req: PairsRequest) -> CohortResult:
     import torch
     from PIL import Image
 
+    from fusynth.core.distributed import partial_state
+    from fusynth.core.io import folder_sha256
     from fusynth.data.masks import conditioning_image, extract_head_mask
     from fusynth.diffusion.base import resolve_base
     from fusynth.diffusion.pipelines import (
@@ -273,27 +271,24 @@ def generate_pairs(req: PairsRequest) -> CohortResult:
         load_pipeline,
         luma,
     )
-    from fusynth.distributed import partial_state
-    from fusynth.io import folder_sha256
 
     state = partial_state()
     cfg = adapter_config(req)
     # The adapter's own base unless told otherwise: a mismatched base is the usual mistake.
     ref = resolve_base(
-        req.base or cfg.get("pretrained_model_name_or_path"),
+        req.base or cfg.base,
         req.revision,
         req.variant,
         flag="--base",
     )
-    resolution = req.resolution or int(cfg.get("resolution") or (64 if ref.smoke else 512))
-    first = next(iter(cfg.get("captions_by_view", {}).values()), None)
-    prompt = req.prompt or (first[0] if isinstance(first, list) else first) or DEFAULT_PAIR_PROMPT
+    resolution = req.resolution or int(cfg.resolution or (64 if ref.smoke else 512))
+    prompt = req.prompt or cfg.first_caption() or DEFAULT_PAIR_PROMPT
     source = (
-        MaskSource(req.masks_from, resolution, req.seed, req.group, cfg.get("train_data"))
+        MaskSource(req.masks_from, resolution, req.seed, req.group, cfg.train_data)
         if req.masks_from
         else None
     )
-    packing = cfg.get("packing", "").split(",") if req.method == "packed" else []
+    packing = (cfg.packing or "").split(",") if req.method == "packed" else []
     request: dict[str, Any] = {
         "kind": "pairs",
         "method": req.method,
@@ -319,14 +314,14 @@ def generate_pairs(req: PairsRequest) -> CohortResult:
     if req.method == "packed":
         request.update(
             lora_scale=req.lora_scale,
-            packing=cfg["packing"],
+            packing=cfg.packing,
             threshold=req.threshold,
             max_residual=req.max_residual,
             max_attempts=req.max_attempts,
             strength=req.strength if source else None,
         )
     else:
-        request.update(conditioning=cfg["conditioning"], conditioning_scale=req.conditioning_scale)
+        request.update(conditioning=cfg.conditioning, conditioning_scale=req.conditioning_scale)
     writer = open_cohort(
         req.out, request, req.n, req.shard_size, req.overwrite, state, req.cpu_threads
     )
@@ -379,7 +374,7 @@ def generate_pairs(req: PairsRequest) -> CohortResult:
                 masks = [source.mask(i) for i in batch]
                 pics = [
                     Image.fromarray(
-                        np.repeat(conditioning_image(m, cfg["conditioning"])[..., None], 3, axis=2)
+                        np.repeat(conditioning_image(m, cfg.conditioning)[..., None], 3, axis=2)
                     )
                     for m, _, _ in masks
                 ]

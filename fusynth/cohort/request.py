@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from fusynth.errors import UserInputError
+from fusynth.core.errors import UserInputError
 
 
 @dataclass(kw_only=True)

@@ -12,9 +12,9 @@ import numpy as np
 from fusynth import __version__
 from fusynth.cohort.request import SamplingRequest
 from fusynth.cohort.writer import CohortResult, iter_batches, open_cohort, sample_seed, write_cohort
+from fusynth.core.errors import UserInputError, suggest
 from fusynth.data.images import encode_png
 from fusynth.data.schema import VIEWS, provenance_json
-from fusynth.errors import UserInputError, suggest
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,8 @@ def resolve_prompts(req: Text2ImgRequest) -> dict[str, str]:
     Order of preference: ``--prompts`` YAML, ``--prompt_template``, the captions the
     adapter was trained with (its ``config.json``), the default template.
     """
-    from fusynth.config import load_yaml_mapping
-    from fusynth.diffusion.pipelines import lora_training_config
+    from fusynth.core.config import load_yaml_mapping
+    from fusynth.diffusion.config import TrainedAdapter
 
     if req.prompts:
         table = load_yaml_mapping(req.prompts, "--prompts")
@@ -86,15 +86,13 @@ def resolve_prompts(req: Text2ImgRequest) -> dict[str, str]:
         return {v: str(table[v]) for v in req.views}
     if req.prompt_template:
         return {v: req.prompt_template.format(view=v) for v in req.views}
-    trained = lora_training_config(req.lora).get("captions_by_view", {}) if req.lora else {}
+    trained = TrainedAdapter.read(req.lora, "--lora") if req.lora else TrainedAdapter()
     out = {}
     for v in req.views:
-        if v not in trained and trained:
+        if v not in trained.captions_by_view and trained.captions_by_view:
             log.warning("the adapter was not trained on %r; using the default prompt for it", v)
-        caption = trained.get(v)
-        if isinstance(caption, list):  # captions varied within the view (e.g. by trimester)
-            caption = caption[0]
-        out[v] = caption or DEFAULT_PROMPT.format(view=v)
+        # The first caption where they varied within the view (e.g. by trimester).
+        out[v] = trained.caption(v) or DEFAULT_PROMPT.format(view=v)
     return out
 
 
@@ -109,6 +107,7 @@ def generate_text2img(req: Text2ImgRequest) -> CohortResult:
     """
     import torch
 
+    from fusynth.core.distributed import partial_state
     from fusynth.diffusion.base import resolve_base
     from fusynth.diffusion.pipelines import (
         adapter_fingerprint,
@@ -116,7 +115,6 @@ def generate_text2img(req: Text2ImgRequest) -> CohortResult:
         generate_images,
         load_pipeline,
     )
-    from fusynth.distributed import partial_state
 
     state = partial_state()
     ref = resolve_base(req.base, req.revision, req.variant, flag="--base")

@@ -30,12 +30,10 @@ from typing import Any
 import datasets
 import numpy as np
 
+from fusynth.core.artifacts import REQUEST_FILE, STATS_FILE
+from fusynth.core.errors import UserInputError
+from fusynth.core.io import atomic_write_bytes
 from fusynth.data.schema import FEATURES, save_prepared
-from fusynth.errors import UserInputError
-from fusynth.io import atomic_write_bytes
-
-REQUEST_FILE = "request.json"
-STATS_FILE = "cohort_stats.json"
 
 
 def sample_seed(cohort_seed: int, index: int) -> int:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fusynth.core.errors import UserInputError
 from fusynth.data.geometry import Ellipse, boundary_points, ellipse_mask, fit_ellipse
-from fusynth.errors import UserInputError
 
 ALL = "all"
 
@@ -105,7 +105,7 @@ class EllipsePrior:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the prior as JSON."""
-        from fusynth.io import atomic_write_bytes
+        from fusynth.core.io import atomic_write_bytes
 
         return atomic_write_bytes(path, self.to_json().encode())
 

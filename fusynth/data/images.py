@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from scipy import ndimage as ndi
 
-from fusynth.errors import UserInputError
+from fusynth.core.errors import UserInputError
 
 MASK_KINDS = ("filled", "outline")
 
@@ -225,7 +225,7 @@ def tile_images(images: list[np.ndarray], cols: int) -> np.ndarray:
 
 def save_png(path: str | os.PathLike, array: np.ndarray) -> Path:
     """Write a uint8 ``[H, W]`` or ``[H, W, 3]`` array as PNG, atomically."""
-    from fusynth.io import atomic_write_bytes
+    from fusynth.core.io import atomic_write_bytes
 
     buf = io.BytesIO()
     Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buf, format="PNG")

@@ -14,11 +14,11 @@ import datasets
 import numpy as np
 from PIL import Image, ImageDraw
 
+from fusynth.core.io import atomic_write_bytes
 from fusynth.data.geometry import mask_outline
 from fusynth.data.images import decode_image
 from fusynth.data.schema import VIEWS, load_prepared
 from fusynth.data.splits import subjects_in_several_splits
-from fusynth.io import atomic_write_bytes
 
 
 @dataclass

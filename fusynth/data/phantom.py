@@ -1,5 +1,8 @@
 """Procedural B-mode ultrasound phantom: the package's offline default data.
 
+One cohesive thing over 600 lines: a single image-formation model whose steps share their
+geometry and constants, so it stays one file.
+
 Each frame is simulated the way a scanner forms an image, so that models trained or
 evaluated on it meet the usual ultrasound nuisances rather than clean cartoons:
 

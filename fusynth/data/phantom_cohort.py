@@ -20,6 +20,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fusynth import __version__
+from fusynth.core.errors import UserInputError, suggest
+from fusynth.core.io import atomic_dir
 from fusynth.data.images import encode_png
 from fusynth.data.phantom import (
     DEFAULT_PHANTOM_VIEWS,
@@ -27,8 +29,6 @@ from fusynth.data.phantom import (
     default_pixel_spacing,
     draw_frame,
 )
-from fusynth.errors import UserInputError, suggest
-from fusynth.io import atomic_dir
 
 PHANTOM_CENTER = "phantom"
 

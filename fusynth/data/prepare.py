@@ -13,12 +13,12 @@ from typing import Any
 import datasets
 from tqdm.auto import tqdm
 
+from fusynth.core.errors import UserInputError, suggest
+from fusynth.core.io import atomic_dir, check_output_dir
 from fusynth.data.images import encode_png, read_grayscale, read_mask
 from fusynth.data.readers import FORMATS, ReaderOptions, SourceSample
 from fusynth.data.schema import FEATURES, SPLITS, provenance_json, save_prepared
 from fusynth.data.splits import assign_splits
-from fusynth.errors import UserInputError, suggest
-from fusynth.io import atomic_dir, check_output_dir
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from fusynth.core.errors import UserInputError, suggest
 from fusynth.data.images import MASK_KINDS
 from fusynth.data.schema import SPLITS, canonical_view
-from fusynth.errors import UserInputError, suggest
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import datasets
 
-from fusynth.errors import UserInputError, suggest
+from fusynth.core.errors import UserInputError, suggest
 
 #: Canonical fetal views. The order fixes the ClassLabel ids: never reorder, only append.
 VIEWS: tuple[str, ...] = ("abdomen", "brain", "femur", "thorax", "cervix", "other", "head")
@@ -127,7 +127,7 @@ def save_prepared(dsd: datasets.DatasetDict, out: str | os.PathLike) -> None:
 
     Args:
         dsd: one Dataset per split, each with :data:`FEATURES`.
-        out: an empty or missing folder (use :func:`fusynth.io.atomic_dir`).
+        out: an empty or missing folder (use :func:`fusynth.core.io.atomic_dir`).
     """
     for split, ds in dsd.items():
         check_features(ds.features, f"split {split!r}")
@@ -177,6 +177,22 @@ def parse_data_spec(spec: str) -> tuple[Path, str | None]:
     if sep and tail in SPLITS and head:
         return Path(head), tail
     return Path(spec), None
+
+
+def with_default_split(spec: str, split: str) -> str:
+    """``DIR`` as ``DIR:split``; a spec that names its split is kept.
+
+    The one rule of every command taking ``DIR[:split]``: training reads ``train``,
+    validation ``validation`` and evaluation ``test`` unless the spec names a split.
+    """
+    path, named = parse_data_spec(spec)
+    return f"{path}:{named or split}"
+
+
+def spec_label(spec: str, split: str = "test") -> str:
+    """A short label of a data spec, ``folder:split`` (``split`` when none is named)."""
+    path, named = parse_data_spec(with_default_split(spec, split))
+    return f"{Path(path).name}:{named}"
 
 
 def load_split(spec: str) -> datasets.Dataset:

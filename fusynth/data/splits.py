@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from fusynth.errors import UserInputError
+from fusynth.core.errors import UserInputError
 
 
 def check_fraction(value: float, flag: str) -> float:

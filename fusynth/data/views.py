@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fusynth.core.errors import UserInputError, suggest
 from fusynth.data.images import decode_image
 from fusynth.data.schema import VIEWS, load_split
-from fusynth.errors import UserInputError, suggest
 
 
 @dataclass

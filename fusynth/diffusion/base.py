@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fusynth.errors import UserInputError
+from fusynth.core.errors import UserInputError
 
 log = logging.getLogger(__name__)
 

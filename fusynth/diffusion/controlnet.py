@@ -16,18 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from fusynth.core.errors import UserInputError
+from fusynth.core.loop import choice, positive
 from fusynth.data.masks import conditioning_image
 from fusynth.diffusion.base import SDComponents
-from fusynth.diffusion.training import (
-    TrainConfig,
-    TrainingSet,
-    TrainMethod,
-    TrainResult,
-    run_validation_pipeline,
-    train,
-)
-from fusynth.errors import UserInputError
-from fusynth.loop import choice, positive
+from fusynth.diffusion.config import TrainConfig
+from fusynth.diffusion.dataset import TrainingSet
+from fusynth.diffusion.training import TrainMethod, TrainResult, run_validation_pipeline, train
 
 CONDITIONING = ("filled", "distance")
 CONTROLNET_DIR = "controlnet"

@@ -1,5 +1,7 @@
 """Convert Stable Diffusion 1.x/2.x LoRA adapters between the diffusers and kohya-ss layouts.
 
+One cohesive thing over 600 lines: one key mapping between two LoRA layouts, both ways.
+
 fusynth saves LoRA adapters the way stock diffusers does (``save_lora_weights``): keys such as
 ``unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.down.weight`` (or the
 PEFT spelling ``...to_q.lora_A.weight``) and
@@ -42,14 +44,14 @@ from pathlib import Path
 
 import torch
 
-from fusynth.errors import UserInputError, suggest
-from fusynth.io import atomic_write_bytes
+from fusynth.core.artifacts import LORA_WEIGHTS as DIFFUSERS_WEIGHT_NAME
+from fusynth.core.errors import UserInputError, suggest
+from fusynth.core.io import atomic_write_bytes
 
 #: The layouts :func:`convert_lora_file` converts between.
 FORMATS = ("kohya", "diffusers")
 
 #: File name stock diffusers saves and looks for in a LoRA folder.
-DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 #: Header key under which diffusers stores the LoraConfig fields
 #: (``diffusers.loaders.lora_base.LORA_ADAPTER_METADATA_KEY``).

@@ -17,21 +17,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from fusynth.core.artifacts import LORA_WEIGHTS
+from fusynth.core.errors import UserInputError
+from fusynth.core.loop import positive
 from fusynth.diffusion.base import BaseRef, SDComponents
-from fusynth.diffusion.training import (
-    TrainConfig,
+from fusynth.diffusion.config import TrainConfig
+from fusynth.diffusion.dataset import (
     TrainingSet,
-    TrainMethod,
-    TrainResult,
     encode_captions,
     encode_images,
     parse_packing,
-    run_validation_pipeline,
     tokenize,
-    train,
 )
-from fusynth.errors import UserInputError
-from fusynth.loop import positive
+from fusynth.diffusion.training import TrainMethod, TrainResult, run_validation_pipeline, train
 
 __all__ = [
     "LoraMethod",
@@ -44,7 +42,6 @@ __all__ = [
 
 UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 
 
 @dataclass

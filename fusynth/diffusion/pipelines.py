@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -11,9 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from fusynth.core.artifacts import LORA_WEIGHTS
+from fusynth.core.errors import UserInputError, suggest
+from fusynth.core.io import file_sha256, folder_sha256
 from fusynth.diffusion.base import BaseRef
-from fusynth.errors import UserInputError, suggest
-from fusynth.io import file_sha256, folder_sha256
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +25,6 @@ SCHEDULERS: dict[str, str] = {
     "ddim": "DDIMScheduler",
     "dpm": "DPMSolverMultistepScheduler",
 }
-
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 
 
 def check_scheduler(name: str, flag: str = "--scheduler") -> str:
@@ -47,14 +45,6 @@ def lora_file(path: str | Path, flag: str = "--lora") -> Path:
     if (path / LORA_WEIGHTS).is_file():
         return path / LORA_WEIGHTS
     raise UserInputError(f"{flag}: {path} has no {LORA_WEIGHTS}")
-
-
-def lora_training_config(path: str | Path) -> dict[str, Any]:
-    """The resolved ``config.json`` a fusynth training run wrote beside its adapter."""
-    path = Path(path)
-    folder = path if path.is_dir() else path.parent
-    cfg = folder / "config.json"
-    return json.loads(cfg.read_text()) if cfg.is_file() else {}
 
 
 def check_lora_matches(pipe: Any, weights: Path, flag: str = "--lora") -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from fusynth import __version__
-from fusynth.io import atomic_dir
+from fusynth.core.io import atomic_dir
 
 #: Description that every log and card uses for the tiny base.
 SMOKE_NOTE = (

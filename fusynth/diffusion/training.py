@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +31,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fusynth.data.images import save_png, tile_images
-from fusynth.data.schema import VIEWS
-from fusynth.diffusion.base import BaseRef, SDComponents, load_components, resolve_base
-from fusynth.errors import UserInputError, suggest
-from fusynth.loop import LR_SCHEDULERS as LOOP_LR_SCHEDULERS
-from fusynth.loop import (
-    MIXED_PRECISION,
+from fusynth.core.loop import (
     check_run_dir,
-    check_run_settings,
     checkpoint_if_due,
     epoch_order,
+    finish_run,
     make_lr_scheduler,
-    positive,
     replace_outputs,
     resume_run,
     start_run,
@@ -51,293 +44,18 @@ from fusynth.loop import (
     write_config_json,
     write_run_config,
 )
+from fusynth.data.images import save_png, tile_images
+from fusynth.diffusion.base import BaseRef, SDComponents, load_components, resolve_base
+from fusynth.diffusion.config import TrainConfig
+from fusynth.diffusion.dataset import (
+    TrainingSet,
+    encode_captions,
+    encode_images,
+    load_training_set,
+    tokenize,
+)
 
 log = logging.getLogger(__name__)
-
-#: fusynth.loop's schedulers plus two more of diffusers'.
-LR_SCHEDULERS = (*LOOP_LR_SCHEDULERS, "cosine_with_restarts", "polynomial")
-DEFAULT_CAPTION = "an ultrasound image of the fetal {view}"
-
-
-@dataclass
-class TrainConfig:
-    """Settings every training recipe shares; field names are the flags (diffusers' names).
-
-    ``__post_init__`` checks each field and names its flag on error.
-    """
-
-    pretrained_model_name_or_path: str | None = None
-    revision: str | None = None
-    variant: str | None = None
-    train_data: str | None = None
-    split: str = "train"
-    views: list[str] | None = None
-    caption_template: str = DEFAULT_CAPTION
-    captions: str | None = None
-    resolution: int | None = None
-    center_crop: bool = False
-    random_flip: bool = False
-    train_batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    max_train_steps: int | None = None
-    num_train_epochs: int = 10
-    learning_rate: float = 1e-4
-    lr_scheduler: str = "constant"
-    lr_warmup_steps: int = 0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_weight_decay: float = 1e-2
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
-    snr_gamma: float | None = None
-    noise_offset: float = 0.0
-    mixed_precision: str = "no"
-    gradient_checkpointing: bool = False
-    checkpointing_steps: int = 500
-    checkpoints_total_limit: int | None = None
-    resume_from_checkpoint: str | None = None
-    validation_prompt: list[str] = field(default_factory=list)
-    validation_steps: int = 100
-    num_validation_images: int = 4
-    validation_inference_steps: int = 20
-    seed: int = 0
-    output_dir: str = "fusynth-run"
-    overwrite_output_dir: bool = False
-    report_to: str = "none"
-
-    def __post_init__(self) -> None:
-        if isinstance(self.views, str):
-            self.views = [v for v in self.views.split(",") if v.strip()]
-        if self.views is not None:
-            self.views = [v.strip() for v in self.views]
-            for v in self.views:
-                if v not in VIEWS:
-                    raise UserInputError(
-                        f"--views: unknown view {v!r}{suggest(v, VIEWS)}; choose from {', '.join(VIEWS)}"
-                    )
-        if isinstance(self.validation_prompt, str):
-            self.validation_prompt = [self.validation_prompt]
-        if self.resolution is not None:
-            positive(self.resolution, "--resolution")
-            if self.resolution % 8:
-                raise UserInputError(
-                    f"--resolution: must be divisible by 8 (the VAE downsamples 8x), got {self.resolution}"
-                )
-        check_run_settings(
-            self,
-            positive_fields=(
-                "gradient_accumulation_steps",
-                "validation_steps",
-                "num_validation_images",
-                "validation_inference_steps",
-                "learning_rate",
-            ),
-            non_negative_fields=("noise_offset",),
-            lr_schedulers=LR_SCHEDULERS,
-        )
-        if self.snr_gamma is not None:
-            positive(self.snr_gamma, "--snr_gamma")
-
-
-# ----------------------------------------------------------------------------- data
-
-
-PACKING_CHANNELS = ("image", "mask")
-
-
-def parse_packing(spec: str | None) -> tuple[str, str, str] | None:
-    """``"image,image,mask"`` -> the source of each RGB channel (None: plain images)."""
-    if spec is None:
-        return None
-    parts = tuple(p.strip() for p in str(spec).split(","))
-    if (
-        len(parts) != 3
-        or any(p not in PACKING_CHANNELS for p in parts)
-        or "mask" not in parts
-        or "image" not in parts
-    ):
-        raise UserInputError(
-            f"--packing: {spec!r} must name the source of each of the 3 channels, with at least one "
-            "image and one mask, e.g. image,image,mask"
-        )
-    return parts  # type: ignore[return-value]
-
-
-@dataclass
-class TrainingSet:
-    """Training images as model inputs, with their views and captions."""
-
-    pixels: torch.Tensor  # [N, 3, R, R] float32 in [-1, 1]
-    masks: np.ndarray | None  # [N, R, R] uint8 0/1 filled masks, when the method needs them
-    caption_index: torch.Tensor  # [N] int64 index into ``captions``
-    captions: list[str]  # distinct captions
-    captions_by_view: dict[str, str | list[str]]
-    views: list[str]
-    n_subjects: int
-    source: str
-
-
-def caption_for(
-    view: str, provenance: dict[str, Any], template: str, table: dict | None, where: str
-) -> str:
-    """A sample's caption: from ``--captions`` (``view: caption``) or the template, whose
-    ``{view}`` and ``{trimester}`` come from the sample."""
-    if table is not None:
-        if view not in table:
-            raise UserInputError(
-                f"{where}: no caption for view {view!r} (found: {', '.join(map(str, table))})"
-            )
-        template = str(table[view])
-    fields = {"view": view}
-    if "{trimester}" in template:
-        trimester = provenance.get("trimester")
-        if trimester is None:
-            raise UserInputError(
-                f"--caption_template: uses {{trimester}} but a {view!r} sample has no trimester in its provenance"
-            )
-        fields["trimester"] = _TRIMESTER_WORDS.get(int(trimester), f"trimester {trimester}")
-    return template.format(**fields)
-
-
-_TRIMESTER_WORDS = {1: "first trimester", 2: "second trimester", 3: "third trimester"}
-
-
-def load_training_set(
-    config: TrainConfig, resolution: int, packing: str | None = None, need_masks: bool = False
-) -> TrainingSet:
-    """Load and preprocess the training images (pad to square unless ``center_crop``).
-
-    Args:
-        config: the run's settings (data, views, captions, crop).
-        resolution: side of the square model input.
-        packing: pack the image and its filled mask into the RGB channels, e.g.
-            ``image,image,mask`` (the mask resized with nearest neighbour, 0 or 255).
-        need_masks: every sample must have a filled mask (returned in ``masks``).
-
-    Raises:
-        UserInputError: missing data, views, masks, or masks that are outlines.
-    """
-    from PIL import Image
-
-    from fusynth.config import load_yaml_mapping
-    from fusynth.data.images import decode_image
-    from fusynth.data.masks import is_outline
-    from fusynth.data.schema import load_split, parse_data_spec
-    from fusynth.data.transforms import square_resize
-
-    if config.train_data is None:
-        from fusynth.data.phantom_cohort import default_dataset
-
-        spec = f"{default_dataset()}:{config.split}"
-        log.warning("no --train_data: training on the built-in phantom (smoke data)")
-    else:
-        path, split = parse_data_spec(config.train_data)
-        spec = f"{path}:{split or config.split}"
-    ds = load_split(spec)
-    present = sorted({VIEWS[v] for v in ds["view"]}, key=VIEWS.index)
-    views = config.views or present
-    for v in views:
-        if v not in present:
-            raise UserInputError(
-                f"--views: no {v!r} samples in {spec} (views present: {', '.join(present)})"
-            )
-    keep = [i for i, v in enumerate(ds["view"]) if VIEWS[v] in views]
-    if not keep:
-        raise UserInputError(f"--train_data: {spec} has no samples")
-    ds = ds.select(keep)
-    packing = parse_packing(packing)
-    need_masks = need_masks or packing is not None
-    flag = "--packing" if packing is not None else "--train_data"
-    masks = np.zeros((len(ds), resolution, resolution), dtype=np.uint8) if need_masks else None
-    table = load_yaml_mapping(config.captions, "--captions") if config.captions else None
-    pixels = np.empty((len(ds), 3, resolution, resolution), dtype=np.float32)
-    caption_index = np.empty(len(ds), dtype=np.int64)
-    captions: list[str] = []
-    by_view: dict[str, list[str]] = {}
-    for i, row in enumerate(ds):
-        view = VIEWS[row["view"]]
-        prov = json.loads(row["provenance"] or "{}")
-        img = square_resize(decode_image(row["image"]), resolution, center_crop=config.center_crop)
-        channels = {"image": img}
-        if masks is not None:
-            if row["mask"] is None:
-                raise UserInputError(
-                    f"{flag}: {spec} sample {i} ({row['subject_id']}) has no mask; this training "
-                    "needs a dataset with masks (e.g. prepared from HC18)"
-                )
-            raw = decode_image(row["mask"])
-            if is_outline(raw):
-                raise UserInputError(
-                    f"{flag}: {spec} sample {i} ({row['subject_id']}) has an outline, not a filled "
-                    "mask; prepare the data with --mask-kind outline so masks are filled"
-                )
-            mask = square_resize(
-                raw, resolution, config.center_crop, resample=Image.Resampling.NEAREST
-            )
-            masks[i] = mask > 0
-            channels["mask"] = masks[i] * 255
-        stack = [channels[c] for c in packing] if packing else [img] * 3
-        pixels[i] = np.stack(stack).astype(np.float32) / 127.5 - 1.0
-        caption = caption_for(
-            view, prov, config.caption_template, table, config.captions or "--captions"
-        )
-        if caption not in captions:
-            captions.append(caption)
-        caption_index[i] = captions.index(caption)
-        if caption not in by_view.setdefault(view, []):
-            by_view[view].append(caption)
-    return TrainingSet(
-        pixels=torch.from_numpy(pixels),
-        masks=masks,
-        caption_index=torch.from_numpy(caption_index),
-        captions=captions,
-        captions_by_view={v: (c[0] if len(c) == 1 else c) for v, c in by_view.items()},
-        views=views,
-        n_subjects=len(set(ds["subject_id"])),
-        source=spec,
-    )
-
-
-@dataclass
-class LatentCache:
-    """Latent distributions of every training image (and its mirror image)."""
-
-    mean: torch.Tensor  # [N, F, C, h, w]; F = 2 with random_flip, else 1
-    std: torch.Tensor
-
-
-@torch.no_grad()
-def encode_images(vae: Any, pixels: torch.Tensor, flip: bool, batch: int = 8) -> LatentCache:
-    """Run the frozen VAE encoder once per image (and once per mirrored image)."""
-    means, stds = [], []
-    dtype, device = vae.dtype, vae.device
-    variants = [pixels, torch.flip(pixels, dims=[-1])] if flip else [pixels]
-    for variant in variants:
-        m, s = [], []
-        for start in range(0, len(variant), batch):
-            dist = vae.encode(variant[start : start + batch].to(device, dtype)).latent_dist
-            m.append(dist.mean.float().cpu())
-            s.append(dist.std.float().cpu())
-        means.append(torch.cat(m))
-        stds.append(torch.cat(s))
-    return LatentCache(mean=torch.stack(means, dim=1), std=torch.stack(stds, dim=1))
-
-
-def tokenize(tokenizer: Any, captions: list[str]) -> torch.Tensor:
-    """``[N, 77]`` token ids, padded to the tokenizer's maximum length."""
-    return tokenizer(
-        captions,
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
-
-
-@torch.no_grad()
-def encode_captions(text_encoder: Any, ids: torch.Tensor) -> torch.Tensor:
-    """Run the frozen text encoder once per caption: ``[V, 77, D]``."""
-    return text_encoder(ids.to(text_encoder.device))[0].float().cpu()
 
 
 # Settings that must match between a checkpoint and the run resuming from it.
@@ -652,13 +370,12 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
                 output_dir,
                 global_step,
             )
-    bar.close()
-    elapsed = time.perf_counter() - started
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        _save_final(output_dir, method, trained, run_config, ref, global_step, losses)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    elapsed = finish_run(
+        accelerator,
+        bar,
+        started,
+        lambda: _save_final(output_dir, method, trained, run_config, ref, global_step, losses),
+    )
     return TrainResult(output_dir, global_step, seen / elapsed if elapsed > 0 else 0.0, losses, ref)
 
 
@@ -745,70 +462,3 @@ def _save_final(output_dir, method, modules, run_config, ref, step, losses) -> N
         (tmp / "README.md").write_text(method.render_card(run_config, step, sample))
 
     replace_outputs(output_dir, write)
-
-
-# ----------------------------------------------------------------------------- flags
-
-
-def add_common_flags(
-    p: Any, default_lr: str = "1e-4", default_output: str = "fusynth-lora"
-) -> None:
-    """The flags every training recipe shares (argparse with SUPPRESS defaults; the
-    defaults themselves live in :class:`TrainConfig`)."""
-    from fusynth.recipes import add_run_flags
-
-    p.add_argument("--config", help="YAML file of flag values; flags given here override it")
-    g = p.add_argument_group("base model")
-    g.add_argument(
-        "--pretrained_model_name_or_path",
-        help="hub id or local diffusers folder (default: tiny smoke base)",
-    )
-    g.add_argument("--revision", help="hub revision")
-    g.add_argument("--variant", help="weight variant, e.g. fp16")
-    g = p.add_argument_group("data")
-    g.add_argument("--train_data", help="prepared dataset DIR[:split] (default: the phantom)")
-    g.add_argument("--split", help="split to train on (train)")
-    g.add_argument("--views", help="comma-separated views to train on (default: all present)")
-    g.add_argument(
-        "--caption_template",
-        help="caption with {view} and optionally {trimester} (an ultrasound image of the fetal {view})",
-    )
-    g.add_argument("--captions", help="YAML file of view: caption, instead of the template")
-    g.add_argument(
-        "--resolution",
-        type=int,
-        help="training resolution, divisible by 8 (512; 64 for the smoke base)",
-    )
-    g.add_argument("--center_crop", action="store_true", help="crop to square instead of padding")
-    g.add_argument("--random_flip", action="store_true", help="random horizontal flips")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--train_batch_size", type=int, help="per-process batch size (4)")
-    g.add_argument(
-        "--gradient_accumulation_steps", type=int, help="micro-batches per optimizer step (1)"
-    )
-    g.add_argument("--max_train_steps", type=int, help="optimizer steps (overrides epochs)")
-    g.add_argument(
-        "--num_train_epochs", type=int, help="epochs when --max_train_steps is not given (10)"
-    )
-    g.add_argument("--learning_rate", type=float, help=f"learning rate ({default_lr})")
-    g.add_argument("--lr_scheduler", choices=LR_SCHEDULERS, help="(constant)")
-    g.add_argument("--lr_warmup_steps", type=int, help="(0)")
-    g.add_argument("--adam_beta1", type=float, help="(0.9)")
-    g.add_argument("--adam_beta2", type=float, help="(0.999)")
-    g.add_argument("--adam_weight_decay", type=float, help="(1e-2)")
-    g.add_argument("--adam_epsilon", type=float, help="(1e-8)")
-    g.add_argument("--max_grad_norm", type=float, help="gradient clipping (1.0)")
-    g.add_argument("--snr_gamma", type=float, help="min-SNR loss weighting gamma (off)")
-    g.add_argument("--noise_offset", type=float, help="(0.0)")
-    g.add_argument("--mixed_precision", choices=MIXED_PRECISION, help="(no)")
-    g.add_argument("--gradient_checkpointing", action="store_true")
-    g.add_argument("--seed", type=int, help="(0)")
-    g = p.add_argument_group("checkpoints, validation, output")
-    add_run_flags(g, default_output)
-    g.add_argument("--validation_prompt", action="append", help="repeatable")
-    g.add_argument("--validation_steps", type=int, help="(100)")
-    g.add_argument("--num_validation_images", type=int, help="per prompt (4)")
-    g.add_argument(
-        "--validation_inference_steps", type=int, help="sampler steps for validation (20)"
-    )
-    p.add_argument("--debug", action="store_true", help="tracebacks on errors")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fusynth.cards import render_card
+from fusynth.core.cards import render_card
 
 _HYPERPARAMETERS = (
     "train_parts",

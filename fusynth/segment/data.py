@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fusynth.core.errors import UserInputError
 from fusynth.data.images import decode_image
 from fusynth.data.schema import load_split, parse_data_spec
-from fusynth.errors import UserInputError
 
 log = logging.getLogger(__name__)
 

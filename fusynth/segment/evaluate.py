@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fusynth.errors import UserInputError
+from fusynth.core.errors import UserInputError
 from fusynth.segment.data import SegSample
 
 log = logging.getLogger(__name__)
@@ -54,25 +54,6 @@ GREEN, RED, YELLOW = (0, 255, 0), (255, 0, 0), (255, 255, 0)
 
 
 # ----------------------------------------------------------------------------- settings
-
-
-def parse_int_list(text: str, flag: str) -> list[int]:
-    """Parse ``"0,10,20"`` into ``[0, 10, 20]``.
-
-    Raises:
-        UserInputError: an element is not an integer (the message names the flag and
-            the element) or the list is empty.
-    """
-    values = []
-    for part in str(text).split(","):
-        item = part.strip()
-        try:
-            values.append(int(item))
-        except ValueError:
-            raise UserInputError(
-                f"{flag}: {item!r} is not an integer (give a comma-separated list, e.g. 0,10,20)"
-            ) from None
-    return values
 
 
 def check_settings(box_jitter: Sequence[int], rounds: int, n_examples: int = 0) -> list[int]:
@@ -288,7 +269,7 @@ def evaluate_segmentation(
     """
     from tqdm.auto import tqdm
 
-    from fusynth.io import atomic_dir, check_output_dir
+    from fusynth.core.io import atomic_dir, check_output_dir
     from fusynth.segment.data import load_seg_set
     from fusynth.segment.sam import load_sam
 
@@ -300,7 +281,7 @@ def evaluate_segmentation(
     seg = load_seg_set(data, "--data")
     cache = None
     if embedding_cache is not None:
-        from fusynth.segment.finetune import EmbeddingCache
+        from fusynth.segment.cache import EmbeddingCache
 
         cache = EmbeddingCache(embedding_cache, sam, model_type)
     shown = 0 if 0 in jitters else jitters[0]
@@ -319,7 +300,7 @@ def evaluate_segmentation(
         results.append(result)
         if pred.jitter == shown and pred.round == 0:
             examples.offer(result.metrics["dice"], pred)
-    from fusynth.io import weights_sha256
+    from fusynth.core.io import weights_sha256
 
     summary = {
         "model": str(model),
@@ -374,7 +355,7 @@ def per_image_values(
 ) -> list[float]:
     """One value per image at ``jitter``: the mean of its rounds' finite values (NaN if
     none)."""
-    from fusynth.stats import finite_values
+    from fusynth.core.stats import finite_values
 
     by_image: list[list[float | None]] = [[] for _ in range(n_images)]
     for r in results:
@@ -399,7 +380,7 @@ def summarise(
     Metrics in mm are None when no image has a pixel spacing; statistics that cannot
     be computed (no finite value, sd of one) are None.
     """
-    from fusynth.stats import bootstrap_ci, finite_values, mean_sd
+    from fusynth.core.stats import bootstrap_ci, finite_values, mean_sd
 
     out: dict[str, Any] = {}
     for jitter in jitters:
@@ -439,7 +420,7 @@ def _write_csv(path: Path, results: Sequence[Result]) -> None:
 
 
 def _write_boxplot(path: Path, results: Sequence[Result], jitters: Sequence[int], n: int) -> None:
-    from fusynth.plots import box_plot
+    from fusynth.core.plots import box_plot
 
     groups = {f"{j} px": per_image_values(results, j, "dice", n) for j in jitters}
     box_plot(path, groups, "Dice by box-prompt jitter", "Dice (per image)")

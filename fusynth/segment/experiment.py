@@ -30,20 +30,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fusynth.data.schema import parse_data_spec
-from fusynth.errors import UserInputError
-from fusynth.experiments import (
+from fusynth.core.errors import UserInputError
+from fusynth.core.experiment import (
     cell,
     csv_bytes,
     drop_models,
     mean_sd_text,
     open_experiment,
     result_rows,
-    test_name,
-    test_spec,
 )
-from fusynth.io import atomic_write_bytes
-from fusynth.stats import mean_sd
+from fusynth.core.io import atomic_write_bytes
+from fusynth.core.stats import mean_sd
+from fusynth.data.schema import parse_data_spec, spec_label, with_default_split
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +138,7 @@ def _check_inputs(config: SegAugmentConfig) -> None:
                 f"{config.synthetic} has {len(cohort)}"
             )
     for spec in config.test:
-        test = load_seg_set(test_spec(spec), "--test").samples
+        test = load_seg_set(with_default_split(spec, "test"), "--test").samples
         check_disjoint(pool, test, f"--test {spec}")
 
 
@@ -169,7 +167,7 @@ def run_cell(config: SegAugmentConfig, out: Path, k: int, m: int, r: int) -> dic
 def _train_and_test(
     config: SegAugmentConfig, folder: Path, k: int, m: int, r: int
 ) -> dict[str, Any]:
-    from fusynth.loop import list_checkpoints
+    from fusynth.core.loop import list_checkpoints
     from fusynth.segment.evaluate import evaluate_segmentation
     from fusynth.segment.finetune import SamFinetuneConfig, embedding_cache_root, finetune_sam
     from fusynth.segment.sam import WEIGHTS_FILE
@@ -194,12 +192,12 @@ def _train_and_test(
         finetune_sam(ft)
     metrics = {}
     for spec in config.test:
-        name = test_name(spec)
+        name = spec_label(spec)
         eval_dir = folder / f"eval-{name.replace(':', '-')}"
         if not (eval_dir / "per_image.csv").is_file():
             evaluate_segmentation(
                 model_dir,
-                test_spec(spec),
+                with_default_split(spec, "test"),
                 eval_dir,
                 seed=config.seed,
                 overwrite=True,
@@ -223,7 +221,7 @@ def summarise(config: SegAugmentConfig, records: list[dict[str, Any]]) -> list[d
     """Mean and sd over repeats of each metric, per test set, K and M."""
     rows = []
     for spec in config.test:
-        name = test_name(spec)
+        name = spec_label(spec)
         for k in config.n_real:
             for m in config.n_synthetic:
                 cell = [
@@ -260,7 +258,7 @@ def _markdown(config: SegAugmentConfig, table: list[dict[str, Any]]) -> str:
 
 def seg_augment(config: SegAugmentConfig) -> dict[str, Any]:
     """Run (or finish) the experiment; returns the table rows and where files are."""
-    from fusynth.plots import line_chart
+    from fusynth.core.plots import line_chart
 
     out = Path(config.out)
     _check_inputs(config)
@@ -279,7 +277,7 @@ def seg_augment(config: SegAugmentConfig) -> dict[str, Any]:
     atomic_write_bytes(out / "table.md", _markdown(config, table).encode())
     series = {}
     for spec in config.test:
-        name = test_name(spec)
+        name = spec_label(spec)
         for m in config.n_synthetic:
             rows = [r for r in table if r["test"] == name and r["n_synthetic"] == m]
             label = f"{name}, {'real only' if m == 0 else f'+{m} synthetic'}"

@@ -8,7 +8,7 @@ beyond a plain loop:
 * While the image encoder is frozen (the default), its embeddings are computed once per
   image and cached on disk under a key of the encoder's weights and the resized image, so
   later epochs and later runs (other seeds, other mixes of the same images) skip it.
-* Randomness (box jitter, data order) comes from :mod:`fusynth.loop`, so resuming from a
+* Randomness (box jitter, data order) comes from :mod:`fusynth.core.loop`, so resuming from a
   checkpoint reproduces an uninterrupted run.
 * The mask decoder is trained on its single-mask output with Dice + (B)CE, and its IoU
   head on the IoU of that mask (as SAM itself was trained), so every trained parameter
@@ -18,11 +18,9 @@ beyond a plain loop:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +30,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fusynth.errors import UserInputError
-from fusynth.loop import (
+from fusynth.core.errors import UserInputError
+from fusynth.core.loop import (
     check_run_dir,
     check_run_settings,
     checkpoint_if_due,
     choice,
     epoch_order,
+    finish_run,
     make_lr_scheduler,
     positive,
     replace_outputs,
@@ -48,6 +47,7 @@ from fusynth.loop import (
     write_config_json,
     write_run_config,
 )
+from fusynth.segment.cache import EmbeddingCache, default_cache_root
 from fusynth.segment.data import (
     SamInput,
     SegSample,
@@ -57,6 +57,13 @@ from fusynth.segment.data import (
     default_validation,
     load_seg_set,
     sam_input,
+)
+from fusynth.segment.model import (
+    BoxPromptedSam,
+    add_encoder_lora,
+    jittered_boxes,
+    merge_encoder_lora,
+    segmentation_loss,
 )
 from fusynth.segment.sam import CONFIG_FILE, SAM_CONFIGS, WEIGHTS_FILE, build_sam, load_sam
 
@@ -208,73 +215,6 @@ def choose_training_data(config: SamFinetuneConfig, size: int) -> SamTrainingDat
     )
 
 
-# ----------------------------------------------------------------------------- embedding cache
-
-
-def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 of named tensors (names, dtypes, shapes and bytes), order-independent."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def image_digest(image: np.ndarray) -> str:
-    """sha256 of a resized encoder-frame image (shape and bytes)."""
-    h = hashlib.sha256(f"{image.shape}|".encode())
-    h.update(np.ascontiguousarray(image).tobytes())
-    return h.hexdigest()
-
-
-@torch.no_grad()
-def encode_image(sam: Any, image: np.ndarray) -> torch.Tensor:
-    """The image encoder's embedding ``[256, g, g]`` of one encoder-frame image."""
-    x = torch.as_tensor(image, device=sam.device).permute(2, 0, 1).float()
-    return sam.image_encoder(sam.preprocess(x[None]))[0].float().cpu()
-
-
-class EmbeddingCache:
-    """Image embeddings of one frozen encoder, on disk (one safetensors file per image).
-
-    The folder is ``ROOT/<encoder digest>/<image digest>.safetensors``: a different
-    checkpoint, size or image never reuses another's embedding.
-    """
-
-    def __init__(self, root: str | os.PathLike | None, sam: Any, model_type: str) -> None:
-        self.folder = None
-        if root is not None:  # the digest reads every encoder weight: only when caching
-            digest = tensor_digest(sam.image_encoder.state_dict())
-            self.folder = Path(root) / f"{model_type}-{digest[:16]}"
-        self.hits = self.misses = 0
-
-    def path(self, image: np.ndarray) -> Path | None:
-        """Where the embedding of ``image`` lives (None when caching is off)."""
-        return self.folder / f"{image_digest(image)}.safetensors" if self.folder else None
-
-    def embed(self, sam: Any, images: list[np.ndarray], write: bool = True) -> torch.Tensor:
-        """Embeddings ``[N, 256, g, g]``, read from disk or computed (and written)."""
-        from safetensors.torch import load_file, save_file
-
-        out = []
-        for image in images:
-            path = self.path(image)
-            if path is not None and path.is_file():
-                out.append(load_file(str(path))["embedding"])
-                self.hits += 1
-                continue
-            emb = encode_image(sam, image)
-            self.misses += 1
-            if path is not None and write:  # complete or absent: a temporary name, renamed
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                path.parent.mkdir(parents=True, exist_ok=True)
-                save_file({"embedding": emb.contiguous()}, str(tmp))
-                os.replace(tmp, path)
-            out.append(emb)
-        return torch.stack(out) if out else torch.empty(0)
-
-
 def embedding_cache_root(config: SamFinetuneConfig) -> str | None:
     """Where a run's image embeddings are cached: None when the encoder is trained (its
     embeddings change every step, and a cache of them would never be read again) or
@@ -282,13 +222,6 @@ def embedding_cache_root(config: SamFinetuneConfig) -> str | None:
     if not config.encoder_frozen or config.no_embedding_cache:
         return None
     return config.embedding_cache or str(default_cache_root())
-
-
-def default_cache_root() -> Path:
-    """``$FUSYNTH_CACHE/sam_embeddings`` (``~/.cache/fusynth`` by default)."""
-    from fusynth.data.phantom_cohort import cache_root
-
-    return cache_root() / "sam_embeddings"
 
 
 # ----------------------------------------------------------------------------- model
@@ -301,115 +234,6 @@ def trainable_names(config: SamFinetuneConfig) -> tuple[str, ...]:
         "decoder+prompt": ("mask_decoder", "prompt_encoder"),
         "all": ("mask_decoder", "prompt_encoder", "image_encoder"),
     }[config.train_parts]
-
-
-def add_encoder_lora(sam: Any, rank: int) -> None:
-    """peft LoRA on the image encoder's attention (``qkv`` and ``proj``)."""
-    from peft import LoraConfig, get_peft_model
-
-    cfg = LoraConfig(r=rank, lora_alpha=rank, target_modules=["qkv", "proj"], lora_dropout=0.0)
-    sam.image_encoder = get_peft_model(sam.image_encoder, cfg)
-
-
-def merge_encoder_lora(sam: Any) -> None:
-    """Fold the encoder LoRA back into plain weights (a stock SAM state dict)."""
-    if hasattr(sam.image_encoder, "merge_and_unload"):  # a peft model
-        sam.image_encoder = sam.image_encoder.merge_and_unload()
-
-
-class BoxPromptedSam(torch.nn.Module):
-    """SAM with one box per image: the module that is trained (and wrapped by DDP).
-
-    ``forward`` takes either cached image embeddings or encoder-frame images, and boxes,
-    and returns single-mask low-resolution logits ``[B, 1, g*4, g*4]`` and IoU predictions.
-    segment-anything's decoder expects one image and several prompts, so images are
-    decoded one at a time.
-    """
-
-    def __init__(self, sam: Any, train_prompt_encoder: bool) -> None:
-        super().__init__()
-        self.sam = sam
-        self.train_prompt_encoder = train_prompt_encoder
-
-    def forward(
-        self,
-        boxes: torch.Tensor,
-        embeddings: torch.Tensor | None = None,
-        images: list[torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        sam = self.sam
-        if embeddings is None:
-            batch = torch.cat([sam.preprocess(x[None]) for x in images])
-            embeddings = sam.image_encoder(batch)
-        with torch.set_grad_enabled(self.train_prompt_encoder and torch.is_grad_enabled()):
-            sparse, dense = sam.prompt_encoder(points=None, boxes=boxes, masks=None)
-        pe = sam.prompt_encoder.get_dense_pe()
-        logits, ious = [], []
-        for i in range(len(boxes)):
-            low, iou = sam.mask_decoder(
-                image_embeddings=embeddings[i : i + 1],
-                image_pe=pe,
-                sparse_prompt_embeddings=sparse[i : i + 1],
-                dense_prompt_embeddings=dense[i : i + 1],
-                multimask_output=False,
-            )
-            logits.append(low)
-            ious.append(iou)
-        return torch.cat(logits), torch.cat(ious)
-
-
-# ----------------------------------------------------------------------------- loss
-
-
-def segmentation_loss(
-    logits: torch.Tensor, target: torch.Tensor, kind: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Loss of single-channel logits ``[B, 1, H, W]`` against a 0/1 target.
-
-    ``dice+bce``: soft Dice of the head + binary cross-entropy. ``dice+ce``: the
-    two-class form (background, head), Dice averaged over both classes + cross-entropy,
-    as MONAI's ``DiceCELoss(softmax=True, to_onehot_y=True)``.
-
-    Returns:
-        ``(loss, hard IoU per sample)``.
-    """
-    target = target.float()
-    dims = (1, 2, 3)
-    if kind == "dice+bce":
-        p = torch.sigmoid(logits)
-        dice = 1 - (2 * (p * target).sum(dims) + 1e-5) / (p.sum(dims) + target.sum(dims) + 1e-5)
-        loss = dice.mean() + F.binary_cross_entropy_with_logits(logits, target)
-    else:
-        two = torch.cat([torch.zeros_like(logits), logits], dim=1)  # softmax([0, z]) = sigmoid
-        probs = two.softmax(dim=1)
-        onehot = torch.cat([1 - target, target], dim=1)
-        inter = (probs * onehot).sum((2, 3))
-        dice = 1 - (2 * inter + 1e-5) / (probs.sum((2, 3)) + onehot.sum((2, 3)) + 1e-5)
-        loss = dice.mean() + F.cross_entropy(two, target[:, 0].long())
-    with torch.no_grad():
-        pred = logits > 0
-        t = target > 0.5
-        inter = (pred & t).sum(dims).float()
-        union = (pred | t).sum(dims).float()
-        iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-    return loss, iou
-
-
-def jittered_boxes(
-    inputs: list[SamInput], jitter_px: int, size: int, gen: torch.Generator
-) -> torch.Tensor:
-    """Boxes ``[B, 4]`` in the encoder frame, each coordinate moved by up to ``jitter_px``
-    native pixels (uniform integers, scaled to the encoder frame), kept inside the image."""
-    boxes = torch.from_numpy(np.stack([x.box for x in inputs]))
-    if jitter_px:
-        offsets = torch.randint(-jitter_px, jitter_px + 1, boxes.shape, generator=gen).float()
-        scale = torch.tensor([x.scale for x in inputs])[:, None]
-        boxes = boxes + offsets * scale
-    limits = torch.tensor([[x.image.shape[1] - 1, x.image.shape[0] - 1] * 2 for x in inputs])
-    boxes = torch.minimum(boxes.clamp(min=0), limits.float())
-    lo = torch.minimum(boxes[:, :2], boxes[:, 2:])
-    hi = torch.maximum(boxes[:, :2], boxes[:, 2:])
-    return torch.cat([lo, hi], dim=1)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -443,7 +267,7 @@ RESUME_KEYS = (
 def _load_model(config: SamFinetuneConfig) -> tuple[Any, str, dict[str, Any]]:
     if config.checkpoint:
         sam, model_type = load_sam(config.checkpoint, config.model_type, flag="--checkpoint")
-        from fusynth.io import weights_sha256
+        from fusynth.core.io import weights_sha256
 
         # A file's own digest; a fusynth SAM folder's model.safetensors (which load_sam
         # requires): the digest evaluation reports give the same weights.
@@ -665,13 +489,14 @@ def finetune_sam(config: SamFinetuneConfig) -> SamTrainResult:
             optimizer,
             lr_scheduler,
         )
-    bar.close()
-    elapsed = time.perf_counter() - started
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        _save_final(output_dir, sam, model_type, run_config, global_step, losses, val_history)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    elapsed = finish_run(
+        accelerator,
+        bar,
+        started,
+        lambda: _save_final(
+            output_dir, sam, model_type, run_config, global_step, losses, val_history
+        ),
+    )
     return SamTrainResult(
         output_dir,
         global_step,

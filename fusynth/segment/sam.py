@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fusynth.errors import UserInputError, suggest
+from fusynth.core.errors import UserInputError, suggest
 
 #: Model sizes. ``global_attn``: blocks with global attention; ``window``: local window.
 SAM_CONFIGS: dict[str, dict[str, Any]] = {

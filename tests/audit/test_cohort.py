@@ -21,16 +21,16 @@ from fusynth.audit.cohort import (
     audit_cohort,
     compare_sets,
     embed,
-    encoder_from_spec,
     frechet_distance,
     kernel_distance,
 )
-from fusynth.audit.cohort_cli import add_audit_cohort_parser
+from fusynth.cli.audit import add_audit_cohort_parser
+from fusynth.core.errors import UserInputError
 from fusynth.data.schema import VIEWS
 from fusynth.data.transforms import square_resize
 from fusynth.data.views import load_view_set
-from fusynth.embed import pixel_embedder
-from fusynth.errors import UserInputError
+from fusynth.embed.base import pixel_embedder
+from fusynth.embed.registry import embedder_from_spec
 from tests.conftest import write_prepared
 
 N_COPIES = 4
@@ -233,21 +233,21 @@ def test_training_defaults_to_the_reference_and_out_is_honoured(
 def test_encoder_specs_that_cannot_be_loaded_name_the_file(tmp_path):
     missing = tmp_path / "nothing.pth"
     with pytest.raises(UserInputError, match=rf"--encoder: {missing}: no such file"):
-        encoder_from_spec(f"inception:{missing}")
+        embedder_from_spec(f"inception:{missing}")
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(UserInputError, match=rf"{garbage}: cannot be loaded"):
-        encoder_from_spec(f"inception:{garbage}")
+        embedder_from_spec(f"inception:{garbage}")
     other = tmp_path / "other.pth"
     torch.save({"conv.weight": torch.zeros(2, 2)}, other)
     with pytest.raises(UserInputError, match=rf"{other}: not inception_v3 weights"):
-        encoder_from_spec(f"inception:{other}")
+        embedder_from_spec(f"inception:{other}")
     with pytest.raises(UserInputError, match="inception:PATH"):
-        encoder_from_spec("inception")
+        embedder_from_spec("inception")
     with pytest.raises(
         UserInputError, match=r"--encoder: 'vgg:x' is not an encoder; .*ssl:DIR or inception:PATH"
     ):
-        encoder_from_spec("vgg:x")
+        embedder_from_spec("vgg:x")
 
 
 def test_inception_weights_from_a_local_file(tmp_path):
@@ -256,7 +256,7 @@ def test_inception_weights_from_a_local_file(tmp_path):
     model = inception_v3(weights=None, aux_logits=True, init_weights=False)
     path = tmp_path / "inception.pth"
     torch.save(model.state_dict(), path)  # with the classifiers, as torchvision ships it
-    embedder = encoder_from_spec(f"inception:{path}")
+    embedder = embedder_from_spec(f"inception:{path}")
     rng = np.random.default_rng(5)
     features = embedder([rng.integers(0, 256, (40, 60), dtype=np.uint8) for _ in range(2)])
     assert features.shape == (2, 2048) and np.isfinite(features).all()

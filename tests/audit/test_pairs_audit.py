@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fusynth.audit.pairs import PairThresholds, dice, field_of_view, score_pair
-from fusynth.cli import main
+from fusynth.cli.main import main
 from fusynth.data.geometry import Ellipse, ellipse_mask
 from fusynth.data.phantom import draw_frame
 from fusynth.data.schema import load_prepared

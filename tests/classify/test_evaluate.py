@@ -14,10 +14,10 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from fusynth.classify.backbones import build_classifier
-from fusynth.classify.cli import add_evaluate_classification_parser, add_evaluate_zeroshot_parser
 from fusynth.classify.evaluate import evaluate_classification, evaluate_zeroshot
-from fusynth.errors import UserInputError
-from fusynth.io import file_sha256
+from fusynth.cli.evaluate import add_evaluate_classification_parser, add_evaluate_zeroshot_parser
+from fusynth.core.errors import UserInputError
+from fusynth.core.io import file_sha256
 
 
 def save_classifier(path: Path, classes: list[str], backbone: str = "resnet18") -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
-from fusynth.cli import main
+from fusynth.cli.main import main
 
 
 def _run(real, cohort, out, *extra):

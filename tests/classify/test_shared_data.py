@@ -8,9 +8,10 @@ import shutil
 
 import pytest
 
+from fusynth.classify.config import ClassifierTrainConfig
 from fusynth.classify.evaluate import evaluate_classification, evaluate_zeroshot
-from fusynth.classify.train import ClassifierTrainConfig, train_classifier
-from fusynth.cli import main
+from fusynth.classify.train import train_classifier
+from fusynth.cli.main import main
 from tests.conftest import SHARED_DATA, requires_shared_data
 
 AFRICAN_CENTERS = {"Algeria", "Egypt", "Ghana", "Malawi", "Uganda"}

@@ -16,18 +16,12 @@ import torchvision
 from safetensors.torch import load_file
 
 from fusynth.classify.backbones import build_classifier, predict_proba
-from fusynth.classify.train import (
-    ClassifierTrainConfig,
-    Progress,
-    augment_batch,
-    choose_per_view,
-    choose_training_data,
-    load_classifier,
-    train_classifier,
-)
+from fusynth.classify.config import ClassifierTrainConfig
+from fusynth.classify.data import augment_batch, choose_per_view, choose_training_data
+from fusynth.classify.train import Progress, load_classifier, train_classifier
+from fusynth.core.errors import UserInputError
 from fusynth.data.schema import VIEWS
 from fusynth.data.views import ViewSet, load_view_set
-from fusynth.errors import UserInputError
 from tests.conftest import write_prepared
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"

@@ -14,7 +14,7 @@ import datasets
 import numpy as np
 import pytest
 
-from fusynth.cli import main
+from fusynth.cli.main import main
 from fusynth.data.ellipse_prior import mask_ellipse
 from fusynth.data.images import decode_image
 from fusynth.data.masks import extract_head_mask

@@ -16,10 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from fusynth.cli import main
+from fusynth.cli.main import main
 from fusynth.cohort.writer import sample_seed
+from fusynth.core.io import file_sha256
 from fusynth.data.schema import VIEWS, load_prepared
-from fusynth.io import file_sha256
 from tests.conftest import accelerate_launch
 
 FUSYNTH = [sys.executable, "-m", "fusynth.cli"]

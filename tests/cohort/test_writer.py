@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from fusynth.cohort.writer import CohortWriter, open_cohort
-from fusynth.errors import UserInputError
+from fusynth.core.errors import UserInputError
 
 
 class _Process:

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fusynth.core.errors import UserInputError
 from fusynth.data.geometry import Ellipse, ellipse_mask, mask_outline
 from fusynth.data.images import fill_outline, label_map, read_grayscale, read_mask
-from fusynth.errors import UserInputError
 
 
 def test_fill_outline_closed_curve_matches_ellipse():

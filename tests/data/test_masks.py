@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
+from fusynth.core.errors import UserInputError
 from fusynth.data.ellipse_prior import EllipsePrior, fit_ellipse_prior, mask_ellipse
 from fusynth.data.geometry import Ellipse, ellipse_mask, mask_outline
 from fusynth.data.masks import conditioning_image, extract_head_mask, is_outline, signed_distance
-from fusynth.errors import UserInputError
 
 
 def _channel(ell: Ellipse, shape=(64, 64), noise=0, seed=0):

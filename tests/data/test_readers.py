@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fusynth.cli import main
+from fusynth.cli.main import main
 from fusynth.data.images import decode_image
 from fusynth.data.prepare import prepare
 from fusynth.data.readers import ReaderOptions
@@ -318,7 +318,7 @@ def test_overwrite_keeps_old_output_when_new_one_fails(capsys, pairs_dir, tmp_pa
 
 
 def test_debug_shows_traceback(capsys, tmp_path):
-    from fusynth.errors import UserInputError
+    from fusynth.core.errors import UserInputError
 
     with pytest.raises(UserInputError):
         main(

@@ -3,11 +3,11 @@ from __future__ import annotations
 import datasets
 import pytest
 
-from fusynth.cli import main
+from fusynth.cli.main import main
+from fusynth.core.errors import UserInputError
 from fusynth.data.prepare import prepare
 from fusynth.data.readers import ReaderOptions
 from fusynth.data.schema import FEATURES, canonical_view, load_prepared, load_split, parse_data_spec
-from fusynth.errors import UserInputError
 
 
 @pytest.fixture

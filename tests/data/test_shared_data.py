@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from fusynth.cli import main
+from fusynth.cli.main import main
 from fusynth.data.geometry import ellipse_mask, fit_ellipse
 from fusynth.data.images import decode_image, read_grayscale
 from fusynth.data.inspect import summarize

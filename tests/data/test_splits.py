@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from fusynth.core.errors import UserInputError
 from fusynth.data.splits import (
     assign_splits,
     check_disjoint_subjects,
@@ -9,7 +10,6 @@ from fusynth.data.splits import (
     split_subjects,
     subjects_in_several_splits,
 )
-from fusynth.errors import UserInputError
 
 
 def test_split_is_deterministic_and_order_independent():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from fusynth.core.errors import UserInputError
 from fusynth.data.views import load_view_set, parse_view_list
-from fusynth.errors import UserInputError
 
 
 def test_labels_only_loading_matches_the_full_load(phantom_prepared):

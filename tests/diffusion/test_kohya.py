@@ -16,6 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from fusynth.core.errors import UserInputError
 from fusynth.diffusion.kohya import (
     DIFFUSERS_WEIGHT_NAME,
     LORA_ADAPTER_METADATA_KEY,
@@ -27,7 +28,6 @@ from fusynth.diffusion.kohya import (
     sd_module_names,
 )
 from fusynth.diffusion.tiny import build_tiny_pipeline
-from fusynth.errors import UserInputError
 
 RANK, ALPHA = 4, 8  # scale 2: a dropped alpha (scale 1) changes every output
 UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]

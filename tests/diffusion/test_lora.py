@@ -347,3 +347,20 @@ def test_a_relative_base_folder_is_recorded_as_an_absolute_path(tiny_base, monke
     monkeypatch.chdir(tiny_base.parent)
     ref = resolve_base(tiny_base.name)
     assert ref.name_or_path == str(tiny_base.resolve())
+
+
+def test_the_run_config_training_writes_is_what_generation_reads(tiny_lora):
+    """Every key TrainedAdapter reads is one the training loop wrote, with its value."""
+    import json
+
+    from fusynth.diffusion.config import TrainedAdapter
+
+    cfg = json.loads((tiny_lora / "config.json").read_text())
+    assert set(TrainedAdapter.KEYS) - {"packing", "conditioning"} <= set(cfg)
+    adapter = TrainedAdapter.read(tiny_lora, "--lora")
+    assert adapter.method == cfg["method"] == "lora"
+    assert adapter.base == cfg["pretrained_model_name_or_path"]
+    assert adapter.resolution == cfg["resolution"]
+    assert adapter.captions_by_view == cfg["captions_by_view"] and adapter.first_caption()
+    weights = tiny_lora / "pytorch_lora_weights.safetensors"
+    assert TrainedAdapter.read(weights, "--lora") == adapter  # a weights file in the folder

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fusynth.errors import UserInputError
+from fusynth.cli.args import parse_int_list
+from fusynth.core.errors import UserInputError
 from fusynth.segment.data import SegSample, load_seg_set
 from fusynth.segment.evaluate import (
     METRICS,
@@ -19,7 +20,6 @@ from fusynth.segment.evaluate import (
     check_settings,
     evaluate_segmentation,
     jitter_box,
-    parse_int_list,
     summarise,
 )
 from fusynth.segment.sam import mask_box

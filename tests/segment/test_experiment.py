@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fusynth.cli import main
+from fusynth.cli.main import main
 from tests.conftest import SHARED_DATA, requires_shared_data
 from tests.segment.test_finetune import _dataset, _head
 
@@ -135,7 +135,7 @@ def test_evaluate_segmentation_cli(real, tmp_path, capsys):
     assert code == 0
     assert "box jitter 0 px: Dice" in printed and "box jitter 4 px" in printed
     assert len(_csv(out / "per_image.csv")) == 3 * (1 + 2)
-    from fusynth.io import file_sha256
+    from fusynth.core.io import file_sha256
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model_sha256"] == file_sha256(model / "model.safetensors")
@@ -220,7 +220,7 @@ def test_a_frozen_encoder_encodes_each_image_once_for_the_whole_grid(
 ):
     import hashlib
 
-    import fusynth.segment.finetune as finetune
+    import fusynth.segment.cache as finetune
 
     seen: list[str] = []
     encode = finetune.encode_image
@@ -259,11 +259,8 @@ def test_a_frozen_encoder_encodes_each_image_once_for_the_whole_grid(
 def test_a_trained_encoder_passes_no_embedding_cache(tmp_path):
     """Training and seg-augment's evaluation take the cache root from one function; an
     encoder that trains gets none (its embeddings would never be read again)."""
-    from fusynth.segment.finetune import (
-        SamFinetuneConfig,
-        default_cache_root,
-        embedding_cache_root,
-    )
+    from fusynth.segment.cache import default_cache_root
+    from fusynth.segment.finetune import SamFinetuneConfig, embedding_cache_root
 
     cache = str(tmp_path / "cache")
     frozen = SamFinetuneConfig(embedding_cache=cache)

@@ -11,8 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from fusynth.core.errors import UserInputError
 from fusynth.data.geometry import Ellipse, ellipse_mask
-from fusynth.errors import UserInputError
+from fusynth.segment.cache import EmbeddingCache, encode_image
 from fusynth.segment.data import (
     SegSample,
     check_disjoint,
@@ -21,14 +22,8 @@ from fusynth.segment.data import (
     load_seg_set,
     sam_input,
 )
-from fusynth.segment.finetune import (
-    EmbeddingCache,
-    SamFinetuneConfig,
-    encode_image,
-    finetune_sam,
-    jittered_boxes,
-    segmentation_loss,
-)
+from fusynth.segment.finetune import SamFinetuneConfig, finetune_sam
+from fusynth.segment.model import jittered_boxes, segmentation_loss
 from fusynth.segment.sam import build_sam, load_sam
 from tests.conftest import _train, accelerate_launch, run_recipe, write_prepared
 
@@ -346,7 +341,7 @@ def test_an_official_style_pth_checkpoint_loads_and_trains(heads, tmp_path):
         assert cfg["smoke_model"] is False and cfg["learning_rate"] == 1e-4
         assert len(cfg["checkpoint_sha256"]) == 64
     # From a fusynth SAM folder: the digest evaluation reports give these weights.
-    from fusynth.io import file_sha256
+    from fusynth.core.io import file_sha256
 
     again = finetune_sam(
         _config(

@@ -1,0 +1,7 @@
+"""``python -m fusynth``: the ``fusynth`` command."""
+
+import sys
+
+from fusynth.cli.main import main
+
+sys.exit(main())

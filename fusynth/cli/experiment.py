@@ -1,0 +1,103 @@
+"""``fusynth experiment seg-augment|cls-augment``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from fusynth.cli.args import (
+    Parser,
+    add_experiment_flags,
+    comma_list,
+    experiment_kwargs,
+    parse_int_list,
+    report_experiment,
+)
+
+
+def _experiment_seg_augment(args: argparse.Namespace) -> int:
+    from fusynth.cli.recipe import quiet_libraries
+    from fusynth.segment.experiment import FINETUNE_KEYS, SegAugmentConfig, seg_augment
+
+    quiet_libraries()
+    config = SegAugmentConfig(
+        n_real=parse_int_list(args.n_real, "--n_real"),
+        n_synthetic=parse_int_list(args.n_synthetic, "--n_synthetic"),
+        **experiment_kwargs(args, FINETUNE_KEYS),
+    )
+    return report_experiment(seg_augment(config), "results, table and chart")
+
+
+def _experiment_cls_augment(args: argparse.Namespace) -> int:
+    from fusynth.classify.experiment import TRAIN_KEYS, ClsAugmentConfig, cls_augment
+    from fusynth.cli.recipe import quiet_libraries
+    from fusynth.data.views import parse_view_list
+
+    quiet_libraries()
+    config = ClsAugmentConfig(
+        backbones=comma_list(args.backbones),
+        n_synthetic_per_view=parse_int_list(args.n_synthetic_per_view, "--n_synthetic_per_view"),
+        views=parse_view_list(args.views, "--views"),
+        **experiment_kwargs(args, TRAIN_KEYS),
+    )
+    return report_experiment(cls_augment(config), "results and tables")
+
+
+def add_commands(groups: Any) -> None:
+    """Add the ``experiment`` command group to the ``fusynth`` parser."""
+    exp = groups.add_parser("experiment", help="experiments that train and evaluate")
+    exp_cmds = exp.add_subparsers(dest="command", required=True, parser_class=Parser)
+    p = exp_cmds.add_parser(
+        "seg-augment", help="SAM fine-tuning with K real + M synthetic pairs, every cell"
+    )
+    add_experiment_flags(
+        p,
+        real="prepared dataset with masks: its train split is the pool",
+        test="comma-separated test sets DIR[:split] (split: test)",
+        synthetic="pairs cohort for the synthetic arm",
+    )
+    p.add_argument("--n_real", default="5,10,20,50", help="real image counts (5,10,20,50)")
+    p.add_argument("--n_synthetic", default="0,500", help="synthetic pair counts (0,500)")
+    p.add_argument("--model_type", help="SAM size (tiny: random-init smoke model)")
+    p.add_argument("--checkpoint", help="official or MedSAM .pth to start every cell from")
+    p.add_argument("--train_parts", help="decoder, decoder+prompt or all (decoder)")
+    p.add_argument("--encoder_lora_rank", type=int, help="(0: off)")
+    p.add_argument("--box_jitter", type=int, help="training box jitter in pixels (10)")
+    p.add_argument("--loss", help="dice+bce or dice+ce (dice+bce)")
+    p.add_argument("--train_batch_size", type=int, help="(4)")
+    p.add_argument("--num_train_epochs", type=int, help="epochs per cell (20)")
+    p.add_argument("--max_train_steps", type=int, help="steps per cell (overrides epochs)")
+    p.add_argument("--learning_rate", type=float, help="(1e-4 with --checkpoint, else 1e-3)")
+    p.add_argument("--mixed_precision", help="no, fp16 or bf16 (no)")
+    p.add_argument("--embedding_cache", help="image embedding cache folder")
+    p.set_defaults(func=_experiment_seg_augment)
+    p = exp_cmds.add_parser(
+        "cls-augment", help="view classifiers, real-only against real + synthetic, per backbone"
+    )
+    add_experiment_flags(
+        p,
+        real="prepared dataset: its train split trains, validation validates",
+        test="comma-separated held-out test sets DIR[:split] (split: test)",
+        synthetic="text-to-image cohort for the synthetic arm",
+    )
+    p.add_argument("--backbones", default="resnet18", help="comma-separated backbones (resnet18)")
+    p.add_argument(
+        "--n_synthetic_per_view", default="0,1000", help="synthetic images per view (0,1000)"
+    )
+    p.add_argument("--views", help="comma-separated views to classify (all of --real)")
+    p.add_argument("--resolution", type=int, help="input side (224; clip: the model's)")
+    p.add_argument("--optimizer", help="sgd or adamw (adamw)")
+    p.add_argument("--learning_rate", type=float, help="(1e-3)")
+    p.add_argument("--train_batch_size", type=int, help="(16)")
+    p.add_argument("--num_train_epochs", type=int, help="epochs per cell (10)")
+    p.add_argument("--max_train_steps", type=int, help="steps per cell (overrides epochs)")
+    p.add_argument("--n_real_per_view", type=int, help="real images per view (all)")
+    p.add_argument(
+        "--no_augment",
+        dest="augment",
+        action="store_false",
+        default=None,
+        help="train without augmentation",
+    )
+    p.add_argument("--mixed_precision", help="no, fp16 or bf16 (no)")
+    p.set_defaults(func=_experiment_cls_augment)

@@ -1,0 +1,1 @@
+"""Clustering fetal views from image embeddings: algorithms, metrics, evaluation."""

@@ -1,0 +1,353 @@
+"""What every training loop in fusynth shares: flag checks, seeded randomness that
+makes resume exact, and ``checkpoint-N`` folders.
+
+* All randomness of a micro-batch is drawn from a generator seeded by ``(seed,
+  micro-step, process)`` and the data order of an epoch by ``(seed, epoch)``, so resuming
+  from ``checkpoint-k`` reproduces an uninterrupted run exactly.
+* A checkpoint folder is complete once its ``training_state.json`` exists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fusynth.core.errors import UserInputError, suggest
+
+STATE_FILE = "training_state.json"
+
+
+def choice(value: str, choices: tuple[str, ...], flag: str) -> str:
+    """Validate a string option, suggesting the nearest valid one."""
+    if value not in choices:
+        raise UserInputError(
+            f"{flag}: {value!r} is not one of {', '.join(choices)}{suggest(value, choices)}"
+        )
+    return value
+
+
+def positive(value: Any, flag: str, allow_zero: bool = False) -> None:
+    """Validate a number flag (``> 0``, or ``>= 0`` with ``allow_zero``)."""
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok:
+        raise UserInputError(f"{flag}: must be {'>= 0' if allow_zero else 'positive'}, got {value}")
+
+
+# ----------------------------------------------------------------------------- randomness
+
+
+def step_generator(seed: int, micro_step: int, process: int) -> torch.Generator:
+    """The generator for one micro-batch: a pure function of its coordinates."""
+    state = np.random.SeedSequence([seed, micro_step, process]).generate_state(2)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def epoch_order(n: int, seed: int, epoch: int, process: int, processes: int) -> np.ndarray:
+    """This process's sample order for one epoch (same length on every process)."""
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    per_process = max(n // processes, 1)
+    return perm[process::processes][:per_process] if n >= processes else perm[:1]
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
+    """``(step, folder)`` of complete ``checkpoint-N`` folders, oldest first."""
+    out = []
+    if output_dir.is_dir():
+        for p in output_dir.iterdir():
+            m = re.fullmatch(r"checkpoint-(\d+)", p.name)
+            if m and (p / STATE_FILE).is_file():
+                out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def find_resume_checkpoint(spec: str, output_dir: Path) -> Path:
+    """Resolve ``--resume_from_checkpoint latest|PATH``."""
+    if spec == "latest":
+        found = list_checkpoints(output_dir)
+        if not found:
+            raise UserInputError(
+                f"--resume_from_checkpoint latest: no checkpoint-N folder in {output_dir}"
+            )
+        return found[-1][1]
+    path = Path(spec)
+    if not path.is_absolute() and not path.exists():
+        path = output_dir / spec
+    if not (path / STATE_FILE).is_file():
+        raise UserInputError(
+            f"--resume_from_checkpoint: {spec} is not a checkpoint folder ({STATE_FILE} missing)"
+        )
+    return path
+
+
+def save_checkpoint(
+    folder: Path,
+    step: int,
+    resume_state: dict[str, Any],
+    save_weights: Callable[[Path], None],
+    optimizer: Any,
+    scheduler: Any,
+    total_limit: int | None = None,
+) -> None:
+    """Write ``checkpoint-N`` atomically: trained weights, optimizer, LR scheduler and the
+    settings a resume must match; keep at most ``total_limit`` checkpoints."""
+    output_dir = folder.parent
+    if total_limit is not None:
+        existing = list_checkpoints(output_dir)
+        for _, old in existing[: max(len(existing) - total_limit + 1, 0)]:
+            shutil.rmtree(old, ignore_errors=True)
+    tmp = output_dir / f".{folder.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_weights(tmp)
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    (tmp / STATE_FILE).write_text(json.dumps({"global_step": step, **resume_state}, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def load_checkpoint(
+    folder: Path,
+    resume_state: dict[str, Any],
+    load_weights: Callable[[Path], None],
+    optimizer: Any,
+    scheduler: Any,
+) -> int:
+    """Restore a checkpoint after checking its settings match this run; returns its step.
+
+    Raises:
+        UserInputError: a setting differs, naming the flag and both values.
+    """
+    state = json.loads((folder / STATE_FILE).read_text())
+    for key, value in resume_state.items():
+        if state.get(key) != value:
+            raise UserInputError(
+                f"--resume_from_checkpoint: {folder} was trained with --{key} {state.get(key)}, "
+                f"this run has {value}"
+            )
+    load_weights(folder)
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    return int(state["global_step"])
+
+
+# ----------------------------------------------------------------------------- a run's folder
+
+
+def check_run_dir(config: Any, weights_file: str) -> Path:
+    """Validate ``--output_dir`` before anything runs.
+
+    A folder that already holds a run (its weights or a checkpoint) is refused unless the
+    run resumes (``--resume_from_checkpoint``) or starts over (``--overwrite_output_dir``).
+    """
+    out = Path(config.output_dir)
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--output_dir: {out} exists and is not a folder")
+    fresh = config.resume_from_checkpoint is None and not config.overwrite_output_dir
+    if fresh and out.is_dir() and ((out / weights_file).exists() or list_checkpoints(out)):
+        raise UserInputError(
+            f"--output_dir: {out} already holds a run; resume it with "
+            "--resume_from_checkpoint latest or pass --overwrite_output_dir"
+        )
+    return out
+
+
+def start_run(config: Any, weights_file: str, **accelerator_kwargs: Any):
+    """Check the output folder and the resume point, build the Accelerator, and clear
+    the folder when the run starts over.
+
+    ``config`` needs ``output_dir``, ``resume_from_checkpoint``, ``overwrite_output_dir``,
+    ``mixed_precision`` and ``report_to``.
+
+    Returns:
+        ``(accelerator, output_dir, resume)``: ``resume`` is the checkpoint folder or None.
+    """
+    from accelerate.utils import ProjectConfiguration
+
+    from fusynth.core.distributed import make_accelerator
+
+    output_dir = check_run_dir(config, weights_file)
+    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise UserInputError("--mixed_precision fp16 needs a CUDA GPU; use bf16 or no on a CPU")
+    resume = None
+    if config.resume_from_checkpoint is not None:
+        resume = find_resume_checkpoint(config.resume_from_checkpoint, output_dir)
+    accelerator = make_accelerator(
+        mixed_precision=config.mixed_precision,
+        log_with=None if config.report_to == "none" else config.report_to,
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / "logs")
+        ),
+        **accelerator_kwargs,
+    )
+    if config.overwrite_output_dir and resume is None and accelerator.is_main_process:
+        shutil.rmtree(output_dir, ignore_errors=True)  # no stale checkpoints to resume from
+    accelerator.wait_for_everyone()
+    return accelerator, output_dir, resume
+
+
+def tracker_config(run_config: dict[str, Any]) -> dict[str, Any]:
+    """A run config with every value a scalar, as trackers (tensorboard) want it."""
+    return {
+        k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in run_config.items()
+    }
+
+
+def replace_outputs(output_dir: Path, write: Callable[[Path], None]) -> None:
+    """Write a run's final files into a temporary folder with ``write``, then move each
+    into ``output_dir``, replacing its old version only once all are written."""
+    tmp = output_dir / ".final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    for item in tmp.iterdir():
+        target = output_dir / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(item, target)
+    tmp.rmdir()
+
+
+def write_config_json(folder: Path, run_config: dict[str, Any]) -> Path:
+    """Write a run's resolved settings as ``folder/config.json`` (one format for every
+    run: sorted keys, values JSON cannot hold as their ``str``)."""
+    path = Path(folder) / "config.json"
+    path.write_text(json.dumps(run_config, indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def write_run_config(
+    accelerator: Any, run_config: dict[str, Any], output_dir: Path, project: str, report_to: str
+) -> None:
+    """At the start of a run the main process writes ``config.json`` and starts the
+    trackers; other processes do nothing."""
+    if not accelerator.is_main_process:
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_config_json(output_dir, run_config)
+    if report_to != "none":
+        accelerator.init_trackers(project, config=tracker_config(run_config))
+
+
+# ----------------------------------------------------------------------------- settings
+
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+REPORT_TO = ("none", "tensorboard")
+
+
+def check_run_settings(
+    config: Any,
+    positive_fields: tuple[str, ...] = (),
+    non_negative_fields: tuple[str, ...] = (),
+    lr_schedulers: tuple[str, ...] = LR_SCHEDULERS,
+) -> None:
+    """Check the settings every training config shares, plus ``positive_fields`` (> 0)
+    and ``non_negative_fields`` (>= 0); each error names its flag."""
+    choice(config.lr_scheduler, lr_schedulers, "--lr_scheduler")
+    choice(config.mixed_precision, MIXED_PRECISION, "--mixed_precision")
+    choice(config.report_to, REPORT_TO, "--report_to")
+    for name in ("train_batch_size", "num_train_epochs", "checkpointing_steps", *positive_fields):
+        positive(getattr(config, name), f"--{name}")
+    for name in ("lr_warmup_steps", *non_negative_fields):
+        positive(getattr(config, name), f"--{name}", allow_zero=True)
+    for name in ("max_train_steps", "checkpoints_total_limit"):
+        if getattr(config, name) is not None:
+            positive(getattr(config, name), f"--{name}")
+
+
+def make_lr_scheduler(config: Any, optimizer: Any, max_steps: int) -> Any:
+    """diffusers' scheduler named by ``--lr_scheduler``, stepped once per optimizer step."""
+    from diffusers.optimization import get_scheduler
+
+    return get_scheduler(
+        config.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=config.lr_warmup_steps,
+        num_training_steps=max_steps,
+    )
+
+
+def resume_run(
+    resume: Path | None,
+    resume_state: dict[str, Any],
+    load_weights: Callable[[Path], None],
+    optimizer: Any,
+    scheduler: Any,
+) -> int:
+    """The step to start from: 0, or that of the restored checkpoint ``resume``."""
+    if resume is None:
+        return 0
+    step = load_checkpoint(resume, resume_state, load_weights, optimizer, scheduler)
+    logging.getLogger("fusynth").info("resumed from %s at step %d", resume, step)
+    return step
+
+
+def checkpoint_if_due(
+    accelerator: Any,
+    config: Any,
+    output_dir: Path,
+    step: int,
+    max_steps: int | bool,
+    resume_state: dict[str, Any],
+    save_weights: Callable[[Path], None],
+    optimizer: Any,
+    scheduler: Any,
+) -> None:
+    """Every ``--checkpointing_steps`` steps and after the last one (``step ==
+    max_steps``), the main process writes ``checkpoint-N``; every process waits for it.
+
+    ``max_steps`` may still be a bool, ``True`` on the last step: the earlier form of
+    this argument, which ``fusynth.classify.train`` passes until it moves to ``max_steps``.
+    """
+    last = max_steps if isinstance(max_steps, bool) else step == max_steps
+    if step % config.checkpointing_steps and not last:
+        return
+    if accelerator.is_main_process:
+        save_checkpoint(
+            output_dir / f"checkpoint-{step}",
+            step,
+            resume_state,
+            save_weights,
+            optimizer,
+            scheduler,
+            config.checkpoints_total_limit,
+        )
+    accelerator.wait_for_everyone()
+
+
+def finish_run(accelerator: Any, bar: Any, started: float, save_final: Callable[[], None]) -> float:
+    """End every training loop the same way: close the progress bar, let the main process
+    write the final folder while the others wait, and end the trackers.
+
+    Args:
+        accelerator: the run's Accelerator.
+        bar: the run's tqdm progress bar.
+        started: ``time.perf_counter()`` when the steps began.
+        save_final: writes the final output folder (called on the main process only).
+
+    Returns:
+        Seconds from ``started`` to the last step.
+    """
+    import time
+
+    bar.close()
+    elapsed = time.perf_counter() - started
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_final()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return elapsed

@@ -1,0 +1,1 @@
+"""Self-supervised learning: SimCLR on fetal ultrasound (model, augmentations, training, card)."""
