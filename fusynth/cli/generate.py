@@ -114,7 +114,7 @@ def add_commands(groups: Any) -> None:
         "--strength",
         type=float,
         default=0.75,
-        help="packed with --masks-from: img2img strength (0.75)",
+        help="packed with --masks_from: img2img strength (0.75)",
     )
     p.add_argument(
         "--threshold", type=int, default=180, help="packed: mask channel threshold (180)"

@@ -1,10 +1,11 @@
 """fusynth: generative data augmentation for fetal ultrasound.
 
-Prepare real data, generate synthetic cohorts from a LoRA or ControlNet, audit them, and
-measure what they buy in segmentation, view classification and clustering. Training
-(LoRA, ControlNet, SAM, classifiers, SSL) lives in ``recipes/*.py``, run with
-``accelerate launch``. Each subcommand parses its flags and calls one library function.
-Flags are ``--snake_case``; the ``--kebab-case`` spelling of any flag works too.
+Prepare real data, generate synthetic cohorts from a LoRA or ControlNet, audit them,
+and measure what they buy in segmentation, view classification and clustering.
+
+Training (LoRA, ControlNet, SAM, classifiers, SSL encoders) lives in recipes/*.py:
+    accelerate launch recipes/train_lora.py --help
+Flags are --snake_case; the --kebab-case spelling of any flag works too.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from fusynth import __version__
 from fusynth.cli import audit, data, evaluate, experiment, generate, lora, publish
 from fusynth.cli.args import Parser
 from fusynth.core.errors import UserInputError
+from fusynth.core.io import as_user_error
 
 log = logging.getLogger("fusynth")
 
@@ -25,7 +27,11 @@ log = logging.getLogger("fusynth")
 def build_parser() -> argparse.ArgumentParser:
     """The full ``fusynth`` argument parser."""
 
-    parser = Parser(prog="fusynth", description=__doc__)
+    parser = Parser(
+        prog="fusynth",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"fusynth {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     groups = parser.add_subparsers(dest="group", required=True, parser_class=Parser)
@@ -79,10 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     datasets.logging.set_verbosity_error()
     try:
         return int(args.func(args) or 0)
-    except UserInputError as exc:
-        if args.debug:
+    except (UserInputError, OSError) as exc:
+        error = exc if isinstance(exc, UserInputError) else as_user_error(exc)
+        if args.debug or error is None:
             raise
-        print(f"fusynth: error: {exc}", file=sys.stderr)
+        print(f"fusynth: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fusynth: interrupted", file=sys.stderr)

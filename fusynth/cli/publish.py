@@ -1,6 +1,6 @@
 """``fusynth publish model|cohort``: their flags and what they print.
 
-``--dry-run OUT`` builds the folder an upload would send and uploads nothing. Without it
+``--dry_run OUT`` builds the folder an upload would send and uploads nothing. Without it
 the same folder is built in a temporary place and uploaded with the token of
 ``HF_TOKEN`` or ``hf auth login``; the token is never printed. A Hub that refuses the
 token or the repository (401, 403, 404) is bad input, exit 2; other Hub or network
@@ -37,7 +37,7 @@ def _common_flags(p: argparse.ArgumentParser, what: str) -> None:
         help="build in OUT exactly the folder that would be uploaded, and upload nothing "
         "(needs no token)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --dry-run OUT")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --dry_run OUT")
     p.add_argument(
         "--revision",
         metavar="BRANCH",
@@ -128,7 +128,7 @@ def _hub_failure(exc: Exception, repo_id: str, token: str) -> int:
     hint = {
         401: "; check the token in HF_TOKEN or `hf auth login`",
         403: "; the token cannot write to this repository (a read-only token?)",
-        404: "; check --repo-id and --revision",
+        404: "; check --repo_id and --revision",
     }.get(status, "")
     refused = isinstance(exc, (HfHubHTTPError, ValueError))  # ValueError: its card check
     what = f"the Hub refused the upload to {repo_id}" if refused else f"upload to {repo_id} failed"
@@ -147,7 +147,7 @@ def publish_command(args: argparse.Namespace) -> int:
         or network failures.
 
     Raises:
-        UserInputError: bad folder, repo id or audit; no token without ``--dry-run``.
+        UserInputError: bad folder, repo id or audit; no token without ``--dry_run``.
     """
     from fusynth.publish.hub import build_folder, hub_token, upload
     from fusynth.publish.kinds import check_request
@@ -189,7 +189,7 @@ def publish_command(args: argparse.Namespace) -> int:
             )
         except OfflineModeIsEnabled as exc:
             raise UserInputError(
-                "HF_HUB_OFFLINE is set: unset it to upload, or use --dry-run OUT"
+                "HF_HUB_OFFLINE is set: unset it to upload, or use --dry_run OUT"
             ) from exc
         except (HfHubHTTPError, httpx2.HTTPError, OSError) as exc:
             return _hub_failure(exc, args.repo_id, token)

@@ -10,6 +10,7 @@ from typing import Any
 
 from fusynth.core.config import resolve_config
 from fusynth.core.errors import UserInputError
+from fusynth.core.io import as_user_error
 from fusynth.core.loop import MIXED_PRECISION, REPORT_TO
 from fusynth.diffusion.config import LR_SCHEDULERS
 
@@ -52,10 +53,11 @@ def run_recipe(
     try:
         config = resolve_config(config_cls, given, given.pop("config", None))
         run(config)
-    except UserInputError as exc:
-        if debug:
+    except (UserInputError, OSError) as exc:
+        error = exc if isinstance(exc, UserInputError) else as_user_error(exc)
+        if debug or error is None:
             raise
-        print(f"fusynth: error: {exc}", file=sys.stderr)
+        print(f"fusynth: error: {error}", file=sys.stderr)
         return 2
     return 0
 

@@ -5,10 +5,10 @@
   mask comes out of the mask channel through :func:`fusynth.data.masks.extract_head_mask`
   (threshold, largest component, ellipse fit, fill). A sample whose fit is poor is
   redrawn with a new seed, up to ``max_attempts`` times; samples that never pass are
-  left out and counted. With ``--masks-from`` the packed picture starts from the given
+  left out and counted. With ``--masks_from`` the packed picture starts from the given
   mask (img2img at ``strength``), which steers the head's shape and size.
 * ``controlnet``: a ControlNet draws an image for a given mask, so the pair is right by
-  construction; masks come from a dataset (``--masks-from DIR[:split]``) or from head
+  construction; masks come from a dataset (``--masks_from DIR[:split]``) or from head
   ellipses sampled from a distribution fitted to the training masks (``ellipse``).
 
 Both write through :class:`fusynth.cohort.writer.CohortWriter`, so sharding, per-sample
@@ -79,7 +79,7 @@ class PairsRequest(SamplingRequest):
         super().__post_init__()
         if self.method == "controlnet" and self.masks_from is None:
             raise UserInputError(
-                "--masks-from: --method controlnet needs masks: a prepared DIR[:split] or 'ellipse'"
+                "--masks_from: --method controlnet needs masks: a prepared DIR[:split] or 'ellipse'"
             )
         if not 0 < self.strength <= 1:
             raise UserInputError(f"--strength: must be in (0, 1], got {self.strength}")
@@ -145,10 +145,10 @@ class MaskSource:
         if spec == ELLIPSE:
             if not train_data:
                 raise UserInputError(
-                    "--masks-from ellipse: the adapter's config.json names no training data"
+                    "--masks_from ellipse: the adapter's config.json names no training data"
                 )
             masks, groups, _ = _dataset_masks(
-                train_data, "--masks-from ellipse (the adapter's training data)"
+                train_data, "--masks_from ellipse (the adapter's training data)"
             )
             self.prior = fit_ellipse_prior(zip(masks, groups, strict=True))
             names = [g for g in self.prior.groups if g != "all"]
@@ -165,7 +165,7 @@ class MaskSource:
                 "ellipse_prior": json.loads(self.prior.to_json()),
             }
         else:
-            self.masks, _, self.spacing = _dataset_masks(spec, "--masks-from")
+            self.masks, _, self.spacing = _dataset_masks(spec, "--masks_from")
             self.fingerprint = {"masks_from": spec, "n_source_masks": len(self.masks)}
 
     def mask(self, index: int) -> tuple[np.ndarray, dict[str, Any], float | None]:

@@ -32,7 +32,7 @@ import numpy as np
 
 from fusynth.core.artifacts import REQUEST_FILE, STATS_FILE
 from fusynth.core.errors import UserInputError
-from fusynth.core.io import atomic_write_bytes
+from fusynth.core.io import atomic_write_bytes, check_foreign, write_marker
 from fusynth.data.schema import FEATURES, save_prepared
 
 
@@ -126,6 +126,7 @@ class CohortWriter:
                 "use another --out or pass --overwrite"
             )
         if self.out.is_dir() and any(self.out.iterdir()):
+            check_foreign(self.out, "--out")
             if not self.overwrite:
                 raise UserInputError(
                     f"--out: {self.out} is not empty and is not a cohort; use another --out "
@@ -142,6 +143,7 @@ class CohortWriter:
             self.out.mkdir(parents=True, exist_ok=True)
             req_file = self.out / REQUEST_FILE
             if not req_file.is_file():  # first, so a folder with anything in it is a cohort
+                write_marker(self.out, "cohort")
                 data = json.dumps(self.request, indent=2, sort_keys=True) + "\n"
                 atomic_write_bytes(req_file, data.encode())
             (self.out / "shards").mkdir(exist_ok=True)

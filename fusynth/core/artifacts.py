@@ -9,6 +9,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# ----------------------------------------------------------------------------- every output
+
+#: In every folder fusynth creates: the kind of output. ``--overwrite`` replaces only
+#: folders that carry it, so a mistyped ``--out`` can never delete a user's own folder.
+MARKER_FILE = ".fusynth.json"
+#: Files by which folders written before the marker existed are still recognised.
+LEGACY_MARKERS = (
+    "request.json",
+    "experiment.json",
+    "dataset_dict.json",
+    "cohort_audit.json",
+    "phantom.json",
+)
+
 # ----------------------------------------------------------------------------- training runs
 
 #: The resolved settings of a training run, beside its weights (diffusers' convention).

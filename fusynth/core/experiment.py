@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fusynth.core.errors import UserInputError
-from fusynth.core.io import atomic_write_bytes
+from fusynth.core.io import atomic_write_bytes, check_foreign, write_marker
 
 REQUEST_FILE = "experiment.json"
 CELL_FILE = "cell.json"
@@ -40,12 +40,14 @@ def open_experiment(out: Path, request: dict[str, Any], overwrite: bool) -> None
         if old != want:
             shutil.rmtree(out)
     elif out.is_dir() and any(out.iterdir()):
+        check_foreign(out, "--out")
         if not overwrite:
             raise UserInputError(
                 f"--out: {out} is not empty and is not an experiment; use another --out or --overwrite"
             )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    write_marker(out, "experiment")
     atomic_write_bytes(req, (json.dumps(want, indent=2) + "\n").encode())
 
 

@@ -3,56 +3,107 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from fusynth.core.artifacts import LEGACY_MARKERS, MARKER_FILE, RUN_CONFIG
 from fusynth.core.errors import UserInputError
 
 
-def check_output_dir(out: str | os.PathLike, overwrite: bool, flag: str = "--overwrite") -> Path:
-    """Refuse an existing output unless overwriting was asked for.
+def write_marker(folder: str | os.PathLike, kind: str) -> None:
+    """Mark ``folder`` as a fusynth output of ``kind`` (:data:`MARKER_FILE`)."""
+    from fusynth import __version__
+
+    data = json.dumps({"kind": kind, "fusynth_version": __version__}, sort_keys=True) + "\n"
+    atomic_write_bytes(Path(folder) / MARKER_FILE, data.encode())
+
+
+def is_fusynth_folder(folder: str | os.PathLike) -> bool:
+    """Whether fusynth wrote ``folder``: its marker, or (from before the marker) a file
+    only fusynth writes there, or a ``config.json`` that names a fusynth version."""
+    folder = Path(folder)
+    if (folder / MARKER_FILE).is_file() or any((folder / n).is_file() for n in LEGACY_MARKERS):
+        return True
+    cfg = folder / RUN_CONFIG
+    try:
+        return cfg.is_file() and "fusynth_version" in json.loads(cfg.read_text())
+    except (ValueError, TypeError):
+        return False
+
+
+def check_foreign(out: Path, flag: str) -> None:
+    """Refuse to write into or replace a non-empty folder fusynth did not write.
+
+    Raises:
+        UserInputError: whatever the flags, naming the folder and ``flag``.
+    """
+    if out.is_dir() and any(out.iterdir()) and not is_fusynth_folder(out):
+        raise UserInputError(
+            f"{flag}: {out} is not empty and was not written by fusynth (no {MARKER_FILE}); "
+            "it is never written into or replaced, whatever the flags: choose another folder"
+        )
+
+
+def check_output_dir(
+    out: str | os.PathLike, overwrite: bool, flag: str = "--overwrite", out_flag: str = "--out"
+) -> Path:
+    """Refuse an existing output unless overwriting was asked for and fusynth wrote it.
 
     Args:
         out: the output folder.
         overwrite: whether an existing folder may be replaced.
         flag: the flag to name in the error.
+        out_flag: the flag that named ``out``.
 
     Returns:
         ``out`` as a Path.
 
     Raises:
-        UserInputError: ``out`` exists (and ``overwrite`` is False) or is a file.
+        UserInputError: ``out`` is a file, exists (and ``overwrite`` is False), or is a
+            non-empty folder fusynth did not write (whatever ``overwrite``).
     """
     out = Path(out)
     if out.exists():
         if not out.is_dir():
             raise UserInputError(f"{out}: exists and is not a folder")
+        check_foreign(out, out_flag)
         if not overwrite:
             raise UserInputError(f"{out}: already exists; pass {flag} to replace it")
     return out
 
 
 @contextlib.contextmanager
-def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(
+    out: str | os.PathLike, overwrite: bool = False, kind: str = "output"
+) -> Iterator[Path]:
     """Build a folder in a temporary sibling and rename it into place when complete.
 
-    On any exception the temporary folder is removed and ``out`` is left as it was.
+    On any exception the temporary folder is removed and ``out`` is left as it was. The
+    folder is marked as a fusynth output of ``kind`` (:func:`write_marker`).
 
     Args:
         out: the final folder.
-        overwrite: replace an existing ``out`` (only after the new one is complete).
+        overwrite: replace an existing ``out`` (only after the new one is complete, and
+            only one fusynth wrote).
+        kind: what the folder holds, recorded in its marker.
 
     Yields:
         The temporary folder to write into.
     """
     out = check_output_dir(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as exc:
+        raise unwritable(out, exc) from exc
+    try:
+        write_marker(tmp, kind)
         yield tmp
         if out.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
@@ -123,3 +174,29 @@ def weights_sha256(model: str | os.PathLike | None) -> str | None:
     if path.is_dir():
         path = path / "model.safetensors"
     return file_sha256(path) if path.is_file() else None
+
+
+#: errno values that mean the place cannot be written (or read) by this user: bad
+#: input to report in one line, not a bug in fusynth.
+LOCATION_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+
+
+def as_user_error(exc: BaseException) -> UserInputError | None:
+    """The one-line error for an OSError that the user's location causes, else None."""
+    if isinstance(exc, OSError) and exc.errno in LOCATION_ERRNOS:
+        return unwritable(exc.filename or "output", exc)
+    return None
+
+
+def unwritable(path: str | os.PathLike, exc: OSError) -> UserInputError:
+    """A one-line error for an output location that cannot be written (read-only, full,
+    not permitted), naming the path."""
+    reason = {
+        errno.EACCES: "permission denied",
+        errno.EPERM: "not permitted",
+        errno.EROFS: "read-only file system",
+        errno.ENOSPC: "no space left on the device",
+        errno.EDQUOT: "disk quota exceeded",
+    }.get(exc.errno, exc.strerror or type(exc).__name__)
+    where = exc.filename or path
+    return UserInputError(f"{where}: cannot be written ({reason})")

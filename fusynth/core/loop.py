@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from fusynth.core.errors import UserInputError, suggest
+from fusynth.core.io import check_foreign, write_marker
 
 STATE_FILE = "training_state.json"
 
@@ -150,11 +151,13 @@ def check_run_dir(config: Any, weights_file: str) -> Path:
     """Validate ``--output_dir`` before anything runs.
 
     A folder that already holds a run (its weights or a checkpoint) is refused unless the
-    run resumes (``--resume_from_checkpoint``) or starts over (``--overwrite_output_dir``).
+    run resumes (``--resume_from_checkpoint``) or starts over (``--overwrite_output_dir``);
+    a non-empty folder fusynth did not write is refused whatever the flags.
     """
     out = Path(config.output_dir)
     if out.exists() and not out.is_dir():
         raise UserInputError(f"--output_dir: {out} exists and is not a folder")
+    check_foreign(out, "--output_dir")
     fresh = config.resume_from_checkpoint is None and not config.overwrite_output_dir
     if fresh and out.is_dir() and ((out / weights_file).exists() or list_checkpoints(out)):
         raise UserInputError(
@@ -236,6 +239,7 @@ def write_run_config(
     if not accelerator.is_main_process:
         return
     output_dir.mkdir(parents=True, exist_ok=True)
+    write_marker(output_dir, f"training-run ({project})")
     write_config_json(output_dir, run_config)
     if report_to != "none":
         accelerator.init_trackers(project, config=tracker_config(run_config))

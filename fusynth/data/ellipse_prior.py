@@ -131,7 +131,7 @@ def fit_ellipse_prior(
             feats.setdefault(key, []).append(f)
             angles.setdefault(key, []).append(ell.angle)
     if len(feats.get(ALL, [])) < 3:
-        raise UserInputError("--masks-from: need at least 3 masks to fit an ellipse distribution")
+        raise UserInputError("--masks_from: need at least 3 masks to fit an ellipse distribution")
     groups = {}
     for key, rows in feats.items():
         if key != ALL and len(rows) < min_per_group:

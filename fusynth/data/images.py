@@ -98,7 +98,7 @@ def read_mask(
             or an empty mask; the message names the file.
     """
     if kind not in MASK_KINDS:
-        raise UserInputError(f"--mask-kind: {kind!r} is not one of {', '.join(MASK_KINDS)}")
+        raise UserInputError(f"--mask_kind: {kind!r} is not one of {', '.join(MASK_KINDS)}")
     path = Path(path)
     raw = read_grayscale(path)
     if shape is not None and raw.shape != tuple(shape):
@@ -158,7 +158,7 @@ def fill_outline(outline: np.ndarray) -> np.ndarray:
     on_ring = outline[ring[:, 0], ring[:, 1]]
     runs = _cyclic_runs(on_ring)
     if len(runs) < 2:
-        raise ValueError("outline does not close (fill the gap or use --mask-kind filled)")
+        raise ValueError("outline does not close (fill the gap or use --mask_kind filled)")
     if len(runs) > 2:
         raise ValueError(f"outline leaves the image {len(runs)} times; cannot tell its inside")
     best = None
@@ -174,7 +174,7 @@ def fill_outline(outline: np.ndarray) -> np.ndarray:
         if inside > 0 and (best is None or cand.sum() < best.sum()):
             best = cand
     if best is None:
-        raise ValueError("outline does not close (fill the gap or use --mask-kind filled)")
+        raise ValueError("outline does not close (fill the gap or use --mask_kind filled)")
     return best
 
 

@@ -93,10 +93,10 @@ def write_phantom_source(
     if size < 32:
         raise UserInputError(f"--size: the phantom needs at least 32 px, got {size}")
     if frames_per_subject <= 0:
-        raise UserInputError(f"--frames-per-subject: must be positive, got {frames_per_subject}")
+        raise UserInputError(f"--frames_per_subject: must be positive, got {frames_per_subject}")
     spacing = pixel_spacing_mm or default_pixel_spacing(size)
     if spacing <= 0:
-        raise UserInputError(f"--pixel-spacing: must be positive, got {pixel_spacing_mm}")
+        raise UserInputError(f"--pixel_spacing: must be positive, got {pixel_spacing_mm}")
     out = Path(out)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         (tmp / "images").mkdir()

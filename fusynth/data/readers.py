@@ -56,14 +56,14 @@ class ReaderOptions:
     def __post_init__(self) -> None:
         if self.mask_kind not in MASK_KINDS:
             raise UserInputError(
-                f"--mask-kind: {self.mask_kind!r} is not one of {', '.join(MASK_KINDS)}"
+                f"--mask_kind: {self.mask_kind!r} is not one of {', '.join(MASK_KINDS)}"
                 + suggest(self.mask_kind, MASK_KINDS)
             )
         if self.subject_regex is not None:
             try:
                 re.compile(self.subject_regex)
             except re.error as exc:
-                raise UserInputError(f"--subject-regex: invalid regular expression: {exc}") from exc
+                raise UserInputError(f"--subject_regex: invalid regular expression: {exc}") from exc
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -189,7 +189,7 @@ def _subject_from_stem(stem: str, regex: str | None, where: str) -> str:
         return stem
     m = re.search(regex, stem)
     if not m:
-        raise UserInputError(f"{where}: --subject-regex {regex!r} does not match {stem!r}")
+        raise UserInputError(f"{where}: --subject_regex {regex!r} does not match {stem!r}")
     return m.group(1) if m.groups() else m.group(0)
 
 
@@ -351,8 +351,8 @@ def _patient(value: str, where: str) -> str:
 
 def read_pairs(src: Path, options: ReaderOptions) -> list[SourceSample]:
     """Any image/mask folder pair: ``images/X.png`` with ``masks/X<suffix>.png``."""
-    images = _require_dir(src / options.images_subdir, f"--images-subdir {options.images_subdir!r}")
-    masks = _require_dir(src / options.masks_subdir, f"--masks-subdir {options.masks_subdir!r}")
+    images = _require_dir(src / options.images_subdir, f"--images_subdir {options.images_subdir!r}")
+    masks = _require_dir(src / options.masks_subdir, f"--masks_subdir {options.masks_subdir!r}")
     view = canonical_view(options.view, "--view")
     same_dir = images.resolve() == masks.resolve()
     samples = []

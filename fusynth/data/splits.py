@@ -43,11 +43,11 @@ def split_subjects(
     Returns:
         ``{subject_id: split}``.
     """
-    val_fraction = check_fraction(val_fraction, "--val-fraction")
-    test_fraction = check_fraction(test_fraction, "--test-fraction")
+    val_fraction = check_fraction(val_fraction, "--val_fraction")
+    test_fraction = check_fraction(test_fraction, "--test_fraction")
     if val_fraction + test_fraction >= 1.0:
         raise UserInputError(
-            f"--val-fraction + --test-fraction must be below 1, got "
+            f"--val_fraction + --test_fraction must be below 1, got "
             f"{val_fraction} + {test_fraction}"
         )
     unique = sorted(set(subjects))
@@ -162,7 +162,7 @@ def assign_splits(
     notes = []
     has_test = "test" in fixed.values()
     if has_test:
-        notes.append("kept the publisher's test split; --test-fraction not used")
+        notes.append("kept the publisher's test split; --test_fraction not used")
         test_fraction = 0.0
     free = [s for s in subjects if s not in fixed]
     strata = None

@@ -149,7 +149,7 @@ def load_training_set(
             if is_outline(raw):
                 raise UserInputError(
                     f"{flag}: {spec} sample {i} ({row['subject_id']}) has an outline, not a filled "
-                    "mask; prepare the data with --mask-kind outline so masks are filled"
+                    "mask; prepare the data with --mask_kind outline so masks are filled"
                 )
             mask = square_resize(
                 raw, resolution, config.center_crop, resample=Image.Resampling.NEAREST

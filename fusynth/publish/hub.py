@@ -1,4 +1,4 @@
-"""Build a publishable folder (``--dry-run``) or upload it to the Hub in one atomic commit.
+"""Build a publishable folder (``--dry_run``) or upload it to the Hub in one atomic commit.
 
 The token is whatever huggingface_hub finds (``HF_TOKEN``, then ``hf auth login``); it is
 passed to ``HfApi`` and never printed, logged or written.
@@ -43,7 +43,7 @@ def build_folder(
         force: for a cohort, publish without an audit or against it.
         max_flag_share: for a cohort, the largest memorization-flagged share accepted.
         evals: for a model, more evaluation folders (``--eval``).
-        base_model: for a model, the Hub id of its base (``--base-model``).
+        base_model: for a model, the Hub id of its base (``--base_model``).
         datasets: for a model, Hub ids of its training data (``--datasets``).
         audit_dir: for a cohort, an audit written elsewhere (``--audit``).
 
@@ -71,7 +71,7 @@ def publish_dry_run(
     **options: Any,
 ) -> list[str]:
     """Check a request and build, atomically in ``out``, exactly the folder
-    ``fusynth publish`` would upload (``--dry-run OUT``).
+    ``fusynth publish`` would upload (``--dry_run OUT``).
 
     Args:
         kind: ``model`` or ``cohort`` (the subcommand).
@@ -103,7 +103,7 @@ def publish_dry_run(
 
 NO_TOKEN = (
     "no Hugging Face token: set HF_TOKEN or run `hf auth login` "
-    "(or use --dry-run OUT to build the folder without uploading)"
+    "(or use --dry_run OUT to build the folder without uploading)"
 )
 
 

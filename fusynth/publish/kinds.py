@@ -105,7 +105,7 @@ def check_repo_id(repo_id: str) -> str:
     """Check a Hub repository id of the form ``USER/NAME``.
 
     Args:
-        repo_id: the ``--repo-id`` value.
+        repo_id: the ``--repo_id`` value.
 
     Returns:
         ``repo_id`` unchanged.
@@ -115,8 +115,8 @@ def check_repo_id(repo_id: str) -> str:
     """
     text = str(repo_id)
     if text.count("/") != 1 or not all(text.split("/")):
-        raise UserInputError(f"--repo-id: {text!r} is not of the form USER/NAME")
-    return check_hub_id(text, "--repo-id")
+        raise UserInputError(f"--repo_id: {text!r} is not of the form USER/NAME")
+    return check_hub_id(text, "--repo_id")
 
 
 def check_hub_id(value: str, flag: str) -> str:
@@ -151,9 +151,9 @@ def check_request(
     Args:
         kind: ``model`` or ``cohort`` (the subcommand).
         src: the fusynth output folder.
-        repo_id: ``--repo-id``.
-        max_flag_share: ``--max-flag-share``.
-        base_model: ``--base-model``.
+        repo_id: ``--repo_id``.
+        max_flag_share: ``--max_flag_share``.
+        base_model: ``--base_model``.
         datasets: ``--datasets``.
 
     Returns:
@@ -164,11 +164,11 @@ def check_request(
     """
     check_repo_id(repo_id)
     if base_model is not None:
-        check_hub_id(base_model, "--base-model")
+        check_hub_id(base_model, "--base_model")
     for dataset in datasets or []:
         check_hub_id(dataset, "--datasets")
     if not 0.0 <= max_flag_share <= 1.0:
-        raise UserInputError(f"--max-flag-share: must be in [0, 1], got {max_flag_share}")
+        raise UserInputError(f"--max_flag_share: must be in [0, 1], got {max_flag_share}")
     found = detect_kind(src)
     if kind == "model" and found == "cohort":
         raise UserInputError(f"DIR: {src} is a cohort; use `fusynth publish cohort`")

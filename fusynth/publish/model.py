@@ -270,7 +270,7 @@ def build_model_folder(
         repo_id: the Hub repository, ``USER/NAME``.
         overwrite: replace an existing ``out``.
         evals: more evaluation folders (``--eval``).
-        base_model: the Hub id of the base the model was trained from (``--base-model``),
+        base_model: the Hub id of the base the model was trained from (``--base_model``),
             for a base loaded from a local folder.
         datasets: Hub ids of the training data (``--datasets``), for the metadata.
 

@@ -107,7 +107,7 @@ def test_phantom_head_circumference_matches_its_mask(tmp_path):
         (["--views", "head,kidney"], "--views: the phantom has no view 'kidney'"),
         (["--size", "16"], "--size: the phantom needs at least 32 px"),
         (["--n", "0"], "--n must be positive"),
-        (["--pixel-spacing", "-1"], "--pixel-spacing must be positive"),
+        (["--pixel-spacing", "-1"], "--pixel_spacing must be positive"),
     ],
 )
 def test_phantom_bad_flags(tmp_path, capsys, argv, needle):

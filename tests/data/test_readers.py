@@ -277,7 +277,9 @@ def test_empty_dataset(capsys, tmp_path):
     )
 
 
-def test_existing_out_needs_overwrite(capsys, pairs_dir, tmp_path):
+def test_existing_out_needs_overwrite_and_a_foreign_folder_is_never_replaced(
+    capsys, pairs_dir, tmp_path
+):
     out = tmp_path / "o"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
@@ -291,11 +293,19 @@ def test_existing_out_needs_overwrite(capsys, pairs_dir, tmp_path):
         str(pairs_dir),
         str(out),
     ]
+    # A user's own folder: refused with and without --overwrite, left as it was.
+    _fails(capsys, argv, "was not written by fusynth", "--out")
+    _fails(capsys, [*argv, "--overwrite"], "was not written by fusynth", "--out")
+    assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
+    # A folder fusynth wrote: refused without --overwrite, replaced with it.
+    mine = tmp_path / "prepared"
+    argv[-1] = str(mine)
+    assert main(argv) == 0
+    assert json.loads((mine / ".fusynth.json").read_text())["kind"] == "prepared-dataset"
     _fails(capsys, argv, "already exists", "--overwrite")
-    assert (out / "keep.txt").read_text() == "mine"
     assert main([*argv, "--overwrite"]) == 0
-    assert not (out / "keep.txt").exists() and (out / "dataset_dict.json").exists()
-    assert not _left_behind(out)
+    assert (mine / "dataset_dict.json").exists()
+    assert not _left_behind(mine)
 
 
 def test_overwrite_keeps_old_output_when_new_one_fails(capsys, pairs_dir, tmp_path):

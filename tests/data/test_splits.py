@@ -30,7 +30,7 @@ def test_small_sets_keep_one_training_subject():
 
 
 def test_fraction_errors_name_the_flag():
-    with pytest.raises(UserInputError, match="--val-fraction"):
+    with pytest.raises(UserInputError, match="--val_fraction"):
         split_subjects(["a"], seed=0, val_fraction=1.5)
     with pytest.raises(UserInputError, match="must be below 1"):
         split_subjects(["a"], seed=0, val_fraction=0.5, test_fraction=0.5)
@@ -41,7 +41,7 @@ def test_publisher_test_split_is_kept_and_subjects_never_leak():
     publisher = ["train", "train", "train", "train", "train", "train", "test", "test"]
     splits, notes = assign_splits(subjects, publisher, seed=0, val_fraction=0.2, test_fraction=0.3)
     assert splits[6:] == ["test", "test"]
-    assert "test" not in splits[:6]  # --test-fraction not used when the publisher has a test split
+    assert "test" not in splits[:6]  # --test_fraction not used when the publisher has a test split
     assert notes and "publisher" in notes[0]
     assert not subjects_in_several_splits(subjects, splits)
 

@@ -39,7 +39,9 @@ def hub(monkeypatch, tmp_path):
 
 def _tree(folder: Path) -> dict[str, bytes]:
     return {
-        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in folder.rglob("*")
+        if p.is_file() and p.name != ".fusynth.json"  # the local marker is not uploaded
     }
 
 
