@@ -61,11 +61,15 @@ def _data_prepare(args: argparse.Namespace) -> int:
         masks_subdir=args.masks_subdir,
         mask_suffix=args.mask_suffix,
         mask_kind=args.mask_kind,
-        view=args.view,
+        view=args.view or "head",
         subject_regex=args.subject_regex,
         center=args.center,
         cohort=args.cohort,
     )
+    if args.format == "dicom":
+        from fusynth.cli_dicom import data_prepare_dicom
+
+        return data_prepare_dicom(args, options)
     result = prepare(
         args.format,
         args.src,
@@ -433,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(MASK_KINDS),
         help="pairs/metadata: masks are filled label maps or closed outlines",
     )
-    p.add_argument("--view", default="head", help="pairs: the view of every image (head)")
+    p.add_argument("--view", help="pairs/dicom: the view of every image (pairs: head)")
     p.add_argument(
         "--subject-regex",
         help="pairs/imagefolder: regex on the file stem giving the subject "
@@ -444,6 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cohort", help="pairs/imagefolder/metadata: cohort name (default: SRC name)")
     p.set_defaults(func=_data_prepare)
+    from fusynth.cli_dicom import add_data_clean_parser, add_dicom_prepare_flags
+
+    add_dicom_prepare_flags(p)
+    add_data_clean_parser(data_cmds)
 
     p = data_cmds.add_parser(
         "phantom", help="draw a procedural ultrasound phantom (offline default)"

@@ -39,7 +39,7 @@ def decode_sample(sample: SourceSample, split: str) -> dict[str, Any]:
         UserInputError: unreadable image or mask, size mismatch, unclosed outline,
             empty mask (each naming the file).
     """
-    image = read_grayscale(sample.image_path)
+    image = sample.loader() if sample.loader is not None else read_grayscale(sample.image_path)
     mask = None
     if sample.mask_path is not None:
         label = read_mask(sample.mask_path, sample.mask_kind, shape=image.shape)
