@@ -68,7 +68,9 @@ class CleanOptions:
         tophat: lowest white top-hat response (contrast to the local background).
         max_mark: largest side, in px, of one text or caliper component.
         max_stroke: largest stroke half-width, in px, of a text or caliper component.
-        isolation: a mark's surround is darker than this share of its own level.
+        contrast: a mark is at least this many grey levels above its surround.
+        flat: share of a mark's pixels within 3 grey levels of its median (drawn marks
+            have one colour; echoes vary along their length).
         min_mark_pixels: mark pixels an image needs to count as "marks found".
         user_mask: optional path of a mask (nonzero = remove), resized to each image.
     """
@@ -81,7 +83,8 @@ class CleanOptions:
     tophat: int = 60
     max_mark: int = 40
     max_stroke: float = 3.0
-    isolation: float = 0.4
+    contrast: int = 90
+    flat: float = 0.6
     min_mark_pixels: int = 12
     user_mask: str | None = None
 
@@ -99,8 +102,10 @@ class CleanOptions:
             raise UserInputError("--bright and --tophat: must be grey levels in 0..255")
         if self.max_stroke <= 0:
             raise UserInputError("--max-stroke: must be positive")
-        if not 0 < self.isolation < 1:
-            raise UserInputError("--isolation: must be in (0, 1)")
+        if not 0 < self.flat <= 1:
+            raise UserInputError("--flat: must be in (0, 1]")
+        if not 0 < self.contrast <= 255:
+            raise UserInputError("--contrast: must be a grey level in 1..255")
         if self.user_mask is not None and not Path(self.user_mask).is_file():
             raise UserInputError(f"--user-mask: {self.user_mask} not found")
 
@@ -132,8 +137,14 @@ def _split(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     raise ValueError(f"expected a [H, W] or [H, W, 3] image, got shape {arr.shape}")
 
 
-def sector_mask(gray: np.ndarray) -> np.ndarray:
+def sector_mask(gray: np.ndarray, grow: bool = True) -> np.ndarray:
     """The scan sector: convex hull of the largest bright region after an opening.
+
+    Args:
+        gray: ``[H, W]`` uint8.
+        grow: give back the few px of the sector's edge that the opening ate (the mask
+            used for cropping); without it, the hull hugs the echo (the edge test of
+            :func:`grey_marks`).
 
     Returns:
         ``[H, W]`` bool; all True when no sector stands out (an image already cropped).
@@ -159,7 +170,8 @@ def sector_mask(gray: np.ndarray) -> np.ndarray:
     out = np.zeros((h, w), np.uint8)
     cv2.fillConvexPoly(out, hull, 1)
     # The opening ate up to k/2 px of the sector's own edge: give it back.
-    out = cv2.dilate(out, kernel)
+    if grow:
+        out = cv2.dilate(out, kernel)
     return out.astype(bool)
 
 
@@ -176,13 +188,21 @@ def grey_marks(gray: np.ndarray, options: CleanOptions) -> np.ndarray:
     """Text, calipers and dotted lines by shape: small, thin, bright, isolated components.
 
     Echo texture also has bright thin pieces (speckle, membranes); what sets a drawn mark
-    apart is that it sits on a much darker surround: the ring of pixels around the
-    component has a mean below ``isolation`` times the component's own median.
+    apart is that it is drawn in one grey (``flat``: most of its pixels within 3 levels
+    of its median) and sits on a much darker surround: the ring of pixels around the
+    component has a mean at least ``contrast`` grey levels below the component's median.
     """
     cv2 = _cv2()
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (9, 9))
     tophat = cv2.morphologyEx(gray, cv2.MORPH_TOPHAT, kernel)
-    candidate = ((tophat >= options.tophat) & (gray >= options.bright)).astype(np.uint8)
+    # Contrast to the median of a wider neighbourhood keeps bright tissue next to dark
+    # fluid (high top-hat, modest contrast to its own surround) out of the candidates.
+    background = cv2.medianBlur(gray, 15).astype(np.int16)
+    candidate = (
+        (tophat >= options.tophat)
+        & (gray >= options.bright)
+        & (gray.astype(np.int16) - background >= options.contrast)
+    ).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(candidate, connectivity=8)
     out = np.zeros_like(gray, dtype=bool)
     if n <= 1:
@@ -193,6 +213,7 @@ def grey_marks(gray: np.ndarray, options: CleanOptions) -> np.ndarray:
     np.maximum.at(stroke, labels.ravel(), dist.ravel())
     sides = np.maximum(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT])
     ring_kernel = np.ones((5, 5), np.uint8)
+    hull = sector_mask(gray, grow=False)
     h, w = gray.shape
     for i in np.nonzero((sides <= options.max_mark) & (stroke <= options.max_stroke))[0]:
         if i == 0:
@@ -208,7 +229,20 @@ def grey_marks(gray: np.ndarray, options: CleanOptions) -> np.ndarray:
         patch = gray[y0:y1, x0:x1]
         if not ring.any():
             continue
-        if patch[ring].mean() <= options.isolation * np.median(patch[own]):
+        # Bright echo at the sector's edge stands out against the black outside it:
+        # a component inside the sector whose surround leaves it is the edge, not a mark.
+        edge = hull[y0:y1, x0:x1]
+        if edge[own].any() and not edge[ring].all():
+            continue
+        values = patch[own].astype(np.int16)
+        level = np.median(values)
+        # The scanner draws a mark in one grey; an echo varies along its length. Tiny
+        # components (dots of a dotted line) are too small to judge: only saturated ones.
+        if np.mean(np.abs(values - level) <= 3) < options.flat:
+            continue
+        if values.size < 4 and level < 250:
+            continue
+        if level - patch[ring].mean() >= options.contrast:
             out[y0:y1, x0:x1] |= own
     return out
 
@@ -427,3 +461,51 @@ def _summary(rows: list[dict[str, Any]], options: CleanOptions) -> dict[str, Any
         "median_changed_fraction": round(float(np.median(fractions)), 4),
         "options": asdict(options),
     }
+
+
+def overlay_share(
+    images: list[np.ndarray],
+    views: list[str],
+    keys: list[str] | None = None,
+    options: CleanOptions | None = None,
+) -> dict[str, Any]:
+    """Share of images in which the mark detector finds text or calipers.
+
+    The cohort audit's ``--overlays``: a generator trained on annotated screenshots
+    learns to draw calipers and text, and this counts the images that show them. The
+    whole frame is searched (banner text outside the sector counts too).
+
+    Args:
+        images: ``[H, W]`` (or ``[H, W, 3]``) uint8 images.
+        views: the view of each image.
+        keys: an id of each image, listed for the flagged ones.
+        options: detector settings; an image counts when it has at least
+            ``min_mark_pixels`` mark pixels.
+
+    Returns:
+        ``n``, ``with_marks``, ``share``, ``mean_mark_pixels``, ``by_view`` (the same per
+        view) and ``flagged`` (keys of the images with marks, at most 50).
+    """
+    options = options or CleanOptions()
+    counts = [int(mark_mask(image, options).sum()) for image in images]
+    found = [c >= options.min_mark_pixels for c in counts]
+
+    def stats(idx: list[int]) -> dict[str, Any]:
+        n = len(idx)
+        hits = sum(found[i] for i in idx)
+        return {
+            "n": n,
+            "with_marks": hits,
+            "share": round(hits / n, 4) if n else None,
+            "mean_mark_pixels": round(float(np.mean([counts[i] for i in idx])), 1) if n else None,
+        }
+
+    out = stats(list(range(len(images))))
+    by_view: dict[str, list[int]] = {}
+    for i, view in enumerate(views):
+        by_view.setdefault(view, []).append(i)
+    out["by_view"] = {v: stats(idx) for v, idx in by_view.items()}
+    keys = keys if keys is not None else [str(i) for i in range(len(images))]
+    out["flagged"] = [keys[i] for i, f in enumerate(found) if f][:50]
+    out["min_mark_pixels"] = options.min_mark_pixels
+    return out
