@@ -392,7 +392,9 @@ _LAST_DECODED: dict[str, Any] = {}
 
 
 def decode_frames(header: DicomHeader) -> np.ndarray:
-    """All frames of a file as ``[F, H, W]`` uint8, cropped to the sector.
+    """All frames of a file, cropped to the sector: ``[F, H, W]`` uint8 grayscale, or
+    ``[F, H, W, 3]`` uint8 RGB for colour files (overlay removal finds colour marks by
+    their chroma; :func:`load_frame` turns them to gray).
 
     The last file decoded is cached: frames of one loop are read one after another.
 
@@ -417,9 +419,15 @@ def decode_frames(header: DicomHeader) -> np.ndarray:
             f"{header.path}: decoded pixel data has shape {arr.shape}, expected "
             f"{header.n_frames} frame(s) of {header.rows}x{header.columns}"
         )
-    frames = np.stack(
-        [to_gray8(f, header.photometric, header.bits_stored, header.signed) for f in arr]
-    )
+    if color:
+        frames = arr[..., :3]
+        if frames.dtype != np.uint8:
+            frames = np.rint(frames / (2**header.bits_stored - 1) * 255.0).clip(0, 255)
+        frames = frames.astype(np.uint8)
+    else:
+        frames = np.stack(
+            [to_gray8(f, header.photometric, header.bits_stored, header.signed) for f in arr]
+        )
     if header.crop is not None:
         x0, y0, x1, y1 = header.crop
         frames = frames[:, y0 : y1 + 1, x0 : x1 + 1]
@@ -435,7 +443,9 @@ def load_frame(header: DicomHeader, index: int, clean: Any = None) -> np.ndarray
     if clean is not None:
         from fusynth.data.clean import clean_image
 
-        frame = clean_image(frame, clean).image
+        return clean_image(frame, clean).image
+    if frame.ndim == 3:
+        frame = to_gray8(frame, "RGB", 8, False)
     return frame
 
 

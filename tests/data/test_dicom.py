@@ -354,6 +354,19 @@ def test_burned_in_annotation_cleaned_with_clean(tmp_path):
     assert json.loads(row["provenance"])["cleaned"] is True
 
 
+def test_clean_finds_colour_marks_in_rgb_files(tmp_path):
+    grey = np.random.default_rng(1).integers(50, 90, size=(48, 48), dtype=np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    # An orange mark, luma 146: too little contrast for the grey detector, so only its
+    # chroma finds it, which needs the colour frame to reach the cleaner.
+    rgb[20:24, 20:24] = (255, 120, 0)
+    write_dicom(tmp_path / "src" / "a.dcm", rgb, photometric="RGB", burned_in="YES")
+    assert prepare(tmp_path / "src", tmp_path / "out", "--view", "head", "--clean") == 0
+    (row,) = rows(tmp_path / "out")
+    image = decode_image(row["image"])
+    assert image.shape == (48, 48) and image[20:24, 20:24].max() < 110
+
+
 def test_not_dicom(tmp_path, capsys):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "notes.dcm").write_bytes(b"just some text, not a DICOM file" * 10)
