@@ -23,7 +23,12 @@ from pydicom.uid import (  # noqa: E402
 )
 
 from fusynth.cli import main  # noqa: E402
-from fusynth.data.dicom import frame_indices, parse_frames, salted_hash  # noqa: E402
+from fusynth.data.dicom import (  # noqa: E402
+    available_transfer_syntaxes,
+    frame_indices,
+    parse_frames,
+    salted_hash,
+)
 from fusynth.data.images import decode_image  # noqa: E402
 from fusynth.data.schema import load_prepared  # noqa: E402
 from fusynth.errors import UserInputError  # noqa: E402
@@ -240,6 +245,36 @@ def test_rgb_ybr_and_monochrome1_become_luma_gray(tmp_path):
     assert np.abs(by_subject["s1"].astype(int) - luma).max() == 0
     assert np.abs(by_subject["s2"].astype(int) - luma).max() <= 2  # YBR round trip
     assert (by_subject["s3"] == 255 - 55).all()  # MONOCHROME1: low values are bright
+
+
+def test_compressed_jpeg_baseline_and_rle_decode(tmp_path):
+    import io
+
+    from PIL import Image
+    from pydicom.uid import JPEGBaseline8Bit, RLELossless
+
+    smooth = np.add.outer(np.arange(32), np.arange(40)).astype(np.uint8) * 3
+    buf = io.BytesIO()
+    Image.fromarray(smooth).save(buf, format="JPEG", quality=95)
+    write_dicom(
+        tmp_path / "src" / "jpeg.dcm",
+        smooth,
+        syntax=JPEGBaseline8Bit,
+        pixel_data=encapsulate([buf.getvalue()]),
+        patient_id=PATIENT_IDS[0],
+    )
+    rle = write_dicom(tmp_path / "src" / "rle.dcm", smooth, patient_id=PATIENT_IDS[1])
+    ds = pydicom.dcmread(rle)
+    ds.compress(RLELossless, smooth)
+    ds.save_as(rle)
+    csv = tmp_path / "src" / "views.csv"
+    csv.write_text("file,view,subject\njpeg.dcm,head,j\nrle.dcm,head,r\n")
+    assert prepare(tmp_path / "src", tmp_path / "out", "--csv", str(csv)) == 0
+    got = {r["subject_id"]: decode_image(r["image"]).astype(int) for r in rows(tmp_path / "out")}
+    np.testing.assert_array_equal(got["r"], smooth)  # lossless
+    available = available_transfer_syntaxes()
+    assert available["RLE Lossless"] and available["JPEG Baseline (Process 1)"]
+    assert np.abs(got["j"] - smooth).max() <= 8  # lossy, quality 95
 
 
 # ----------------------------------------------------------------------------- de-identification
