@@ -7,24 +7,23 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-cv2 = pytest.importorskip("cv2")
-
-from fusynth.audit.cohort_cli import add_audit_cohort_parser  # noqa: E402
-from fusynth.cli import main  # noqa: E402
-from fusynth.data.clean import (  # noqa: E402
+from fusynth.audit.cohort_cli import add_audit_cohort_parser
+from fusynth.cli import main
+from fusynth.data.clean import (
     MASK_MARK,
     MASK_OUTSIDE,
     CleanOptions,
     clean_image,
     overlay_share,
 )
-from fusynth.data.schema import VIEWS  # noqa: E402
-from fusynth.errors import UserInputError  # noqa: E402
-from tests.conftest import SHARED_DATA, requires_shared_data, write_prepared  # noqa: E402
+from fusynth.data.schema import VIEWS
+from fusynth.errors import UserInputError
+from tests.conftest import SHARED_DATA, requires_shared_data, write_prepared
 
 H, W = 128, 160
 #: Where the synthetic frame's marks are drawn (rows, cols).

@@ -8,13 +8,11 @@ import stat
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
-
-pydicom = pytest.importorskip("pydicom")
-
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.encaps import encapsulate  # noqa: E402
-from pydicom.uid import (  # noqa: E402
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEGLSLossless,
     UltrasoundImageStorage,
@@ -22,16 +20,16 @@ from pydicom.uid import (  # noqa: E402
     generate_uid,
 )
 
-from fusynth.cli import main  # noqa: E402
-from fusynth.data.dicom import (  # noqa: E402
+from fusynth.cli import main
+from fusynth.data.dicom import (
     available_transfer_syntaxes,
     frame_indices,
     parse_frames,
     salted_hash,
 )
-from fusynth.data.images import decode_image  # noqa: E402
-from fusynth.data.schema import load_prepared  # noqa: E402
-from fusynth.errors import UserInputError  # noqa: E402
+from fusynth.data.images import decode_image
+from fusynth.data.schema import load_prepared
+from fusynth.errors import UserInputError
 
 #: Identifying values put in every standard PHI tag; none may reach any output byte.
 PHI = {
