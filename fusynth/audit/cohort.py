@@ -387,6 +387,7 @@ def audit_cohort(
     ssim_threshold: float = 0.9,
     n_montage: int = 8,
     seed: int = 0,
+    overlays: bool = False,
 ) -> dict[str, Any]:
     """FID/KID against a reference and a memorization search against the training set.
 
@@ -404,6 +405,8 @@ def audit_cohort(
         ssim_threshold: flag a sample whose nearest training image has at least this SSIM.
         n_montage: closest pairs (by SSIM) in ``closest_pairs.png``.
         seed: seed of KID's subset sampling.
+        overlays: also count the synthetic images showing calipers or text
+            (:func:`fusynth.data.clean.overlay_share`).
 
     Returns:
         The summary written to ``cohort_audit.json``, plus ``report`` (the folder).
@@ -449,6 +452,10 @@ def audit_cohort(
         "notes": _notes(encoder, syn),
         "fusynth_version": __version__,
     }
+    if overlays:
+        from fusynth.data.clean import overlay_share
+
+        summary["overlays"] = overlay_share(syn.images, syn.views, syn.keys)
     target = Path(out) if out is not None else parse_data_spec(str(cohort))[0] / AUDIT_DIR
     atomic_write_bytes(target / MEMORIZATION_FILE, memorization_csv(rows))
     atomic_write_bytes(target / MONTAGE_FILE, montage_png(pairs, syn, train))

@@ -203,7 +203,7 @@ def audit_pairs(
         kept = {name: dsd[name].select(idx) for name, idx in keep.items() if idx}
         if not kept:
             raise UserInputError(f"--drop: no pair passed; nothing to write to {drop}")
-        with atomic_dir(drop, overwrite=overwrite) as tmp:
+        with atomic_dir(drop, overwrite=overwrite, kind="cohort") as tmp:
             save_prepared(datasets.DatasetDict(kept), tmp)
             for extra in (REQUEST_FILE, STATS_FILE):
                 if (path / extra).is_file():

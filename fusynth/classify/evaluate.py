@@ -196,7 +196,7 @@ def write_report(
     """Write ``metrics.json``, ``predictions.csv`` and ``confusion.png`` atomically."""
     from fusynth.core.plots import confusion_png
 
-    with atomic_dir(out, overwrite) as tmp:
+    with atomic_dir(out, overwrite, kind="evaluation") as tmp:
         (tmp / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
         (tmp / "predictions.csv").write_bytes(_predictions_csv(vs, classes, probs))
         acc = report["overall"]["accuracy"]["value"]

@@ -164,6 +164,11 @@ def add_audit_cohort_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="report folder (default: COHORT/audit)")
     p.add_argument("--seed", type=int, default=0, help="seed of KID's subset sampling (0)")
+    p.add_argument(
+        "--overlays",
+        action="store_true",
+        help="also report the share of synthetic images showing calipers or text",
+    )
     p.set_defaults(func=audit_cohort_command)
     return accept_kebab(p)
 
@@ -186,6 +191,7 @@ def audit_cohort_command(args: argparse.Namespace) -> int:
         ssim_threshold=args.ssim_threshold,
         n_montage=args.n_montage,
         seed=args.seed,
+        overlays=args.overlays,
     )
     for line in summary_lines(summary):
         print(line)
@@ -208,6 +214,11 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         f"(cosine >= {t['cosine']} or SSIM >= {t['ssim']}; max cosine "
         f"{overall['cosine']['max']:.3f}, max SSIM {overall['ssim']['max']:.3f})"
     )
+    if "overlays" in summary:
+        o = summary["overlays"]
+        lines.append(
+            f"overlays: calipers or text found in {o['with_marks']} of {o['n']} synthetic samples"
+        )
     lines.append(f"report in {summary['report']}")
     return lines
 

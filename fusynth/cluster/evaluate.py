@@ -273,7 +273,7 @@ def evaluate_clustering(
         "clusterings": {c.name: describe(c, samples, neighbors) for c in clusterings},
     }
     sources = ["data"] * len(sets[0]) + ["extra"] * (len(sets[1]) if extra else 0)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, kind="evaluation") as tmp:
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         _write_assignments(tmp / "assignments.csv", samples, sources, xy, clusterings)
         _write_montages(tmp / "montages", samples, feats, main)

@@ -98,7 +98,7 @@ def write_phantom_source(
     if spacing <= 0:
         raise UserInputError(f"--pixel_spacing: must be positive, got {pixel_spacing_mm}")
     out = Path(out)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, kind="phantom-source") as tmp:
         (tmp / "images").mkdir()
         (tmp / "masks").mkdir()
         rows = []

@@ -39,7 +39,7 @@ def decode_sample(sample: SourceSample, split: str) -> dict[str, Any]:
         UserInputError: unreadable image or mask, size mismatch, unclosed outline,
             empty mask (each naming the file).
     """
-    image = read_grayscale(sample.image_path)
+    image = sample.loader() if sample.loader is not None else read_grayscale(sample.image_path)
     mask = None
     if sample.mask_path is not None:
         label = read_mask(sample.mask_path, sample.mask_kind, shape=image.shape)
@@ -153,7 +153,7 @@ def prepare(
     )
     out = Path(out)
     with (
-        atomic_dir(out, overwrite=overwrite) as tmp,
+        atomic_dir(out, overwrite=overwrite, kind="prepared-dataset") as tmp,
         tempfile.TemporaryDirectory(prefix=".fusynth-cache-", dir=out.parent) as cache,
     ):
         dsd = build_dataset_dict(samples, splits, cache)

@@ -37,6 +37,8 @@ class SourceSample:
     head_circumference_mm: float | None = None
     publisher_split: str | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: Decodes the ``[H, W]`` uint8 pixels when a file holds more than one image (DICOM).
+    loader: Callable[[], Any] | None = None
 
 
 @dataclass
@@ -52,6 +54,8 @@ class ReaderOptions:
     subject_regex: str | None = None
     center: str = ""
     cohort: str | None = None
+    #: Options of the ``dicom`` format (:class:`fusynth.data.dicom.DicomOptions`).
+    dicom: Any = None
 
     def __post_init__(self) -> None:
         if self.mask_kind not in MASK_KINDS:
@@ -472,6 +476,13 @@ def read_metadata(src: Path, options: ReaderOptions) -> list[SourceSample]:
     return samples
 
 
+def read_dicom(src: Path, options: ReaderOptions) -> list[SourceSample]:
+    """DICOM files from the scanner (see :mod:`fusynth.data.dicom`; pydicom loads lazily)."""
+    from fusynth.data.dicom import read_dicom_folder
+
+    return read_dicom_folder(src, options)
+
+
 #: Format name -> reader. Plain dict, as segment-anything's model registry.
 FORMATS: dict[str, Callable[[Path, ReaderOptions], list[SourceSample]]] = {
     "hc18": read_hc18,
@@ -480,4 +491,5 @@ FORMATS: dict[str, Callable[[Path, ReaderOptions], list[SourceSample]]] = {
     "pairs": read_pairs,
     "imagefolder": read_imagefolder,
     "metadata": read_metadata,
+    "dicom": read_dicom,
 }

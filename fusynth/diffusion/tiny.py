@@ -202,7 +202,7 @@ def save_tiny_base(
 ) -> Path:
     """Build a random-init base (``tiny`` or ``sd15``) and save it as a diffusers folder
     (atomically), marked as a smoke model."""
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, kind="tiny-base") as tmp:
         build_tiny_pipeline(seed, size).save_pretrained(tmp, safe_serialization=True)
         (Path(tmp) / "fusynth_smoke_model.json").write_text(
             json.dumps(

@@ -267,7 +267,7 @@ def build_cohort_folder(
     split_bytes = dict.fromkeys(split_rows, 0)
     has_masks = False
     written: list[str] = []
-    with atomic_dir(out, overwrite) as tmp:
+    with atomic_dir(out, overwrite, kind="hub-folder") as tmp:
         (tmp / "data").mkdir()
         for split, ds in dsd.items():
             # cast_column on Image features changes metadata only: nothing is written to src

@@ -290,7 +290,7 @@ def build_model_folder(
             if (folder / fname).is_file():
                 copies[f"eval/{name}/{fname}"] = folder / fname
     section = evaluation_section(found)
-    with atomic_dir(out, overwrite) as tmp:
+    with atomic_dir(out, overwrite, kind="hub-folder") as tmp:
         for rel, path in copies.items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, tmp / rel)

@@ -326,7 +326,7 @@ def evaluate_segmentation(
             seed=seed,
         ),
     }
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, kind="evaluation") as tmp:
         _write_csv(tmp / "per_image.csv", results)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         _write_boxplot(tmp / "boxplot.png", results, jitters, len(seg.samples))
