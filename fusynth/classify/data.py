@@ -19,7 +19,7 @@ from fusynth.classify.backbones import (
 )
 from fusynth.classify.config import GAIN, GAMMA, ROTATION_DEG, SCALE, SHIFT, ClassifierTrainConfig
 from fusynth.core.errors import UserInputError
-from fusynth.data.schema import VIEWS
+from fusynth.data.schema import VIEWS, with_default_split
 from fusynth.data.splits import check_disjoint_subjects, pick_by_subject
 from fusynth.data.views import ViewSet, load_view_set
 from fusynth.embed.clip import normalize_batch
@@ -90,7 +90,7 @@ def check_validation(train: ViewSet, validation: ViewSet, spec: str) -> None:
 
 def _train_spec(config: ClassifierTrainConfig) -> str:
     if config.train is not None:
-        return config.train
+        return with_default_split(config.train, "train")
     from fusynth.data.phantom_cohort import default_dataset
 
     log.info("no --train: using the built-in phantom (head, abdomen, femur, thorax)")

@@ -36,9 +36,10 @@ from fusynth.classify.metrics import (
     metrics_with_intervals,
     per_center,
 )
-from fusynth.core.errors import UserInputError, suggest
+from fusynth.core.errors import UserInputError
 from fusynth.core.io import atomic_dir, check_output_dir, weights_sha256
 from fusynth.core.loop import positive
+from fusynth.data.schema import suggest, with_default_split
 from fusynth.data.views import ViewSet, load_view_set, parse_view_list
 
 METRIC_KINDS = ("standard", "fulora-legacy")
@@ -262,7 +263,7 @@ def evaluate_classification(
 
     req = _request(metrics, views, batch_size, seed, n_boot, legacy_batch_size, out, overwrite)
     loaded = load_classifier(model, "--model")
-    vs = load_view_set(data, "--data", req.views)
+    vs = load_view_set(with_default_split(data, "test"), "--data", req.views)
     classes = loaded.spec.classes
     check_known_views(vs, classes, str(model), "--data")
     probs = loaded.predict_proba(vs.images, batch_size)
@@ -328,7 +329,7 @@ def evaluate_zeroshot(
     )
 
     req = _request(metrics, views, batch_size, seed, n_boot, legacy_batch_size, out, overwrite)
-    vs = load_view_set(data, "--data", req.views)
+    vs = load_view_set(with_default_split(data, "test"), "--data", req.views)
     classes = list(vs.view_counts)
     if len(classes) < 2:
         raise UserInputError(

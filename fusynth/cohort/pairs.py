@@ -297,7 +297,7 @@ def generate_pairs(req: PairsRequest) -> CohortResult:
             adapter_fingerprint(req.adapter)
             if req.method == "packed"
             else {
-                "adapter": str(req.adapter),
+                "adapter": f"<local>/{Path(req.adapter).resolve().name}",
                 "adapter_sha256": folder_sha256(Path(req.adapter) / "controlnet"),
             }
         ),
@@ -322,14 +322,14 @@ def generate_pairs(req: PairsRequest) -> CohortResult:
         )
     else:
         request.update(conditioning=cfg.conditioning, conditioning_scale=req.conditioning_scale)
-    writer = open_cohort(
-        req.out, request, req.n, req.shard_size, req.overwrite, state, req.cpu_threads
-    )
-    if writer is None:
-        return CohortResult(Path(req.out), req.n, 0, 0.0, True)
     device = state.device
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    if req.method == "packed":
+
+    def load() -> Any:
+        if req.method != "packed":
+            return load_controlnet_pipeline(
+                ref, req.adapter, req.scheduler, device=device, dtype=dtype
+            )
         pipe = load_pipeline(
             ref, req.scheduler, req.adapter, req.lora_scale, device=device, dtype=dtype
         )
@@ -338,8 +338,13 @@ def generate_pairs(req: PairsRequest) -> CohortResult:
 
             pipe = StableDiffusionImg2ImgPipeline(**pipe.components)
             pipe.set_progress_bar_config(disable=True)
-    else:
-        pipe = load_controlnet_pipeline(ref, req.adapter, req.scheduler, device=device, dtype=dtype)
+        return pipe
+
+    writer, pipe = open_cohort(
+        req.out, request, req.n, req.shard_size, req.overwrite, state, req.cpu_threads, load=load
+    )
+    if writer is None:
+        return CohortResult(Path(req.out), req.n, 0, 0.0, True)
     common = {
         k: request[k]
         for k in (
@@ -355,7 +360,7 @@ def generate_pairs(req: PairsRequest) -> CohortResult:
         if k in request
     }
     common.update(prompt=prompt, cohort_seed=req.seed, fusynth_version=__version__)
-    cohort_name = writer.out.resolve().name
+    cohort_name = writer.cohort_id
     image_channels = [c for c, name in enumerate(packing) if name == "image"]
     mask_channel = packing.index("mask") if packing else None
 

@@ -139,20 +139,28 @@ def generate_text2img(req: Text2ImgRequest) -> CohortResult:
         "seed": req.seed,
     }
     n = sum(req.views.values())
-    writer = open_cohort(req.out, request, n, req.shard_size, req.overwrite, state, req.cpu_threads)
+    device = state.device
+    writer, pipe = open_cohort(
+        req.out,
+        request,
+        n,
+        req.shard_size,
+        req.overwrite,
+        state,
+        req.cpu_threads,
+        load=lambda: load_pipeline(
+            ref,
+            req.scheduler,
+            req.lora,
+            req.lora_scale,
+            device=device,
+            dtype=torch.float16 if device.type == "cuda" else torch.float32,
+        ),
+    )
     if writer is None:
         if state.is_main_process:
             log.info("%s is complete (%d samples): nothing to do", req.out, n)
         return CohortResult(Path(req.out), n, 0, 0.0, True)
-    device = state.device
-    pipe = load_pipeline(
-        ref,
-        req.scheduler,
-        req.lora,
-        req.lora_scale,
-        device=device,
-        dtype=torch.float16 if device.type == "cuda" else torch.float32,
-    )
     view_of = [v for v, c in req.views.items() for _ in range(c)]
     common = {
         key: request[key]
@@ -170,7 +178,7 @@ def generate_text2img(req: Text2ImgRequest) -> CohortResult:
         )
         if key in request
     }
-    cohort_name = writer.out.resolve().name
+    cohort_name = writer.cohort_id
 
     def make_rows(indices: range) -> list[dict[str, Any]]:
         rows = []

@@ -18,6 +18,7 @@ and when complete: ``dataset_dict.json``, ``train/``, ``request.json``, ``previe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -25,7 +26,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import datasets
 import numpy as np
@@ -34,6 +35,8 @@ from fusynth.core.artifacts import REQUEST_FILE, STATS_FILE
 from fusynth.core.errors import UserInputError
 from fusynth.core.io import atomic_write_bytes, check_foreign, write_marker
 from fusynth.data.schema import FEATURES, save_prepared
+
+T = TypeVar("T")
 
 
 def sample_seed(cohort_seed: int, index: int) -> int:
@@ -72,6 +75,13 @@ class CohortWriter:
             json.dumps({**request, "n": n, "shard_size": shard_size}, sort_keys=True)
         )
         self.overwrite = overwrite
+
+    @property
+    def cohort_id(self) -> str:
+        """A short id of the request (not of the folder): the same request written to two
+        folders gives the same subject ids, and so the same bytes."""
+        data = json.dumps(self.request, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(data).hexdigest()[:12]
 
     # -- state on disk ---------------------------------------------------------------
 
@@ -285,8 +295,14 @@ def open_cohort(
     overwrite: bool,
     state: Any,
     cpu_threads: int,
-) -> CohortWriter | None:
+    load: Callable[[], T] | None = None,
+) -> tuple[CohortWriter | None, T | None]:
     """Check ``out`` against the request on every process, set it up on the main one.
+
+    ``load`` (the pipeline, with its base and adapter) runs on every process after the
+    check and before anything is written: a base or adapter that cannot be loaded leaves
+    no ``request.json`` behind that would refuse the corrected command as "a different
+    request".
 
     CPU kernels sum in an order that depends on the thread count, which can move a pixel
     by one grey level; a fixed count keeps a cohort identical whatever the number of
@@ -294,7 +310,8 @@ def open_cohort(
     part of the request.
 
     Returns:
-        The writer, or None when ``out`` already holds this cohort, complete.
+        ``(writer, loaded)``: the writer, or None when ``out`` already holds this cohort,
+        complete (then nothing is loaded); and what ``load`` returned.
     """
     import torch
 
@@ -305,14 +322,15 @@ def open_cohort(
     writer = CohortWriter(out, request, n=n, shard_size=shard_size, overwrite=overwrite)
     status = writer.check()
     if status == "done":
-        return None
+        return None, None
+    loaded = load() if load is not None else None
     # Every process must have read ``out`` before the main one changes it: a process that
     # looked later would see a half-set-up folder and refuse it.
     state.wait_for_everyone()
     if state.is_main_process:
         writer.setup(status)
     state.wait_for_everyone()
-    return writer
+    return writer, loaded
 
 
 def write_cohort(

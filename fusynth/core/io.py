@@ -178,7 +178,14 @@ def weights_sha256(model: str | os.PathLike | None) -> str | None:
 
 #: errno values that mean the place cannot be written (or read) by this user: bad
 #: input to report in one line, not a bug in fusynth.
-LOCATION_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+LOCATION_ERRNOS = (
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.ENOTDIR,
+)
 
 
 def as_user_error(exc: BaseException) -> UserInputError | None:
@@ -197,6 +204,7 @@ def unwritable(path: str | os.PathLike, exc: OSError) -> UserInputError:
         errno.EROFS: "read-only file system",
         errno.ENOSPC: "no space left on the device",
         errno.EDQUOT: "disk quota exceeded",
+        errno.ENOTDIR: "a file stands where a folder is needed",
     }.get(exc.errno, exc.strerror or type(exc).__name__)
     where = exc.filename or path
     return UserInputError(f"{where}: cannot be written ({reason})")

@@ -149,6 +149,14 @@ def load_prepared(path: str | os.PathLike) -> datasets.DatasetDict:
     """
     path = Path(path)
     if not path.exists():
+        head, sep, tail = str(path).rpartition(":")
+        if sep and head and (Path(head) / "dataset_dict.json").is_file():
+            # DIR:name with a name that is not a split: say so, not "no such folder"
+            splits = json.loads((Path(head) / "dataset_dict.json").read_text()).get("splits", [])
+            raise UserInputError(
+                f"{head}: no split {tail!r} (splits: {', '.join(splits) or 'none'})"
+                f"{suggest(tail, splits)}"
+            )
         raise UserInputError(f"{path}: no such folder")
     if not (path / "dataset_dict.json").is_file():
         hint = (

@@ -317,7 +317,7 @@ def convert_lora_file(src: str | Path, dst: str | Path, to: str, overwrite: bool
     src = Path(src)
     if to not in FORMATS:
         raise UserInputError(
-            f"{src}: unknown target format {to!r}; choose one of {', '.join(FORMATS)}"
+            f"--to: unknown target format {to!r}; choose one of {', '.join(FORMATS)}"
             f"{suggest(to, FORMATS)}"
         )
     src_file = _resolve_source(src)

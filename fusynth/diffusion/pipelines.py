@@ -38,13 +38,32 @@ def check_scheduler(name: str, flag: str = "--scheduler") -> str:
 
 
 def lora_file(path: str | Path, flag: str = "--lora") -> Path:
-    """The LoRA weights file of a training output folder (or the file itself)."""
+    """The LoRA weights file of a training output folder (or the file itself), checked
+    to be a complete safetensors file (its header read; the tensors are not loaded).
+
+    Raises:
+        UserInputError: no such path, no weights in the folder, or a file that is not
+            (or no longer: truncated) a safetensors file.
+    """
     path = Path(path)
-    if path.is_file() and path.suffix == ".safetensors":
-        return path
-    if (path / LORA_WEIGHTS).is_file():
-        return path / LORA_WEIGHTS
-    raise UserInputError(f"{flag}: {path} has no {LORA_WEIGHTS}")
+    if not path.exists():
+        raise UserInputError(f"{flag}: {path} does not exist")
+    if path.is_dir():
+        if not (path / LORA_WEIGHTS).is_file():
+            raise UserInputError(f"{flag}: {path} has no {LORA_WEIGHTS}")
+        path = path / LORA_WEIGHTS
+    elif path.suffix != ".safetensors":
+        raise UserInputError(f"{flag}: {path} is not a .safetensors file")
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            f.keys()
+    except (SafetensorError, OSError) as exc:
+        raise UserInputError(
+            f"{flag}: {path} cannot be read as safetensors (truncated or not weights: {exc})"
+        ) from exc
+    return path
 
 
 def check_lora_matches(pipe: Any, weights: Path, flag: str = "--lora") -> None:
@@ -150,10 +169,11 @@ def load_pipeline(
 
 
 def base_fingerprint(ref: BaseRef) -> dict[str, Any]:
-    """How a base is identified in provenance: a hub id and revision, or a folder hash."""
+    """How a base is identified in provenance: a hub id and revision, or ``<local>/NAME``
+    and a hash of the folder (never the machine's absolute path)."""
     if ref.is_local:
         return {
-            "base": ref.name_or_path,
+            "base": f"<local>/{Path(ref.name_or_path).name}",
             "base_sha256": folder_sha256(ref.name_or_path),
             "smoke_base": ref.smoke,
         }
@@ -165,11 +185,13 @@ def base_fingerprint(ref: BaseRef) -> dict[str, Any]:
 
 
 def adapter_fingerprint(lora: str | Path | None) -> dict[str, Any]:
-    """sha256 of the LoRA weights file (None without an adapter)."""
+    """The adapter as ``<local>/NAME`` (the weights file's name when a file was given, its
+    folder's name for a training output) and the sha256 of its weights (None without)."""
     if lora is None:
         return {"adapter": None, "adapter_sha256": None}
     weights = lora_file(lora)
-    return {"adapter": str(weights.parent), "adapter_sha256": file_sha256(weights)}
+    name = Path(lora).name if Path(lora).is_file() else weights.parent.name
+    return {"adapter": f"<local>/{name}", "adapter_sha256": file_sha256(weights)}
 
 
 @torch.no_grad()

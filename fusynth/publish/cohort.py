@@ -21,10 +21,14 @@ from fusynth.core.artifacts import (
 )
 from fusynth.core.errors import UserInputError
 from fusynth.core.io import atomic_dir
-from fusynth.publish.kinds import AUDIT_FILE, PAIRS_FILE, PROVENANCE_FILES, SHARD_ROWS, TAGS
+from fusynth.publish.kinds import AUDIT_FILE, PAIRS_FILE, PROVENANCE_FILES, TAGS
 from fusynth.publish.redact import redact_files, redact_paths
 
 # ----------------------------------------------------------------------------- cohorts
+
+
+#: Rows per Parquet shard of a published cohort.
+SHARD_ROWS = 1000
 
 
 def read_json(path: Path) -> Any:

@@ -51,7 +51,6 @@ MODEL_FILES: dict[str, tuple[str, ...]] = {
 AUDIT_FILE = f"{AUDIT_DIR}/{COHORT_AUDIT_FILE}"
 PAIRS_FILE = f"{AUDIT_DIR}/{PAIRS_AUDIT_FILE}"
 PROVENANCE_FILES: tuple[str, ...] = (REQUEST_FILE, STATS_FILE, AUDIT_FILE, PAIRS_FILE)
-SHARD_ROWS = 1000
 NOT_FOR_CLINICAL_USE = (
     "**Not for clinical use**: nothing here has been validated for diagnosis or for any "
     "decision about a patient."

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from fusynth.core.errors import UserInputError
+from fusynth.data.schema import with_default_split
 from fusynth.segment.data import SegSample
 
 log = logging.getLogger(__name__)
@@ -278,7 +279,7 @@ def evaluate_segmentation(
     check_output_dir(out, overwrite)
     sam, model_type = load_sam(model, model_type, flag="--model")
     sam.to(_device(device))
-    seg = load_seg_set(data, "--data")
+    seg = load_seg_set(with_default_split(data, "test"), "--data")
     cache = None
     if embedding_cache is not None:
         from fusynth.segment.cache import EmbeddingCache

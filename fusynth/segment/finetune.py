@@ -47,6 +47,7 @@ from fusynth.core.loop import (
     write_config_json,
     write_run_config,
 )
+from fusynth.data.schema import with_default_split
 from fusynth.segment.cache import EmbeddingCache, default_cache_root
 from fusynth.segment.data import (
     SamInput,
@@ -175,7 +176,7 @@ def choose_training_data(config: SamFinetuneConfig, size: int) -> SamTrainingDat
 
         train_spec = f"{default_dataset()}:train"
     else:
-        train_spec = config.train
+        train_spec = with_default_split(config.train, "train")
     real_set = load_seg_set(train_spec, "--train")
     k = config.n_real if config.n_real is not None else len(real_set.samples)
     real = choose_by_subject(real_set.samples, k, config.seed, "--n_real")

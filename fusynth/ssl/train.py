@@ -34,6 +34,7 @@ from fusynth.core.loop import (
     write_config_json,
     write_run_config,
 )
+from fusynth.data.schema import with_default_split
 from fusynth.data.views import ViewSet, load_view_set
 from fusynth.embed.ssl import (
     ARCHITECTURE,
@@ -106,7 +107,7 @@ def load_training_images(config: SslConfig) -> SslData:
 
         train_spec = f"{default_dataset()}:train"
     else:
-        train_spec = config.train
+        train_spec = with_default_split(config.train, "train")
     sets = [load_view_set(train_spec, "--train")]
     if config.extra:
         sets.append(load_view_set(config.extra, "--extra"))

@@ -201,7 +201,7 @@ def test_two_processes_make_the_same_pairs(tiny_controlnet, tmp_path):
             ["--method", "packed", "--packing", "mask,image,image"],
             "was trained with packing image,image,mask",
         ),
-        ("controlnet", ["--method", "controlnet"], "--masks-from: --method controlnet needs masks"),
+        ("controlnet", ["--method", "controlnet"], "--masks_from: --method controlnet needs masks"),
         (
             "controlnet",
             ["--method", "controlnet", "--masks-from", "ellipse", "--n", "0"],

@@ -215,3 +215,34 @@ def test_kohya_lora_is_pointed_to_convert(tiny_base, tiny_lora, tmp_path, capsys
         == 0
     )
     assert main(_args(tiny_base, tmp_path / "back", tmp_path / "o2")) == 0
+
+
+def test_same_request_in_two_folders_gives_the_same_bytes_and_no_local_paths(
+    tiny_base, tiny_lora, tmp_path
+):
+    """Subject ids come from the request, not the folder; the adapter is its file's
+    name and hash, the base <local>/NAME: nothing of the machine's layout is recorded."""
+    import hashlib
+    import json
+
+    from fusynth.cli.main import main
+
+    weights = tmp_path / "fu-lora_r8.safetensors"  # a bare adapter file, as users have them
+    weights.write_bytes((tiny_lora / "pytorch_lora_weights.safetensors").read_bytes())
+    outs = [tmp_path / "first", tmp_path / "elsewhere" / "second"]
+    for out in outs:
+        argv = ["generate", "text2img", "--base", str(tiny_base), "--lora", str(weights)]
+        argv += ["--views", "head:2", "--steps", "2", "--resolution", "32", "--out", str(out)]
+        assert main(argv) == 0
+    arrows = [sorted(p.relative_to(o) for o in [out] for p in out.rglob("*.arrow")) for out in outs]
+    assert arrows[0] == arrows[1]
+    for rel in arrows[0]:
+        assert (outs[0] / rel).read_bytes() == (outs[1] / rel).read_bytes()
+    request = json.loads((outs[0] / "request.json").read_text())
+    assert request["adapter"] == "<local>/fu-lora_r8.safetensors"
+    assert request["adapter_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert request["base"] == f"<local>/{tiny_base.name}"
+    for path in outs[0].rglob("*"):
+        if path.is_file():
+            assert str(tmp_path).encode() not in path.read_bytes(), path
+            assert str(tiny_base.parent).encode() not in path.read_bytes(), path

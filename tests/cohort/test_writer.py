@@ -26,17 +26,17 @@ def test_every_process_reads_out_before_the_main_one_writes(tmp_path):
     out = tmp_path / "cohort"
     seen = []
     state = _Process(True, on_barrier=lambda: seen.append(out.exists()))
-    writer = open_cohort(out, {"seed": 1}, 4, 2, False, state, cpu_threads=1)
+    writer, _ = open_cohort(out, {"seed": 1}, 4, 2, False, state, cpu_threads=1)
     assert writer is not None
     assert seen[0] is False, "the first barrier must come before the main process writes"
     # A process that checks after set-up sees the same cohort, to resume.
-    other = open_cohort(out, {"seed": 1}, 4, 2, False, _Process(False), cpu_threads=1)
+    other, _ = open_cohort(out, {"seed": 1}, 4, 2, False, _Process(False), cpu_threads=1)
     assert other is not None and other.check() == "resume"
 
 
 def test_a_folder_with_other_content_is_refused(tmp_path):
     (tmp_path / "x.txt").write_text("not a cohort")
-    with pytest.raises(UserInputError, match="is not empty and is not a cohort"):
+    with pytest.raises(UserInputError, match="is not empty and was not written by fusynth"):
         CohortWriter(tmp_path, {"seed": 1}, 4, 2).check()
 
 

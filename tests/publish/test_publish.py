@@ -45,7 +45,11 @@ def test_lora_dry_run_loads_with_stock_diffusers_and_peft(tiny_lora, tiny_base, 
     assert (
         _publish("model", str(tiny_lora), "--repo-id", "me/tiny-lora", "--dry-run", str(out)) == 0
     )
-    names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    names = {
+        p.relative_to(out).as_posix()
+        for p in out.rglob("*")
+        if p.is_file() and p.name != ".fusynth.json"
+    }
     assert "pytorch_lora_weights.safetensors" in names and "README.md" in names
     assert not any(n.startswith("checkpoint-") or n.endswith(".pt") for n in names)
     assert "train_log.json" not in names
@@ -80,7 +84,7 @@ def test_sam_dry_run_loads_strictly_into_segment_anything(tiny_sam, tmp_path):
 
     out = tmp_path / "pub"
     publish_dry_run("model", tiny_sam, "me/tiny-sam", out)
-    assert {p.name for p in out.iterdir()} == {"model.safetensors", "sam_config.json", "README.md"}
+    assert {p.name for p in out.iterdir()} - {".fusynth.json"} == {"model.safetensors", "sam_config.json", "README.md"}
     sam = build_sam("tiny", seed=1)
     sam.load_state_dict(load_file(str(out / "model.safetensors")), strict=True)
     ref = load_file(str(tiny_sam / "model.safetensors"))
@@ -110,7 +114,8 @@ def test_audited_cohort_dry_run_loads_with_load_dataset(
     assert got.features["view"] == FEATURES["view"]  # a ClassLabel with the views' names
     assert list(got["view"]) == list(src["view"])
     assert list(got["provenance"]) == [redact_paths(v) for v in src["provenance"]]
-    assert str(tiny_base) in src["provenance"][0] and str(tiny_base) not in got["provenance"][0]
+    # The cohort itself records its base as <local>/NAME, never the machine's path.
+    assert str(tiny_base) not in src["provenance"][0] and str(tiny_base) not in got["provenance"][0]
     assert "<local>/tiny-sd" in got["provenance"][0]
     assert _raw(got, "image") == _raw(src, "image")  # PNG bytes kept as they were
     card = (out / "README.md").read_text()
@@ -150,9 +155,8 @@ def test_an_audit_written_elsewhere_is_found_with_audit_flag(
     with pytest.raises(UserInputError, match="--audit DIR"):
         _publish(*base)
     assert _publish(*base, "--audit", str(audit)) == 0
-    assert json.loads((out / "provenance" / "cohort_audit.json").read_text()) == json.loads(
-        (audit / "cohort_audit.json").read_text()
-    )
+    published = (out / "provenance" / "cohort_audit.json").read_text()
+    assert published == redact_paths((audit / "cohort_audit.json").read_text())
     assert "Memorization: 0 of 6" in (out / "README.md").read_text()
     with pytest.raises(UserInputError, match=r"--audit: .*: no cohort_audit.json"):
         _publish(*base[:-1], str(tmp_path / "pub2"), "--audit", str(tmp_path))
@@ -283,7 +287,7 @@ def test_bad_input_is_one_line(tmp_path, tiny_sam, capsys, monkeypatch):
     with pytest.raises(UserInputError, match="no such folder"):
         detect_kind(tmp_path / "missing")
     for bad in ("no-slash", "a/b/c", "me/bad name", "me/--x", "/name"):
-        with pytest.raises(UserInputError, match="--repo-id"):
+        with pytest.raises(UserInputError, match="--repo_id"):
             check_repo_id(bad)
     assert check_repo_id("me/ok-name_1.0") == "me/ok-name_1.0"
     with pytest.raises(UserInputError, match="is a sam output, not a cohort"):
@@ -320,7 +324,7 @@ def evaluated_sam(tiny_sam, phantom_prepared, tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluated_sam")
     src = root / "sam"
     shutil.copytree(tiny_sam, src)
-    argv = ["evaluate", "segmentation", "--model", str(src), "--data", str(phantom_prepared)]
+    argv = ["evaluate", "segmentation", "--model", str(src), "--data", f"{phantom_prepared}:train"]
     argv += ["--box_jitter", "0,5", "--rounds", "1", "--n_examples", "1"]
     assert main([*argv, "--out", str(src / "eval-test")]) == 0
     assert main([*argv, "--out", str(root / "eval-outside")]) == 0
@@ -332,7 +336,11 @@ def test_evaluations_of_the_weights_go_into_the_card(evaluated_sam, phantom_prep
     out = tmp_path / "pub"
     argv = ["model", str(src), "--repo-id", "me/sam", "--dry-run", str(out)]
     assert _publish(*argv, "--eval", str(outside)) == 0
-    names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    names = {
+        p.relative_to(out).as_posix()
+        for p in out.rglob("*")
+        if p.is_file() and p.name != ".fusynth.json"
+    }
     for name in ("eval-test", "eval-outside"):
         assert {f"eval/{name}/summary.json", f"eval/{name}/boxplot.png"} <= names
     assert not any("per_image" in n or "overlays" in n for n in names)  # real images stay
@@ -343,7 +351,7 @@ def test_evaluations_of_the_weights_go_into_the_card(evaluated_sam, phantom_prep
     assert f"{dice['mean']:.3f} ± {dice['sd']:.3f} [{dice['ci_low']:.3f}, " in section
     assert f"{summary['n_images']} images of {summary['n_subjects']} subjects" in section
     assert "| metric | jitter 0 px | jitter 5 px |" in section
-    assert f"`<local>/{phantom_prepared.name}`" in section and str(phantom_prepared) not in card
+    assert f"`<local>/{phantom_prepared.name}:train`" in section and str(phantom_prepared) not in card
 
 
 def test_an_evaluation_of_other_weights_is_refused(evaluated_sam, tmp_path):
@@ -381,6 +389,6 @@ def test_base_model_and_datasets_name_hub_ids_in_place_of_local_folders(
     assert f"base_model: {sd}" in meta and "- me/hc18\n- me/planes" in meta
     assert f'StableDiffusionPipeline.from_pretrained("{sd}")' in card
     assert f"<local>/{tiny_base.name}" not in card and str(tiny_base) not in card
-    for flag, bad in (("--base-model", str(tiny_base)), ("--datasets", "a/b/c")):
+    for flag, bad in (("--base_model", str(tiny_base)), ("--datasets", "a/b/c")):
         with pytest.raises(UserInputError, match=f"{flag}: .* is not a Hub id"):
             _publish(*argv, flag, bad, "--overwrite")

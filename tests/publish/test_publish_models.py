@@ -35,7 +35,11 @@ def _dry_run(src: Path, repo_id: str, out: Path, capsys) -> str:
 
 
 def _files(folder: Path) -> set[str]:
-    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and p.name != ".fusynth.json"
+    }
 
 
 def _check_left_behind(src: Path, out: Path, expected: set[str]) -> None:

@@ -116,12 +116,12 @@ def test_cohort_upload_to_a_private_branch_loads_with_load_dataset(
 
 def test_a_second_upload_replaces_stale_shards(audited_cohort, hub, tmp_path, monkeypatch):
     argv = ["publish", "cohort", str(audited_cohort), "--repo-id", "me/c"]
-    monkeypatch.setattr("fusynth.publish.kinds.SHARD_ROWS", 4)  # 6 rows: two shards
+    monkeypatch.setattr("fusynth.publish.cohort.SHARD_ROWS", 4)  # 6 rows: two shards
     assert main(argv) == 0
     first = set(hub.files("me/c", "dataset"))
     assert {"data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet"} <= first
     hub.repos[("dataset", "me/c")].branches["main"]["notes.md"] = b"the owner's own file"
-    monkeypatch.setattr("fusynth.publish.kinds.SHARD_ROWS", 1000)
+    monkeypatch.setattr("fusynth.publish.cohort.SHARD_ROWS", 1000)
     assert main(argv) == 0
     second = set(hub.files("me/c", "dataset"))
     shards = sorted(f for f in second if f.startswith("data/"))
@@ -175,7 +175,7 @@ def test_bad_input_sends_nothing(tmp_path, hub, capsys):
     assert main(["publish", "model", str(tmp_path), "--repo-id", "me/x"]) == 2
     assert main(["publish", "model", str(tmp_path), "--repo-id", "not a repo"]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 2 and "is not a fusynth output" in err[0] and "--repo-id" in err[1]
+    assert len(err) == 2 and "is not a fusynth output" in err[0] and "--repo_id" in err[1]
     assert hub.requests == []
 
 
