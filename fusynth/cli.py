@@ -726,6 +726,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--mixed_precision", help="no, fp16 or bf16 (no)")
     p.set_defaults(func=_experiment_cls_augment)
+    from fusynth.cli_clip import add_experiment_clip_augment_parser
+
+    add_experiment_clip_augment_parser(exp_cmds, _add_experiment_flags)
 
     from fusynth.publish_cli import add_publish_parser
 

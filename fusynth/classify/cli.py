@@ -101,10 +101,15 @@ def add_evaluate_classification_parser(subparsers: Any) -> argparse.ArgumentPars
         "classification", help="view classification metrics of a trained classifier"
     )
     p.add_argument(
-        "--model", required=True, help="classifier folder (recipes/train_classifier.py output)"
+        "--model",
+        required=True,
+        help="classifier folder (recipes/train_classifier.py output); with --linear-probe an "
+        "open_clip model or a recipes/train_clip.py folder",
     )
     _add_report_flags(p)
-    p.set_defaults(func=_evaluate_classification)
+    from fusynth.cli_clip import add_linear_probe_flags
+
+    add_linear_probe_flags(p, _evaluate_classification)
     return p
 
 
