@@ -398,7 +398,15 @@ def clip_augment(config: ClipAugmentConfig) -> dict[str, Any]:
     records = [
         cell(
             out / "cells" / cell_name("base", 0),
-            lambda f: {"arm": "base", "repeat": 0, "metrics": _evaluate(config, f, None, views)},
+            lambda f: {
+                "arm": "base",
+                "repeat": 0,
+                "seed": config.seed,
+                "steps": 0,
+                "num_real": 0,
+                "num_synthetic": 0,
+                "metrics": _evaluate(config, f, None, views),
+            },  # fmt: skip
         )
     ]
     cells = [(arm, r) for r in range(config.repeats) for arm in ARMS[1:]]

@@ -208,8 +208,13 @@ class ClipTrainConfig:
             raise UserInputError("--views: contrastive training needs two views or more")
         if isinstance(self.caption_template, str):
             self.caption_template = [self.caption_template]
-        # The columns are the schema's, so a template is checked before any data is read.
-        resolve_templates(self.caption_template, self.views or VIEWS)
+        # The columns are the schema's, so a template is checked before any data is read
+        # (a YAML file is read with the data's views, in choose_pairs).
+        templates = self.caption_template
+        if templates is not None and not (
+            len(templates) == 1 and templates[0].endswith((".yaml", ".yml"))
+        ):
+            resolve_templates(templates, self.views or VIEWS)
 
 
 # ----------------------------------------------------------------------------- data

@@ -106,6 +106,16 @@ def test_pairs_use_templates_for_real_images_and_prompts_for_synthetic(
     assert synth and all(len(c) == 1 and "ultrasound" in c[0] for c in synth)
     # The default: several zero-shot prompts per view.
     assert len(resolve_templates(None, ["head"])["head"]) >= 3
+    # A YAML file gives each view its own templates; it must cover the trained views.
+    yaml = tmp_path / "templates.yaml"
+    yaml.write_text("head: ['a head of {subject_id}', fetal skull]\nfemur: a femur\n")
+    config = _config(phantom_prepared, tmp_path / "y", caption_template=str(yaml))
+    with pytest.raises(UserInputError, match="templates.yaml has no prompts for view 'abdomen'"):
+        choose_pairs(config, images=False)
+    config.views = ["head", "femur"]
+    data = choose_pairs(config, images=False)
+    head = [c for c, v in zip(data.captions, data.views, strict=True) if v == "head"]
+    assert head[0][1] == "fetal skull" and head[0][0].startswith("a head of ")
 
 
 # ----------------------------------------------------------------------------- training
@@ -235,7 +245,9 @@ def test_clip_augment_on_the_phantom(phantom_prepared, small_cohort, tmp_path, c
         json.loads((out / "cells" / c / "model" / "config.json").read_text())
         for c in ("real-r0", "real-synthetic-r0")
     ]
-    assert arms[0]["seed"] == arms[1]["seed"] and arms[0]["real_per_view"] == arms[1]["real_per_view"]
+    assert (
+        arms[0]["seed"] == arms[1]["seed"] and arms[0]["real_per_view"] == arms[1]["real_per_view"]
+    )
     assert (arms[0]["num_synthetic"], arms[1]["num_synthetic"]) == (0, 6)
     assert not list((out / "cells").rglob("open_clip_model.safetensors"))
     with (out / "differences.csv").open() as fh:
@@ -267,8 +279,9 @@ def test_fulora_shape_on_real_samples(real_data, tmp_path, capsys):  # noqa: F81
     real = json.loads((out / "cells" / "real-r0" / "model" / "config.json").read_text())
     assert real["classes"] == ["abdomen", "brain", "femur", "thorax"]
     report = json.loads(
-        (out / "cells" / "real-synthetic-r0" / f"eval-{african.name}-test" / "metrics.json")
-        .read_text()
+        (
+            out / "cells" / "real-synthetic-r0" / f"eval-{african.name}-test" / "metrics.json"
+        ).read_text()
     )
     assert {"Algeria", "Egypt", "Ghana", "Malawi", "Uganda"} == set(report["per_center"])
     synth = json.loads((out / "cells" / "real-synthetic-r0" / "model" / "config.json").read_text())
