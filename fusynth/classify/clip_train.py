@@ -392,9 +392,13 @@ def _gather(x: torch.Tensor, processes: int) -> torch.Tensor:
     """``x`` of every process concatenated, the local part keeping its gradient."""
     if processes == 1:
         return x
+    import warnings
+
     import torch.distributed.nn
 
-    return torch.cat(torch.distributed.nn.all_gather(x), dim=0)
+    with warnings.catch_warnings():  # its successor is still private; open_clip uses it too
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(torch.distributed.nn.all_gather(x), dim=0)
 
 
 # ----------------------------------------------------------------------------- the model

@@ -208,10 +208,24 @@ def test_zeroshot_and_linear_probe_of_a_tuned_model(tuned, phantom_prepared, tmp
     assert main([*argv, "--n_boot", "20", "--out", str(tmp_path / "lp")]) == 0
     probe = json.loads((tmp_path / "lp" / "metrics.json").read_text())
     assert probe["setup"]["what"] == "linear-probe" and probe["setup"]["probe_train_images"] > 0
-    # The probe is fitted on labels: on its own training images it beats chance.
+    # A probe fitted on the images it is scored on is refused.
+    plain = ["evaluate", "classification", "--model", str(tuned), "--train", "x", "--data", "y"]
+    assert main([*plain, "--out", str(tmp_path / "p")]) == 2
+    assert "--train: only with --linear-probe" in capsys.readouterr().err
     argv[-1] = f"{phantom_prepared}:validation"
     code = main([*argv, "--train", f"{phantom_prepared}:validation", "--out", str(tmp_path / "x")])
     assert code == 2 and "shares" in capsys.readouterr().err
+
+
+def test_the_linear_probe_separates_separable_features():
+    from fusynth.classify.probe import fit_linear_probe
+
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(30) % 3
+    features = torch.eye(3)[labels] * 2 + 0.3 * torch.randn(30, 3, generator=gen)
+    w, b = fit_linear_probe(features, labels, 3, l2=1e-3)
+    assert w.shape == (3, 3) and b.shape == (3,)
+    assert torch.equal((features.double() @ w + b).argmax(1), labels)
 
 
 def test_paired_difference_is_the_difference_of_the_arms():
@@ -306,6 +320,10 @@ def test_a_cohort_without_prompts_is_refused(phantom_prepared, tmp_path, capsys)
     assert run_recipe("train_clip", *argv, "--output_dir", str(tmp_path / "o")) == 2
     assert "without a prompt" in _one_line_error(capsys, "--synthetic")
     assert not (tmp_path / "o").exists()
+    # The experiment checks it from the labels before it writes anything.
+    assert _experiment(phantom_prepared, phantom_prepared, cohort, tmp_path / "e") == 2
+    assert "without a prompt" in _one_line_error(capsys, "--synthetic")
+    assert not (tmp_path / "e").exists()
 
 
 def test_a_template_naming_a_missing_column_is_refused(phantom_prepared, tmp_path, capsys):
