@@ -316,6 +316,7 @@ def test_a_cohort_without_prompts_is_refused(phantom_prepared, tmp_path, capsys)
         tmp_path / "noprompt",
         [{"view": VIEWS.index("head"), "synthetic": True, "subject_id": f"s{i}"} for i in range(3)],
     )
+    capsys.readouterr()  # datasets' saving bar
     argv = ["--train", f"{phantom_prepared}:train", "--synthetic", str(cohort)]
     assert run_recipe("train_clip", *argv, "--output_dir", str(tmp_path / "o")) == 2
     assert "without a prompt" in _one_line_error(capsys, "--synthetic")
