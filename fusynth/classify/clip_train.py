@@ -438,9 +438,14 @@ def prepare_model(model: nn.Module, mode: str, rank: int) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
     model.requires_grad_(False)
-    wrapped = get_peft_model(
-        model, LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS, lora_dropout=0.0)
-    )
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS, lora_dropout=0.0)
+    try:
+        wrapped = get_peft_model(model, config)
+    except ValueError as exc:  # peft: no module matched (a tower of another architecture)
+        raise UserInputError(
+            "--train_mode lora: the model has no residual-block MLP layers (mlp.c_fc, "
+            "mlp.c_proj) to adapt; use --train_mode lit or full"
+        ) from exc
     model.logit_scale.requires_grad_(True)
     return wrapped
 
@@ -573,7 +578,12 @@ def _save_trained(folder: Path, run: _Run) -> None:
 def _load_trained(folder: Path, run: _Run) -> None:
     from safetensors.torch import load_file
 
-    state = load_file(str(folder / "trained.safetensors"))
+    try:
+        state = load_file(str(folder / "trained.safetensors"))
+    except Exception as exc:  # safetensors raises its own error types for broken files
+        raise UserInputError(
+            f"--resume_from_checkpoint: cannot read {folder / 'trained.safetensors'}: {exc}"
+        ) from exc
     missing = set(trainable_state(run.trained)) - set(state)
     if missing:
         raise UserInputError(
