@@ -228,12 +228,13 @@ def check_model_name(name: str, flag: str) -> str:
     if name.startswith(_SCHEMAS):
         return name
     if Path(name).is_dir():  # a recipes/train_clip.py output, read as open_clip reads it
-        if not (Path(name) / "open_clip_config.json").is_file():
+        if (Path(name) / "open_clip_config.json").is_file():
+            return f"local-dir:{name}"
+        if name.replace("/", "-") not in open_clip.list_models():
             raise UserInputError(
                 f"{flag}: {name} is a folder without open_clip_config.json; give a "
                 "recipes/train_clip.py output or an open_clip model name"
             )
-        return f"local-dir:{name}"
     if name.replace("/", "-") not in open_clip.list_models():
         raise UserInputError(
             f"{flag}: {name!r} is not an open_clip model{suggest(name, open_clip.list_models())}"

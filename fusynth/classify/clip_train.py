@@ -35,7 +35,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import string
 import time
 from collections.abc import Mapping, Sequence
@@ -814,11 +813,6 @@ def render_clip_card(config: dict[str, Any], step: int) -> str:
         "num_processes": config["num_processes"],
     }
     return render_card("clip", card_data, fields)
-
-
-def is_clip_folder(path: str | os.PathLike) -> bool:
-    """True for a folder open_clip can read as ``local-dir:`` (a ``train_clip`` output)."""
-    return (Path(path) / OPEN_CLIP_CONFIG).is_file()
 
 
 def tuned_from_random_init(name: str) -> bool:
