@@ -320,6 +320,7 @@ def evaluate_zeroshot(
     """
     import torch
 
+    from fusynth.classify.clip_model import tuned_from_random_init
     from fusynth.embed.clip import (
         default_prompts,
         load_clip,
@@ -344,7 +345,7 @@ def evaluate_zeroshot(
         "what": "zero-shot",
         "model": clip.name,
         "pretrained": pretrained,
-        "smoke_model": clip.smoke,
+        "smoke_model": clip.smoke or tuned_from_random_init(clip.name),
         "image_size": clip.image_size,
         "preprocessing": "padded to square (black), resized, gray to RGB, the model's mean/std",
         "prompts": texts,

@@ -86,8 +86,8 @@ def _data_inspect(args: argparse.Namespace) -> int:
 
 def add_commands(groups: Any) -> None:
     """Add the ``data`` command group to the ``fusynth`` parser."""
+    from fusynth.data.formats import FORMATS
     from fusynth.data.images import MASK_KINDS
-    from fusynth.data.readers import FORMATS
 
     data = groups.add_parser("data", help="prepare, generate and inspect datasets")
     data_cmds = data.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -215,7 +215,8 @@ def data_prepare_dicom(args: argparse.Namespace, options: Any) -> int:
     """
     from dataclasses import replace
 
-    from fusynth.data.dicom import DicomOptions, prepare_dicom
+    from fusynth.data.dicom import DicomOptions
+    from fusynth.data.prepare import prepare_dicom
 
     if options.csv is None and args.view is None:
         raise UserInputError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 from fusynth.classify import LEGACY_BATCH_SIZE, N_BOOT
@@ -265,10 +266,13 @@ def add_evaluate_classification_parser(subparsers: Any) -> argparse.ArgumentPars
         "classification", help="view classification metrics of a trained classifier"
     )
     p.add_argument(
-        "--model", required=True, help="classifier folder (recipes/train_classifier.py output)"
+        "--model",
+        required=True,
+        help="classifier folder (recipes/train_classifier.py output); with --linear_probe an "
+        "open_clip model or a recipes/train_clip.py folder",
     )
     _add_report_flags(p)
-    p.set_defaults(func=_evaluate_classification)
+    add_linear_probe_flags(p, _evaluate_classification)
     return accept_kebab(p)
 
 
@@ -292,3 +296,53 @@ def add_evaluate_zeroshot_parser(subparsers: Any) -> argparse.ArgumentParser:
     _add_report_flags(p)
     p.set_defaults(func=_evaluate_zeroshot)
     return accept_kebab(p)
+
+
+# ----------------------------------------------------------------------------- linear probe
+
+
+def add_linear_probe_flags(
+    p: argparse.ArgumentParser, classifier: Callable[[argparse.Namespace], int]
+) -> None:
+    """Add ``--linear_probe`` and its flags to ``fusynth evaluate classification``;
+    without ``--linear_probe`` the command runs ``classifier`` as before."""
+    p.add_argument(
+        "--linear_probe",
+        dest="linear_probe",
+        action="store_true",
+        help="fit a linear probe on CLIP image features of --train and evaluate it: --model "
+        "is then an open_clip model name or a recipes/train_clip.py folder",
+    )
+    p.add_argument("--train", help="with --linear_probe: labelled images DIR[:split] to fit on")
+    p.add_argument("--pretrained", help="with --linear_probe: open_clip tag or weights file")
+    p.add_argument(
+        "--probe_l2", type=float, default=1e-3, help="with --linear_probe: L2 penalty (1e-3)"
+    )
+    p.set_defaults(func=lambda args: _classification_or_probe(args, classifier))
+
+
+def _classification_or_probe(
+    args: argparse.Namespace, classifier: Callable[[argparse.Namespace], int]
+) -> int:
+    from fusynth.core.errors import UserInputError
+
+    if not args.linear_probe:
+        for flag in ("train", "pretrained"):
+            if getattr(args, flag) is not None:
+                raise UserInputError(f"--{flag}: only with --linear_probe")
+        return classifier(args)
+    if args.train is None:
+        raise UserInputError("--linear_probe: needs --train DIR[:split] to fit the probe on")
+    from fusynth.classify.probe import evaluate_linear_probe
+
+    report = evaluate_linear_probe(
+        args.model, args.pretrained, args.train, args.data, args.out, l2=args.probe_l2,
+        **_report_kwargs(args),
+    )  # fmt: skip
+    if report["setup"]["smoke_model"]:
+        print(f"note: {report['setup']['model']} is random-init: these numbers are a smoke test")
+    print_summary(report)
+    return 0
+
+
+# ----------------------------------------------------------------------------- experiment

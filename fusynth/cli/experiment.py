@@ -1,8 +1,9 @@
-"""``fusynth experiment seg-augment|cls-augment``."""
+"""``fusynth experiment seg-augment|cls-augment|clip-augment``."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 from fusynth.cli.args import (
@@ -101,3 +102,71 @@ def add_commands(groups: Any) -> None:
     )
     p.add_argument("--mixed_precision", help="no, fp16 or bf16 (no)")
     p.set_defaults(func=_experiment_cls_augment)
+    add_experiment_clip_augment_parser(exp_cmds, add_experiment_flags)
+
+
+def _experiment_clip_augment(args: argparse.Namespace) -> int:
+    from fusynth.classify.clip_experiment import TRAIN_KEYS, ClipAugmentConfig, clip_augment
+    from fusynth.cli.recipe import quiet_libraries
+    from fusynth.data.views import parse_view_list
+
+    quiet_libraries()
+    extra = ("model", "pretrained", "prompts", "synthetic_ratio", "n_boot")
+    config = ClipAugmentConfig(
+        views=parse_view_list(args.views, "--views"),
+        caption_template=args.caption_template,
+        **{k: getattr(args, k) for k in extra if getattr(args, k) is not None},
+        **experiment_kwargs(args, TRAIN_KEYS),
+    )
+    return report_experiment(clip_augment(config), "results, tables and paired differences")
+
+
+def add_experiment_clip_augment_parser(
+    subparsers: Any, add_experiment_flags: Callable[..., None]
+) -> argparse.ArgumentParser:
+    """Register ``clip-augment`` under ``fusynth experiment`` (``add_experiment_flags``
+    adds the flags every experiment shares)."""
+    from fusynth.classify.clip_model import CONTRASTIVE, TRAIN_MODES
+
+    p = subparsers.add_parser(
+        "clip-augment",
+        help="zero-shot CLIP tuned on real pairs against real + synthetic pairs",
+    )
+    add_experiment_flags(
+        p,
+        real="prepared dataset: its train split gives the real pairs",
+        test="comma-separated held-out test sets DIR[:split] (split: test), scored zero-shot",
+        synthetic="cohort whose samples carry their prompts (required)",
+    )
+    p.add_argument(
+        "--synthetic_ratio", type=float, help="synthetic images per real image of a view (all)"
+    )
+    p.add_argument("--views", help="comma-separated views (those of every test set)")
+    p.add_argument("--model", help="open_clip model (fusynth-tiny-clip, a smoke model)")
+    p.add_argument("--pretrained", help="open_clip tag or weights file (random init)")
+    p.add_argument(
+        "--caption_template",
+        action="append",
+        help="real captions over schema columns; repeat for several (each view's zero-shot "
+        "prompts)",
+    )
+    p.add_argument("--prompts", help="zero-shot prompts YAML view: [prompts] (built-in)")
+    p.add_argument("--train_mode", choices=TRAIN_MODES, help="lit, lora or full (lit)")
+    p.add_argument("--contrastive", choices=CONTRASTIVE, help="views or pairs (views)")
+    p.add_argument("--learning_rate", type=float, help="(1e-4)")
+    p.add_argument("--train_batch_size", type=int, help="(32)")
+    p.add_argument("--num_train_epochs", type=int, help="epochs per arm (10)")
+    p.add_argument("--max_train_steps", type=int, help="steps per arm (overrides epochs)")
+    p.add_argument(
+        "--no_augment",
+        dest="augment",
+        action="store_false",
+        default=None,
+        help="train without augmentation",
+    )
+    p.add_argument("--mixed_precision", help="no, fp16 or bf16 (no)")
+    p.add_argument(
+        "--n_boot", type=int, help="bootstrap resamples of subjects for the intervals (1000)"
+    )
+    p.set_defaults(func=_experiment_clip_augment)
+    return p

@@ -29,7 +29,6 @@ import hashlib
 import math
 import os
 import re
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -568,61 +567,3 @@ def salt_file_for(out: str | os.PathLike) -> Path:
     that publishing or sharing the prepared folder never carries it."""
     out = Path(out)
     return out.with_name(out.name + ".salt")
-
-
-def prepare_dicom(
-    src: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    options: ReaderOptions | None = None,
-    **kwargs: Any,
-) -> Any:
-    """``prepare`` for the ``dicom`` format, with the subject salt handled.
-
-    The salt is ``options.dicom.subject_salt`` when given (``--subject_salt``); else the
-    one in ``OUT.salt`` from an earlier run (so re-preparing keeps the subject ids);
-    else a new random one, written to ``OUT.salt`` (mode 0600) only once the dataset is
-    complete. Anyone holding the salt can test guesses of PatientIDs against the ids:
-    keep the file private.
-
-    Args:
-        src: folder tree of DICOM files.
-        out: the prepared dataset folder.
-        options: reader options, ``options.dicom`` a :class:`DicomOptions`.
-        **kwargs: passed to :func:`fusynth.data.prepare.prepare` (seed, fractions,
-            overwrite).
-
-    Returns:
-        :class:`fusynth.data.prepare.PrepareResult`; its notes say where the salt is.
-    """
-    from dataclasses import replace
-
-    from fusynth.core.io import atomic_write_bytes
-    from fusynth.data.prepare import prepare
-
-    options = options or ReaderOptions()
-    dopts = options.dicom if options.dicom is not None else DicomOptions()
-    salt_file = salt_file_for(out)
-    new_salt = None
-    if dopts.subject_salt:
-        salt = dopts.subject_salt
-    elif salt_file.is_file():
-        salt = salt_file.read_text().strip()
-        if not salt:
-            raise UserInputError(
-                f"{salt_file}: salt file is empty; delete it or pass --subject_salt"
-            )
-    else:
-        salt = new_salt = secrets.token_hex(16)
-    options = replace(options, dicom=replace(dopts, subject_salt=salt))
-    result = prepare("dicom", src, out, options=options, **kwargs)
-    if new_salt is not None:
-        atomic_write_bytes(salt_file, (new_salt + "\n").encode())
-        os.chmod(salt_file, 0o600)
-        result.notes.append(
-            f"subject salt written to {salt_file}: keep it private and out of anything you "
-            "publish; re-preparing into the same OUT reuses it"
-        )
-    elif not dopts.subject_salt:
-        result.notes.append(f"subject salt read from {salt_file}")
-    return result

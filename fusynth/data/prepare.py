@@ -15,8 +15,9 @@ from tqdm.auto import tqdm
 
 from fusynth.core.errors import UserInputError, suggest
 from fusynth.core.io import atomic_dir, check_output_dir
+from fusynth.data.formats import FORMATS
 from fusynth.data.images import encode_png, read_grayscale, read_mask
-from fusynth.data.readers import FORMATS, ReaderOptions, SourceSample
+from fusynth.data.readers import ReaderOptions, SourceSample
 from fusynth.data.schema import FEATURES, SPLITS, provenance_json, save_prepared
 from fusynth.data.splits import assign_splits
 
@@ -164,3 +165,63 @@ def prepare(
     for note in notes:
         log.info(note)
     return PrepareResult(out=out, counts=counts, notes=notes)
+
+
+def prepare_dicom(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    options: ReaderOptions | None = None,
+    **kwargs: Any,
+) -> Any:
+    """``prepare`` for the ``dicom`` format, with the subject salt handled.
+
+    The salt is ``options.dicom.subject_salt`` when given (``--subject_salt``); else the
+    one in ``OUT.salt`` from an earlier run (so re-preparing keeps the subject ids);
+    else a new random one, written to ``OUT.salt`` (mode 0600) only once the dataset is
+    complete. Anyone holding the salt can test guesses of PatientIDs against the ids:
+    keep the file private.
+
+    Args:
+        src: folder tree of DICOM files.
+        out: the prepared dataset folder.
+        options: reader options, ``options.dicom`` a :class:`DicomOptions`.
+        **kwargs: passed to :func:`fusynth.data.prepare.prepare` (seed, fractions,
+            overwrite).
+
+    Returns:
+        :class:`fusynth.data.prepare.PrepareResult`; its notes say where the salt is.
+    """
+    import os
+    import secrets
+    from dataclasses import replace
+
+    from fusynth.core.io import atomic_write_bytes
+    from fusynth.data.dicom import DicomOptions, salt_file_for
+
+    options = options or ReaderOptions()
+    dopts = options.dicom if options.dicom is not None else DicomOptions()
+    salt_file = salt_file_for(out)
+    new_salt = None
+    if dopts.subject_salt:
+        salt = dopts.subject_salt
+    elif salt_file.is_file():
+        salt = salt_file.read_text().strip()
+        if not salt:
+            raise UserInputError(
+                f"{salt_file}: salt file is empty; delete it or pass --subject_salt"
+            )
+    else:
+        salt = new_salt = secrets.token_hex(16)
+    options = replace(options, dicom=replace(dopts, subject_salt=salt))
+    result = prepare("dicom", src, out, options=options, **kwargs)
+    if new_salt is not None:
+        atomic_write_bytes(salt_file, (new_salt + "\n").encode())
+        os.chmod(salt_file, 0o600)
+        result.notes.append(
+            f"subject salt written to {salt_file}: keep it private and out of anything you "
+            "publish; re-preparing into the same OUT reuses it"
+        )
+    elif not dopts.subject_salt:
+        result.notes.append(f"subject salt read from {salt_file}")
+    return result

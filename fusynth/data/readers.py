@@ -2,7 +2,7 @@
 
 Each reader lists a source folder into :class:`SourceSample` records (paths and labels,
 no pixels); :mod:`fusynth.data.prepare` decodes them into the schema. Readers are plain
-functions in the :data:`FORMATS` registry.
+functions in the :data:`fusynth.data.formats.FORMATS` registry.
 """
 
 from __future__ import annotations
@@ -474,22 +474,3 @@ def read_metadata(src: Path, options: ReaderOptions) -> list[SourceSample]:
             )
         )
     return samples
-
-
-def read_dicom(src: Path, options: ReaderOptions) -> list[SourceSample]:
-    """DICOM files from the scanner (see :mod:`fusynth.data.dicom`; pydicom loads lazily)."""
-    from fusynth.data.dicom import read_dicom_folder
-
-    return read_dicom_folder(src, options)
-
-
-#: Format name -> reader. Plain dict, as segment-anything's model registry.
-FORMATS: dict[str, Callable[[Path, ReaderOptions], list[SourceSample]]] = {
-    "hc18": read_hc18,
-    "fetal_planes_db": read_fetal_planes_db,
-    "african": read_african,
-    "pairs": read_pairs,
-    "imagefolder": read_imagefolder,
-    "metadata": read_metadata,
-    "dicom": read_dicom,
-}

@@ -214,16 +214,27 @@ def _first_line(exc: BaseException) -> str:
 
 
 def check_model_name(name: str, flag: str) -> str:
-    """Check an open_clip model name (or ``local-dir:``/``hf-hub:`` source).
+    """Check an open_clip model name (or ``local-dir:``/``hf-hub:`` source); a folder
+    holding ``open_clip_config.json`` (a ``recipes/train_clip.py`` output) is returned
+    as ``local-dir:FOLDER``.
 
     Raises:
-        UserInputError: an unknown name, with the nearest known one.
+        UserInputError: an unknown name (with the nearest known one), or a folder
+            without ``open_clip_config.json``.
     """
     import open_clip
 
     register_tiny_clip()
     if name.startswith(_SCHEMAS):
         return name
+    if Path(name).is_dir():  # a recipes/train_clip.py output, read as open_clip reads it
+        if (Path(name) / "open_clip_config.json").is_file():
+            return f"local-dir:{name}"
+        if name.replace("/", "-") not in open_clip.list_models():
+            raise UserInputError(
+                f"{flag}: {name} is a folder without open_clip_config.json; give a "
+                "recipes/train_clip.py output or an open_clip model name"
+            )
     if name.replace("/", "-") not in open_clip.list_models():
         raise UserInputError(
             f"{flag}: {name!r} is not an open_clip model{suggest(name, open_clip.list_models())}"

@@ -84,7 +84,11 @@ def test_sam_dry_run_loads_strictly_into_segment_anything(tiny_sam, tmp_path):
 
     out = tmp_path / "pub"
     publish_dry_run("model", tiny_sam, "me/tiny-sam", out)
-    assert {p.name for p in out.iterdir()} - {".fusynth.json"} == {"model.safetensors", "sam_config.json", "README.md"}
+    assert {p.name for p in out.iterdir()} - {".fusynth.json"} == {
+        "model.safetensors",
+        "sam_config.json",
+        "README.md",
+    }
     sam = build_sam("tiny", seed=1)
     sam.load_state_dict(load_file(str(out / "model.safetensors")), strict=True)
     ref = load_file(str(tiny_sam / "model.safetensors"))
@@ -351,7 +355,9 @@ def test_evaluations_of_the_weights_go_into_the_card(evaluated_sam, phantom_prep
     assert f"{dice['mean']:.3f} ± {dice['sd']:.3f} [{dice['ci_low']:.3f}, " in section
     assert f"{summary['n_images']} images of {summary['n_subjects']} subjects" in section
     assert "| metric | jitter 0 px | jitter 5 px |" in section
-    assert f"`<local>/{phantom_prepared.name}:train`" in section and str(phantom_prepared) not in card
+    assert (
+        f"`<local>/{phantom_prepared.name}:train`" in section and str(phantom_prepared) not in card
+    )
 
 
 def test_an_evaluation_of_other_weights_is_refused(evaluated_sam, tmp_path):
