@@ -693,7 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_train_epochs", type=int, help="epochs per cell (20)")
     p.add_argument("--max_train_steps", type=int, help="steps per cell (overrides epochs)")
     p.add_argument("--learning_rate", type=float, help="(1e-4 with --checkpoint, else 1e-3)")
-    p.add_argument("--mixed_precision", help="no, fp16 or bf16 (no)")
+    p.add_argument("--mixed_precision", help="no, fp16 or bf16 (accelerate's setting, else no)")
     p.add_argument("--embedding_cache", help="image embedding cache folder")
     p.set_defaults(func=_experiment_seg_augment)
     p = exp_cmds.add_parser(
@@ -724,7 +724,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="train without augmentation",
     )
-    p.add_argument("--mixed_precision", help="no, fp16 or bf16 (no)")
+    p.add_argument("--mixed_precision", help="no, fp16 or bf16 (accelerate's setting, else no)")
     p.set_defaults(func=_experiment_cls_augment)
 
     from fusynth.publish_cli import add_publish_parser

@@ -91,7 +91,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     snr_gamma: float | None = None
     noise_offset: float = 0.0
-    mixed_precision: str = "no"
+    mixed_precision: str | None = None  # None: accelerate launch's, else "no"
     gradient_checkpointing: bool = False
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = None
@@ -800,7 +800,11 @@ def add_common_flags(
     g.add_argument("--max_grad_norm", type=float, help="gradient clipping (1.0)")
     g.add_argument("--snr_gamma", type=float, help="min-SNR loss weighting gamma (off)")
     g.add_argument("--noise_offset", type=float, help="(0.0)")
-    g.add_argument("--mixed_precision", choices=MIXED_PRECISION, help="(no)")
+    g.add_argument(
+        "--mixed_precision",
+        choices=MIXED_PRECISION,
+        help="(accelerate launch's --mixed_precision or config, else no)",
+    )
     g.add_argument("--gradient_checkpointing", action="store_true")
     g.add_argument("--seed", type=int, help="(0)")
     g = p.add_argument_group("checkpoints, validation, output")
