@@ -284,6 +284,7 @@ def generate_pairs(req: PairsRequest) -> CohortResult:
         req.revision,
         req.variant,
         flag="--base",
+        original_config=req.original_config or (None if req.base else cfg.get("original_config")),
     )
     resolution = req.resolution or int(cfg.get("resolution") or (64 if ref.smoke else 512))
     first = next(iter(cfg.get("captions_by_view", {}).values()), None)

@@ -160,7 +160,16 @@ def load_pipeline(
 
 
 def base_fingerprint(ref: BaseRef) -> dict[str, Any]:
-    """How a base is identified in provenance: a hub id and revision, or a folder hash."""
+    """How a base is identified in provenance: a hub id and revision, a folder hash, or a
+    single file and its sha256."""
+    if ref.single_file:
+        source = json.loads((Path(ref.name_or_path) / "fusynth_single_file.json").read_text())
+        return {
+            "base": ref.single_file,
+            "base_sha256": source["source_sha256"],
+            "base_config": source["config"],
+            "smoke_base": ref.smoke,
+        }
     if ref.is_local:
         return {
             "base": ref.name_or_path,

@@ -67,6 +67,7 @@ class TrainConfig:
     """
 
     pretrained_model_name_or_path: str | None = None
+    original_config: str | None = None  # configs of a single-file checkpoint
     revision: str | None = None
     variant: str | None = None
     train_data: str | None = None
@@ -465,7 +466,12 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
     from tqdm.auto import tqdm
 
     check_run_dir(config, method.weights_file)  # before loading anything
-    ref = resolve_base(config.pretrained_model_name_or_path, config.revision, config.variant)
+    ref = resolve_base(
+        config.pretrained_model_name_or_path,
+        config.revision,
+        config.variant,
+        original_config=config.original_config,
+    )
     resolution = config.resolution or (64 if ref.smoke else 512)
     accelerator, output_dir, resume = start_run(
         config,
@@ -711,7 +717,7 @@ def _run_config(
     resolved.update(
         method=method.name,
         resolution=resolution,
-        pretrained_model_name_or_path=ref.name_or_path,
+        pretrained_model_name_or_path=ref.source,
         smoke_base=ref.smoke,
         views=data.views,
         captions_by_view=data.captions_by_view,
@@ -761,7 +767,13 @@ def add_common_flags(
     g = p.add_argument_group("base model")
     g.add_argument(
         "--pretrained_model_name_or_path",
-        help="hub id or local diffusers folder (default: tiny smoke base)",
+        help="hub id, local diffusers folder or single-file .safetensors/.ckpt "
+        "(default: tiny smoke base)",
+    )
+    g.add_argument(
+        "--original_config",
+        help="configs of a single-file base: LDM .yaml or diffusers config folder "
+        "(default: <file>.yaml beside it, else fusynth's SD 1.x/2.x configs)",
     )
     g.add_argument("--revision", help="hub revision")
     g.add_argument("--variant", help="weight variant, e.g. fp16")
