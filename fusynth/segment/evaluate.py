@@ -28,6 +28,7 @@ import numpy as np
 
 from fusynth.errors import UserInputError
 from fusynth.segment.data import SegSample
+from fusynth.segment.sam_formats import medsam_image, preprocess_of
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +170,11 @@ def predict_masks(
     from fusynth.segment.sam import mask_box
 
     predictor = SamPredictor(sam)
+    medsam = preprocess_of(sam) == "medsam"
+    size = sam.image_encoder.img_size
     for i, sample in enumerate(samples):
-        rgb = np.repeat(sample.image[..., None], 3, axis=2)
+        image = medsam_image(sample.image, size) if medsam else sample.image
+        rgb = np.repeat(image[..., None], 3, axis=2)
         if cache is None:
             predictor.set_image(rgb)
         else:  # what set_image does, with the embedding from the cache
@@ -185,8 +189,27 @@ def predict_masks(
             for r in range(1 if jitter == 0 else rounds):
                 rng = np.random.default_rng([seed, i, jitter, r])
                 box = jitter_box(true_box, jitter, sample.image.shape, rng)
+                if medsam:
+                    yield Prediction(i, sample, jitter, r, box, _medsam_predict(predictor, box, sample.image.shape))  # fmt: skip
+                    continue
                 masks, _, _ = predictor.predict(box=box, multimask_output=False)
                 yield Prediction(i, sample, jitter, r, box, np.asarray(masks[0], dtype=bool))
+
+
+def _medsam_predict(predictor: Any, box: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """MedSAM's prediction for a native-pixel box: the box scaled to the square frame,
+    the logits resized back to the native ``shape`` (bilinear) and thresholded, as
+    MedSAM's own inference does. Returns ``[H, W]`` bool."""
+    import torch
+    import torch.nn.functional as F
+
+    h, w = shape
+    size = predictor.original_size[0]
+    square_box = np.asarray(box, dtype=np.float64) * np.array([size / w, size / h] * 2)
+    logits, _, _ = predictor.predict(box=square_box, multimask_output=False, return_logits=True)
+    t = torch.as_tensor(np.asarray(logits[:1], dtype=np.float32))[None]
+    native = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+    return (native > predictor.model.mask_threshold).numpy()
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -255,6 +278,7 @@ def evaluate_segmentation(
     n_examples: int = 4,
     device: str | None = None,
     embedding_cache: str | os.PathLike | None = None,
+    preprocess: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a SAM on ``DIR[:split]`` with (jittered) box prompts and write a report.
 
@@ -279,6 +303,8 @@ def evaluate_segmentation(
         embedding_cache: folder of cached image embeddings (shared with fine-tuning:
             a model whose encoder was frozen reuses the embeddings its training made);
             None runs the encoder on every image.
+        preprocess: ``sam`` or ``medsam``; by default the model's own (MedSAM weights:
+            ``medsam``; see :mod:`fusynth.segment.sam_formats`).
 
     Returns:
         The summary written to ``summary.json``.
@@ -295,7 +321,7 @@ def evaluate_segmentation(
     jitters = check_settings(box_jitter, rounds, n_examples)
     overwrite = overwrite or _is_empty_dir(out)
     check_output_dir(out, overwrite)
-    sam, model_type = load_sam(model, model_type, flag="--model")
+    sam, model_type = load_sam(model, model_type, flag="--model", preprocess=preprocess)
     sam.to(_device(device))
     seg = load_seg_set(data, "--data")
     cache = None
@@ -325,6 +351,7 @@ def evaluate_segmentation(
         "model": str(model),
         "model_sha256": weights_sha256(model),
         "model_type": model_type,
+        "preprocess": preprocess_of(sam),
         "data": str(data),
         "n_images": len(seg.samples),
         "n_subjects": len(seg.subjects),
