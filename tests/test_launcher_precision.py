@@ -68,3 +68,35 @@ def test_sam_recipe_trains_in_bf16_under_a_bf16_launcher(
         run_recipe("finetune_sam", *argv[:1], str(out2), *argv[2:], "--mixed_precision", "no") == 0
     )
     assert json.loads((out2 / "config.json").read_text())["mixed_precision"] == "no"
+
+
+def test_a_bf16_accelerate_config_reaches_the_recipe(tmp_path):
+    """``accelerate config`` saved with bf16, then ``accelerate launch --config_file``
+    with no precision flag anywhere: the run trains in bf16."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config = tmp_path / "accelerate.yaml"
+    subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.accelerate_cli", "config", "default"]
+        + ["--config_file", str(config), "--mixed_precision", "bf16"],
+        check=True,
+        capture_output=True,
+    )
+    assert "bf16" in config.read_text()
+    out = tmp_path / "sam"
+    env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_MIXED_PRECISION"}
+    env["FUSYNTH_CACHE"] = str(tmp_path / "cache")
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "finetune_sam.py"
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+        + [str(recipe), "--output_dir", str(out), "--max_train_steps", "1"]
+        + ["--no_embedding_cache"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((out / "config.json").read_text())["mixed_precision"] == "bf16"
