@@ -28,7 +28,7 @@ import numpy as np
 
 from fusynth.errors import UserInputError
 from fusynth.segment.data import SegSample
-from fusynth.segment.sam_formats import medsam_image, preprocess_of
+from fusynth.segment.sam_formats import medsam_image, medsam_predict, preprocess_of
 
 log = logging.getLogger(__name__)
 
@@ -190,26 +190,10 @@ def predict_masks(
                 rng = np.random.default_rng([seed, i, jitter, r])
                 box = jitter_box(true_box, jitter, sample.image.shape, rng)
                 if medsam:
-                    yield Prediction(i, sample, jitter, r, box, _medsam_predict(predictor, box, sample.image.shape))  # fmt: skip
+                    yield Prediction(i, sample, jitter, r, box, medsam_predict(predictor, box, sample.image.shape))  # fmt: skip
                     continue
                 masks, _, _ = predictor.predict(box=box, multimask_output=False)
                 yield Prediction(i, sample, jitter, r, box, np.asarray(masks[0], dtype=bool))
-
-
-def _medsam_predict(predictor: Any, box: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """MedSAM's prediction for a native-pixel box: the box scaled to the square frame,
-    the logits resized back to the native ``shape`` (bilinear) and thresholded, as
-    MedSAM's own inference does. Returns ``[H, W]`` bool."""
-    import torch
-    import torch.nn.functional as F
-
-    h, w = shape
-    size = predictor.original_size[0]
-    square_box = np.asarray(box, dtype=np.float64) * np.array([size / w, size / h] * 2)
-    logits, _, _ = predictor.predict(box=square_box, multimask_output=False, return_logits=True)
-    t = torch.as_tensor(np.asarray(logits[:1], dtype=np.float32))[None]
-    native = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-    return (native > predictor.model.mask_threshold).numpy()
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -257,7 +257,13 @@ def predict_with_box(sam: Any, image: np.ndarray, box: np.ndarray) -> np.ndarray
     """
     from segment_anything import SamPredictor
 
+    from fusynth.segment.sam_formats import medsam_image, medsam_predict, preprocess_of
+
     predictor = SamPredictor(sam)
+    if preprocess_of(sam) == "medsam":
+        square = medsam_image(image, sam.image_encoder.img_size)
+        predictor.set_image(np.repeat(square[..., None], 3, axis=2))
+        return medsam_predict(predictor, box, np.asarray(image).shape)
     predictor.set_image(np.repeat(np.asarray(image)[..., None], 3, axis=2))
     masks, _, _ = predictor.predict(box=box, multimask_output=False)
     return masks[0].astype(bool)

@@ -228,3 +228,18 @@ def medsam_sample(sample: Any, size: int) -> Any:
     return dataclasses.replace(
         sample, image=medsam_image(sample.image, size), mask=medsam_mask(sample.mask, size)
     )
+
+
+def medsam_predict(predictor: Any, box: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """MedSAM's prediction for a native-pixel box: the box scaled to the square frame,
+    the logits resized back to the native ``shape`` (bilinear) and thresholded, as
+    MedSAM's own inference does. Returns ``[H, W]`` bool."""
+    import torch.nn.functional as F
+
+    h, w = shape
+    size = predictor.original_size[0]
+    square_box = np.asarray(box, dtype=np.float64) * np.array([size / w, size / h] * 2)
+    logits, _, _ = predictor.predict(box=square_box, multimask_output=False, return_logits=True)
+    t = torch.as_tensor(np.asarray(logits[:1], dtype=np.float32))[None]
+    native = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+    return (native > predictor.model.mask_threshold).numpy()

@@ -201,3 +201,40 @@ def test_transformers_folder_without_weights_is_one_line(tmp_path, hf_folders):
     (empty / "config.json").write_text((Path(folder) / "config.json").read_text())
     with pytest.raises(UserInputError, match="transformers SAM folder without weights"):
         load_sam(empty, flag="--checkpoint")
+
+
+def test_medsam_boxes_and_masks_map_between_native_and_square_frames():
+    """A box drawn on a 48x64 image reaches the predictor scaled to the square frame,
+    and the square-frame answer comes back at the native size and place."""
+    from types import SimpleNamespace
+
+    from fusynth.segment.sam_formats import medsam_predict
+
+    class BoxEcho:  # answers "inside the box" in the square frame, as logits
+        original_size = (256, 256)
+        model = SimpleNamespace(mask_threshold=0.0)
+
+        def predict(self, box, multimask_output, return_logits):
+            self.box = box
+            logits = -np.ones((1, 256, 256), dtype=np.float32)
+            x0, y0, x1, y1 = np.rint(box).astype(int)
+            logits[0, y0 : y1 + 1, x0 : x1 + 1] = 1.0
+            return logits, None, None
+
+    echo = BoxEcho()
+    mask = medsam_predict(echo, np.array([16.0, 12.0, 47.0, 35.0]), (48, 64))
+    np.testing.assert_allclose(echo.box, [64.0, 64.0, 188.0, 186.67], atol=0.01)
+    assert mask.shape == (48, 64)
+    ys, xs = np.nonzero(mask)
+    assert abs(xs.min() - 16) <= 1 and abs(xs.max() - 47) <= 1
+    assert abs(ys.min() - 12) <= 1 and abs(ys.max() - 35) <= 1
+
+
+def test_audit_segmenter_predicts_at_native_size_with_medsam(hf_folders):
+    from fusynth.segment.sam import predict_with_box
+
+    _, _, medsam_folder = hf_folders
+    sam, _ = load_sam(medsam_folder, flag="--segmenter")
+    image = np.random.default_rng(1).integers(0, 255, size=(48, 64)).astype(np.uint8)
+    mask = predict_with_box(sam, image, np.array([10.0, 8.0, 50.0, 40.0], dtype=np.float32))
+    assert mask.shape == (48, 64) and mask.dtype == bool
