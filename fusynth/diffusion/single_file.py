@@ -388,6 +388,12 @@ def convert_single_file(
         )
     else:
         _check_fits(shapes, family, path, flag)
+        if family == "sd2":  # the weights do not say which SD 2 objective they were trained on
+            log.warning(
+                "%s: using SD 2.1's configs (768 px, v-prediction); for a 512-px epsilon "
+                "SD 2 base give --original_config v2-inference.yaml",
+                path.name,
+            )
         config_dir = config_folder(family)
         config_id = _configs_digest(config_dir)
     digest = file_sha256(path)
