@@ -1,6 +1,6 @@
 """Fine-tune segment-anything on fetal head masks with box prompts.
 
-    accelerate launch recipes/finetune_sam.py --model_type vit_b \
+    accelerate launch recipes/finetune_sam.py \
         --checkpoint sam_vit_b_01ec64.pth --train hc18-prepared:train \
         --synthetic pairs-cohort --n_real 5 --n_synthetic 500 --output_dir sam-5r500s
 
@@ -31,11 +31,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", help="YAML file of flag values; flags given here override it")
     g = p.add_argument_group("model")
-    g.add_argument("--model_type", choices=tuple(SAM_CONFIGS), help="SAM size (tiny: smoke model)")
+    g.add_argument(
+        "--model_type",
+        choices=tuple(SAM_CONFIGS),
+        help="SAM size (read from --checkpoint's weights; without one: tiny, a smoke model)",
+    )
     g.add_argument(
         "--checkpoint",
-        help="official or MedSAM .pth, a .safetensors state dict, or a fusynth SAM folder "
-        "(default: random init)",
+        help="official or MedSAM .pth, a .safetensors state dict, a fusynth SAM folder or a "
+        "transformers SAM folder (default: random init)",
+    )
+    g.add_argument(
+        "--preprocess",
+        choices=("sam", "medsam"),
+        help="input preprocessing (the checkpoint's own; MedSAM weights: medsam; else sam)",
     )
     g.add_argument("--train_parts", choices=TRAIN_PARTS, help="what trains (decoder)")
     g.add_argument(
@@ -75,7 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr_scheduler", choices=LR_SCHEDULERS, help="(constant)")
     g.add_argument("--lr_warmup_steps", type=int, help="(0)")
     g.add_argument("--max_grad_norm", type=float, help="gradient clipping (1.0)")
-    g.add_argument("--mixed_precision", choices=MIXED_PRECISION, help="(no)")
+    g.add_argument(
+        "--mixed_precision",
+        choices=MIXED_PRECISION,
+        help="(accelerate launch's --mixed_precision or config, else no)",
+    )
     g.add_argument("--seed", type=int, help="data choice, order and box jitter (0)")
     g = p.add_argument_group("cache, checkpoints, output")
     g.add_argument(

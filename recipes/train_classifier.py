@@ -103,7 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=BEST_METRICS,
         help="validation metric that picks the model (macro_f1)",
     )
-    g.add_argument("--mixed_precision", choices=MIXED_PRECISION, help="(no)")
+    g.add_argument(
+        "--mixed_precision",
+        choices=MIXED_PRECISION,
+        help="(accelerate launch's --mixed_precision or config, else no)",
+    )
     g.add_argument("--seed", type=int, help="initialisation, data choice, order, augmentation (0)")
     g = p.add_argument_group("checkpoints, output")
     add_run_flags(g, "fusynth-classifier")

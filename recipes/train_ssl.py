@@ -52,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr_scheduler", choices=LR_SCHEDULERS, help="(cosine)")
     g.add_argument("--lr_warmup_steps", type=int, help="(0)")
     g.add_argument("--max_grad_norm", type=float, help="gradient clipping (1.0)")
-    g.add_argument("--mixed_precision", choices=MIXED_PRECISION, help="(no)")
+    g.add_argument(
+        "--mixed_precision",
+        choices=MIXED_PRECISION,
+        help="(accelerate launch's --mixed_precision or config, else no)",
+    )
     g.add_argument("--seed", type=int, help="init, data order and augmentations (0)")
     g = p.add_argument_group("checkpoints, output")
     add_run_flags(g, "fusynth-ssl")

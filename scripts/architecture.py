@@ -186,7 +186,7 @@ def draw(g: dict[str, set[str]], out: Path) -> None:
         ax.text(0.9, y[s], ROLES.get(s, ""), ha="left", va="center", fontsize=8.5, color="#333")
     # Imports go up the page (a later stage imports an earlier one); arcs on the left,
     # wider for longer jumps, so they do not overlap the boxes.
-    for (a, b), count in sorted(edges.items(), key=lambda e: (y[e[0][0]] - y[e[0][1]])):
+    for (a, b), count in sorted(edges.items(), key=lambda e: y[e[0][0]] - y[e[0][1]]):
         if a not in y or b not in y:
             continue
         span = y[b] - y[a]

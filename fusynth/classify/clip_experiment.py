@@ -86,7 +86,7 @@ class ClipAugmentConfig:
     num_train_epochs: int = 10
     max_train_steps: int | None = None
     augment: bool = True
-    mixed_precision: str = "no"
+    mixed_precision: str | None = None  # None: accelerate launch's, else "no"
     n_boot: int = 1000
     keep_models: bool = False
     overwrite: bool = False

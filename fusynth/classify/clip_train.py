@@ -108,7 +108,7 @@ class ClipTrainConfig:
     train_batch_size: int = 32
     num_train_epochs: int = 10
     max_train_steps: int | None = None
-    mixed_precision: str = "no"
+    mixed_precision: str | None = None  # None: accelerate launch's, else "no"
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = None
     resume_from_checkpoint: str | None = None

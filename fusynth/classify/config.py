@@ -55,7 +55,7 @@ class ClassifierTrainConfig:
     max_train_steps: int | None = None
     validation_epochs: int = 1
     best_metric: str = "macro_f1"
-    mixed_precision: str = "no"
+    mixed_precision: str | None = None  # None: accelerate launch's, else "no"
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = None
     resume_from_checkpoint: str | None = None

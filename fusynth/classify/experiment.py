@@ -72,7 +72,7 @@ class ClsAugmentConfig:
     max_train_steps: int | None = None
     n_real_per_view: int | None = None
     augment: bool = True
-    mixed_precision: str = "no"
+    mixed_precision: str | None = None  # None: accelerate launch's, else "no"
     keep_models: bool = False
     overwrite: bool = False
 

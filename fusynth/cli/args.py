@@ -164,7 +164,13 @@ def add_cohort_flags(
     p.add_argument(
         "--out", required=True, help="cohort folder (resumable; a prepared dataset when done)"
     )
-    p.add_argument("--base", help=f"hub id or diffusers folder (default: {base})")
+    p.add_argument(
+        "--base",
+        help=f"hub id, diffusers folder or single-file .safetensors/.ckpt (default: {base})",
+    )
+    p.add_argument(
+        "--original_config", help="configs of a single-file --base: LDM .yaml or config folder"
+    )
     p.add_argument("--revision", help="hub revision of --base")
     p.add_argument("--variant", help="weight variant of --base, e.g. fp16")
     p.add_argument("--negative_prompt", dest="negative_prompt", help="negative prompt")

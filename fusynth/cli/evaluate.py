@@ -31,6 +31,7 @@ def _evaluate_segmentation(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         n_examples=args.n_examples,
         embedding_cache=args.embedding_cache,
+        preprocess=args.preprocess,
     )
     for jitter, stats in summary["by_jitter"].items():
         dice, hd95 = stats["dice"], stats["hd95_px"]
@@ -64,7 +65,14 @@ def add_commands(groups: Any) -> None:
         "--rounds", type=int, default=1, help="jittered prompts per image and value > 0 (1)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the jitter and bootstrap (0)")
-    p.add_argument("--model_type", help="SAM size of a bare checkpoint (vit_b, vit_l, vit_h, tiny)")
+    p.add_argument(
+        "--model_type", help="SAM size: vit_b, vit_l, vit_h, tiny (read from the weights)"
+    )
+    p.add_argument(
+        "--preprocess",
+        choices=("sam", "medsam"),
+        help="input preprocessing (the model's own; MedSAM weights: medsam)",
+    )
     p.add_argument(
         "--n_examples", type=int, default=4, help="images in the worst/best overlays (4)"
     )

@@ -69,7 +69,7 @@ def add_commands(groups: Any) -> None:
     p.add_argument("--num_train_epochs", type=int, help="epochs per cell (20)")
     p.add_argument("--max_train_steps", type=int, help="steps per cell (overrides epochs)")
     p.add_argument("--learning_rate", type=float, help="(1e-4 with --checkpoint, else 1e-3)")
-    p.add_argument("--mixed_precision", help="no, fp16 or bf16 (no)")
+    p.add_argument("--mixed_precision", help="no, fp16 or bf16 (accelerate's setting, else no)")
     p.add_argument("--embedding_cache", help="image embedding cache folder")
     p.set_defaults(func=_experiment_seg_augment)
     p = exp_cmds.add_parser(
@@ -100,7 +100,7 @@ def add_commands(groups: Any) -> None:
         default=None,
         help="train without augmentation",
     )
-    p.add_argument("--mixed_precision", help="no, fp16 or bf16 (no)")
+    p.add_argument("--mixed_precision", help="no, fp16 or bf16 (accelerate's setting, else no)")
     p.set_defaults(func=_experiment_cls_augment)
     add_experiment_clip_augment_parser(exp_cmds, add_experiment_flags)
 
@@ -164,7 +164,7 @@ def add_experiment_clip_augment_parser(
         default=None,
         help="train without augmentation",
     )
-    p.add_argument("--mixed_precision", help="no, fp16 or bf16 (no)")
+    p.add_argument("--mixed_precision", help="no, fp16 or bf16 (accelerate's setting, else no)")
     p.add_argument(
         "--n_boot", type=int, help="bootstrap resamples of subjects for the intervals (1000)"
     )

@@ -115,7 +115,13 @@ def add_common_flags(
     g = p.add_argument_group("base model")
     g.add_argument(
         "--pretrained_model_name_or_path",
-        help="hub id or local diffusers folder (default: tiny smoke base)",
+        help="hub id, local diffusers folder or single-file .safetensors/.ckpt "
+        "(default: tiny smoke base)",
+    )
+    g.add_argument(
+        "--original_config",
+        help="configs of a single-file base: LDM .yaml or diffusers config folder "
+        "(default: <file>.yaml beside it, else fusynth's SD 1.x/2.x configs)",
     )
     g.add_argument("--revision", help="hub revision")
     g.add_argument("--variant", help="weight variant, e.g. fp16")
@@ -154,7 +160,11 @@ def add_common_flags(
     g.add_argument("--max_grad_norm", type=float, help="gradient clipping (1.0)")
     g.add_argument("--snr_gamma", type=float, help="min-SNR loss weighting gamma (off)")
     g.add_argument("--noise_offset", type=float, help="(0.0)")
-    g.add_argument("--mixed_precision", choices=MIXED_PRECISION, help="(no)")
+    g.add_argument(
+        "--mixed_precision",
+        choices=MIXED_PRECISION,
+        help="(accelerate launch's --mixed_precision or config, else no)",
+    )
     g.add_argument("--gradient_checkpointing", action="store_true")
     g.add_argument("--seed", type=int, help="(0)")
     g = p.add_argument_group("checkpoints, validation, output")

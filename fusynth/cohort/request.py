@@ -14,6 +14,7 @@ class SamplingRequest:
 
     out: str
     base: str | None = None
+    original_config: str | None = None  # configs of a single-file --base
     revision: str | None = None
     variant: str | None = None
     scheduler: str = "euler"

@@ -117,7 +117,9 @@ def generate_text2img(req: Text2ImgRequest) -> CohortResult:
     )
 
     state = partial_state()
-    ref = resolve_base(req.base, req.revision, req.variant, flag="--base")
+    ref = resolve_base(
+        req.base, req.revision, req.variant, flag="--base", original_config=req.original_config
+    )
     resolution = req.resolution or (64 if ref.smoke else 512)
     if req.lora is not None:
         from fusynth.diffusion.pipelines import lora_file

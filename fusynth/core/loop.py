@@ -252,6 +252,25 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 REPORT_TO = ("none", "tensorboard")
 
 
+def launcher_mixed_precision() -> str:
+    """The precision ``accelerate launch`` asks for, for a run whose config sets none.
+
+    ``accelerate launch --mixed_precision bf16`` and a saved ``accelerate config`` both
+    reach the training process as ``ACCELERATE_MIXED_PRECISION``; diffusers' examples
+    follow it when their own flag is not given, and so do the recipes. Without it: ``no``.
+
+    Raises:
+        UserInputError: the variable holds a precision the recipes do not support.
+    """
+    value = os.environ.get("ACCELERATE_MIXED_PRECISION", "").strip().lower() or "no"
+    if value not in MIXED_PRECISION:
+        raise UserInputError(
+            f"ACCELERATE_MIXED_PRECISION={value} (from accelerate launch or accelerate config) "
+            f"is not supported; pass --mixed_precision {' or '.join(MIXED_PRECISION)}"
+        )
+    return value
+
+
 def check_run_settings(
     config: Any,
     positive_fields: tuple[str, ...] = (),
@@ -261,6 +280,8 @@ def check_run_settings(
     """Check the settings every training config shares, plus ``positive_fields`` (> 0)
     and ``non_negative_fields`` (>= 0); each error names its flag."""
     choice(config.lr_scheduler, lr_schedulers, "--lr_scheduler")
+    if config.mixed_precision is None:
+        config.mixed_precision = launcher_mixed_precision()
     choice(config.mixed_precision, MIXED_PRECISION, "--mixed_precision")
     choice(config.report_to, REPORT_TO, "--report_to")
     for name in ("train_batch_size", "num_train_epochs", "checkpointing_steps", *positive_fields):

@@ -23,6 +23,15 @@ class BaseRef:
     revision: str | None = None
     variant: str | None = None
     smoke: bool = False
+    #: The ``.safetensors``/``.ckpt`` a user gave; ``name_or_path`` is then its converted
+    #: diffusers folder in the cache (see fusynth.diffusion.single_file).
+    single_file: str | None = None
+
+    @property
+    def source(self) -> str:
+        """What the user gave, as configs and cards record it (the file of a single-file
+        checkpoint, not its converted folder)."""
+        return self.single_file or self.name_or_path
 
     @property
     def is_local(self) -> bool:
@@ -35,12 +44,15 @@ def resolve_base(
     revision: str | None = None,
     variant: str | None = None,
     flag: str = FLAG,
+    original_config: str | None = None,
 ) -> BaseRef:
     """Check a base reference before any heavy loading.
 
     ``None`` selects the tiny smoke base (built once into the cache) and says so in the
-    log. A local path must be a diffusers folder (``model_index.json``); anything that
-    is not a folder must look like a hub id (``org/name``).
+    log. A local path must be a diffusers folder (``model_index.json``) or a single-file
+    SD 1.x/2.x checkpoint (``.safetensors``/``.ckpt``, converted once into the cache with
+    the shipped configs or ``original_config``); anything else must look like a hub id
+    (``org/name``).
 
     Raises:
         UserInputError: naming the flag and the path.
@@ -52,10 +64,24 @@ def resolve_base(
         log.warning("using the %s", SMOKE_NOTE)
         return BaseRef(str(path), smoke=True)
     path = Path(name_or_path)
+    if original_config is not None and not (
+        path.is_file() and path.suffix in (".safetensors", ".ckpt")
+    ):
+        raise UserInputError(
+            f"--original_config: only used with a single-file checkpoint; {flag} is {name_or_path}"
+        )
+    if path.is_file() and path.suffix.lower() in (".safetensors", ".ckpt"):
+        from fusynth.diffusion.single_file import convert_single_file
+
+        if original_config is not None and not Path(original_config).exists():
+            raise UserInputError(f"--original_config: {original_config} not found")
+        folder = convert_single_file(path, original_config, flag)
+        return BaseRef(str(folder), smoke=is_smoke_model(folder), single_file=str(path.resolve()))
     if path.exists():
         if not path.is_dir() or not (path / "model_index.json").is_file():
             raise UserInputError(
-                f"{flag}: {path} is not a diffusers model folder (no model_index.json)"
+                f"{flag}: {path} is not a diffusers model folder (no model_index.json) "
+                "nor a single-file .safetensors/.ckpt checkpoint"
             )
         smoke = is_smoke_model(path)
         if smoke:

@@ -27,6 +27,7 @@ class TrainConfig:
     """
 
     pretrained_model_name_or_path: str | None = None
+    original_config: str | None = None  # configs of a single-file checkpoint
     revision: str | None = None
     variant: str | None = None
     train_data: str | None = None
@@ -51,7 +52,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     snr_gamma: float | None = None
     noise_offset: float = 0.0
-    mixed_precision: str = "no"
+    mixed_precision: str | None = None  # None: accelerate launch's, else "no"
     gradient_checkpointing: bool = False
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = None

@@ -217,12 +217,12 @@ class LoraMethod(TrainMethod):
         load_lora_into(folder, modules["unet"], modules.get("text_encoder"))
 
     def save_extras(self, folder: Path, modules: dict[str, Any], ref: BaseRef) -> None:
-        save_peft_adapter(folder / "unet_peft", modules["unet"], f"{ref.name_or_path}/unet")
+        save_peft_adapter(folder / "unet_peft", modules["unet"], f"{ref.source}/unet")
         if "text_encoder" in modules:
             save_peft_adapter(
                 folder / "text_encoder_peft",
                 modules["text_encoder"],
-                f"{ref.name_or_path}/text_encoder",
+                f"{ref.source}/text_encoder",
             )
 
     @torch.no_grad()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import json
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -66,52 +66,118 @@ def lora_file(path: str | Path, flag: str = "--lora") -> Path:
     return path
 
 
-def check_lora_matches(pipe: Any, weights: Path, flag: str = "--lora") -> None:
+def read_lora(pipe: Any, weights: Path, flag: str = "--lora") -> tuple[dict, dict[str, str]]:
+    """A LoRA file's tensors in the layout stock diffusers loads, with its header.
+
+    A kohya-ss file (sd-scripts, A1111, ComfyUI: ``lora_unet_…``/``lora_te_…``, LoRA or
+    LoCon conv targets, any dtype) is converted with the base's own module names, its
+    per-module ``alpha / rank`` carried in the header; a diffusers file is returned as is.
+
+    Raises:
+        UserInputError: unreadable, or neither layout; the message names the file.
+    """
+    import safetensors
+    from safetensors import safe_open
+
+    from fusynth.diffusion.kohya import detect_format, kohya_to_diffusers, sd_module_names
+
+    try:
+        with safe_open(str(weights), "pt") as f:
+            header = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    except (safetensors.SafetensorError, OSError, ValueError) as exc:
+        raise UserInputError(
+            f"{flag}: {weights} is not a readable safetensors file ({exc})"
+        ) from None
+    if not tensors:
+        raise UserInputError(f"{flag}: {weights} holds no tensors")
+    try:
+        if detect_format(tensors) == "kohya":
+            names = sd_module_names(pipe.unet, pipe.text_encoder)
+            tensors, header = kohya_to_diffusers(tensors, module_names=names)
+    except UserInputError as exc:
+        raise UserInputError(f"{flag}: {weights}: {exc}") from None
+    return tensors, header
+
+
+def check_lora_matches(pipe: Any, weights: Path | dict, flag: str = "--lora") -> None:
     """Check that every module a LoRA targets exists in the base, with matching sizes.
 
-    diffusers loads a mismatched adapter with at most a warning; a cohort made with
-    half an adapter would look fine and be wrong, so this refuses it.
+    Linear and convolution targets are checked alike (kohya's 1x1-conv ``proj_in`` and
+    LoCon's 3x3 convolutions included). diffusers loads a mismatched adapter with at most
+    a warning; a cohort made with half an adapter would look fine and be wrong, so this
+    refuses it.
+
+    Args:
+        pipe: the pipeline the LoRA goes into.
+        weights: the LoRA file (either layout), or tensors from :func:`read_lora`.
 
     Raises:
         UserInputError: naming the first module that does not fit.
     """
-    from safetensors import safe_open
+    from fusynth.diffusion.kohya import _DIFFUSERS_KEY
 
+    label = "the LoRA" if isinstance(weights, dict) else str(weights)
+    tensors = weights if isinstance(weights, dict) else read_lora(pipe, Path(weights), flag)[0]
     modules = {
         "unet": dict(pipe.unet.named_modules()),
         "text_encoder": dict(pipe.text_encoder.named_modules()),
     }
-    with safe_open(str(weights), "pt") as f:
-        keys = list(f.keys())
-        if not keys:
-            raise UserInputError(f"{flag}: {weights} holds no tensors")
-        for key in keys:
-            m = re.match(
-                r"^(unet|text_encoder)\.(.+?)\.(lora\.down|lora_A|lora\.up|lora_B)\.weight$", key
+    for key, tensor in tensors.items():
+        m = _DIFFUSERS_KEY.match(key.replace(".processor.", "."))
+        if not m:
+            continue
+        part, name = m["component"], m["module"]
+        down = m["factor"] in ("lora_A", "lora.down", "lora_linear_layer.down")
+        # transformers 5 flattens CLIPTextModel: try the path with and without text_model.
+        candidates = [name, name.removeprefix("text_model.")]
+        module = next((modules[part][n] for n in candidates if n in modules[part]), None)
+        size_in = getattr(module, "in_features", getattr(module, "in_channels", None))
+        size_out = getattr(module, "out_features", getattr(module, "out_channels", None))
+        if module is None or size_in is None:
+            raise UserInputError(
+                f"{flag}: {label} targets {part}.{name}, which the base does not have "
+                "(was the adapter trained on another base?)"
             )
-            if not m:
-                if key.startswith("lora_unet_") or key.startswith("lora_te_"):
-                    raise UserInputError(
-                        f"{flag}: {weights} is in kohya format; convert it with 'fusynth lora convert'"
-                    )
-                continue
-            part, name, kind = m.groups()
-            module = modules[part].get(name)
-            if module is None or not hasattr(module, "in_features"):
-                raise UserInputError(
-                    f"{flag}: {weights} targets {part}.{name}, which the base does not have "
-                    "(was the adapter trained on another base?)"
-                )
-            shape = f.get_slice(key).get_shape()
-            expected = (
-                module.in_features if kind in ("lora.down", "lora_A") else module.out_features
+        shape = tuple(tensor.shape)
+        expected, got = (size_in, shape[1]) if down else (size_out, shape[0])
+        if got != expected:
+            raise UserInputError(
+                f"{flag}: {label} has {part}.{name} of size {got}, the base's is {expected} "
+                "(was the adapter trained on another base?)"
             )
-            got = shape[1] if kind in ("lora.down", "lora_A") else shape[0]
-            if got != expected:
-                raise UserInputError(
-                    f"{flag}: {weights} has {part}.{name} of size {got}, the base's is {expected} "
-                    "(was the adapter trained on another base?)"
-                )
+        kernel = tuple(getattr(module, "kernel_size", ()))
+        if down and len(shape) == 4 and shape[2:] != kernel:
+            raise UserInputError(
+                f"{flag}: {label} has a {shape[2]}x{shape[3]} kernel for {part}.{name}, "
+                f"the base's is {kernel[0]}x{kernel[1]}"
+            )
+        if len(shape) == 4 and not kernel:
+            raise UserInputError(
+                f"{flag}: {label} has convolution weights for {part}.{name}, a linear layer"
+            )
+
+
+def load_lora(pipe: Any, weights: Path, scale: float = 1.0, flag: str = "--lora") -> None:
+    """Load a LoRA file of either layout into ``pipe`` as adapter ``fusynth`` at ``scale``.
+
+    ``scale`` is A1111's multiplier: each module's weight becomes
+    ``W + scale * alpha / rank * up @ down``.
+    """
+    import tempfile
+
+    from safetensors.torch import save
+
+    from fusynth.core.io import atomic_write_bytes
+
+    tensors, header = read_lora(pipe, weights, flag)
+    check_lora_matches(pipe, tensors, flag)
+    with tempfile.TemporaryDirectory(prefix="fusynth-lora-") as tmp:
+        # through a file: diffusers reads the per-module alphas from its header only
+        data = save({k: v.contiguous() for k, v in tensors.items()}, header)
+        atomic_write_bytes(Path(tmp) / LORA_WEIGHTS, data)
+        pipe.load_lora_weights(tmp, weight_name=LORA_WEIGHTS, adapter_name="fusynth")
+    pipe.set_adapters(["fusynth"], adapter_weights=[scale])
 
 
 def _pretrained_pipeline(cls: Any, ref: BaseRef, dtype: torch.dtype, **components: Any) -> Any:
@@ -158,19 +224,22 @@ def load_pipeline(
     pipe = _pretrained_pipeline(StableDiffusionPipeline, ref, dtype)
     _set_scheduler(pipe, scheduler)
     if lora is not None:
-        weights = lora_file(lora)
-        check_lora_matches(pipe, weights)
-        pipe.load_lora_weights(
-            str(weights.parent), weight_name=weights.name, adapter_name="fusynth"
-        )
-        pipe.set_adapters(["fusynth"], adapter_weights=[lora_scale])
+        load_lora(pipe, lora_file(lora), lora_scale)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
 
 def base_fingerprint(ref: BaseRef) -> dict[str, Any]:
     """How a base is identified in provenance: a hub id and revision, or ``<local>/NAME``
-    and a hash of the folder (never the machine's absolute path)."""
+    with a hash of the folder or the single file (never the machine's absolute path)."""
+    if ref.single_file:
+        source = json.loads((Path(ref.name_or_path) / "fusynth_single_file.json").read_text())
+        return {
+            "base": f"<local>/{Path(ref.single_file).name}",
+            "base_sha256": source["source_sha256"],
+            "base_config": source["config"],
+            "smoke_base": ref.smoke,
+        }
     if ref.is_local:
         return {
             "base": f"<local>/{Path(ref.name_or_path).name}",

@@ -183,7 +183,12 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
     from tqdm.auto import tqdm
 
     check_run_dir(config, method.weights_file)  # before loading anything
-    ref = resolve_base(config.pretrained_model_name_or_path, config.revision, config.variant)
+    ref = resolve_base(
+        config.pretrained_model_name_or_path,
+        config.revision,
+        config.variant,
+        original_config=config.original_config,
+    )
     resolution = config.resolution or (64 if ref.smoke else 512)
     accelerator, output_dir, resume = start_run(
         config,
@@ -428,7 +433,7 @@ def _run_config(
     resolved.update(
         method=method.name,
         resolution=resolution,
-        pretrained_model_name_or_path=ref.name_or_path,
+        pretrained_model_name_or_path=ref.source,
         smoke_base=ref.smoke,
         views=data.views,
         captions_by_view=data.captions_by_view,

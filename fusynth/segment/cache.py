@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fusynth.segment.sam_formats import preprocess_of
+
 # ----------------------------------------------------------------------------- embedding cache
 
 
@@ -51,7 +53,9 @@ class EmbeddingCache:
         self.folder = None
         if root is not None:  # the digest reads every encoder weight: only when caching
             digest = tensor_digest(sam.image_encoder.state_dict())
-            self.folder = Path(root) / f"{model_type}-{digest[:16]}"
+            # MedSAM normalises differently: its embeddings never mix with SAM's
+            medsam = "-medsam" if preprocess_of(sam) == "medsam" else ""
+            self.folder = Path(root) / f"{model_type}{medsam}-{digest[:16]}"
         self.hits = self.misses = 0
 
     def path(self, image: np.ndarray) -> Path | None:

@@ -29,6 +29,7 @@ import numpy as np
 from fusynth.core.errors import UserInputError
 from fusynth.data.schema import with_default_split
 from fusynth.segment.data import SegSample
+from fusynth.segment.sam_formats import medsam_image, medsam_predict, preprocess_of
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +152,11 @@ def predict_masks(
     from fusynth.segment.sam import mask_box
 
     predictor = SamPredictor(sam)
+    medsam = preprocess_of(sam) == "medsam"
+    size = sam.image_encoder.img_size
     for i, sample in enumerate(samples):
-        rgb = np.repeat(sample.image[..., None], 3, axis=2)
+        image = medsam_image(sample.image, size) if medsam else sample.image
+        rgb = np.repeat(image[..., None], 3, axis=2)
         if cache is None:
             predictor.set_image(rgb)
         else:  # what set_image does, with the embedding from the cache
@@ -167,6 +171,9 @@ def predict_masks(
             for r in range(1 if jitter == 0 else rounds):
                 rng = np.random.default_rng([seed, i, jitter, r])
                 box = jitter_box(true_box, jitter, sample.image.shape, rng)
+                if medsam:
+                    yield Prediction(i, sample, jitter, r, box, medsam_predict(predictor, box, sample.image.shape))  # fmt: skip
+                    continue
                 masks, _, _ = predictor.predict(box=box, multimask_output=False)
                 yield Prediction(i, sample, jitter, r, box, np.asarray(masks[0], dtype=bool))
 
@@ -237,6 +244,7 @@ def evaluate_segmentation(
     n_examples: int = 4,
     device: str | None = None,
     embedding_cache: str | os.PathLike | None = None,
+    preprocess: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a SAM on ``DIR[:split]`` with (jittered) box prompts and write a report.
 
@@ -261,6 +269,8 @@ def evaluate_segmentation(
         embedding_cache: folder of cached image embeddings (shared with fine-tuning:
             a model whose encoder was frozen reuses the embeddings its training made);
             None runs the encoder on every image.
+        preprocess: ``sam`` or ``medsam``; by default the model's own (MedSAM weights:
+            ``medsam``; see :mod:`fusynth.segment.sam_formats`).
 
     Returns:
         The summary written to ``summary.json``.
@@ -277,7 +287,7 @@ def evaluate_segmentation(
     jitters = check_settings(box_jitter, rounds, n_examples)
     overwrite = overwrite or _is_empty_dir(out)
     check_output_dir(out, overwrite)
-    sam, model_type = load_sam(model, model_type, flag="--model")
+    sam, model_type = load_sam(model, model_type, flag="--model", preprocess=preprocess)
     sam.to(_device(device))
     seg = load_seg_set(with_default_split(data, "test"), "--data")
     cache = None
@@ -307,6 +317,7 @@ def evaluate_segmentation(
         "model": str(model),
         "model_sha256": weights_sha256(model),
         "model_type": model_type,
+        "preprocess": preprocess_of(sam),
         "data": str(data),
         "n_images": len(seg.samples),
         "n_subjects": len(seg.subjects),

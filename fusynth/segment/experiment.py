@@ -88,7 +88,7 @@ class SegAugmentConfig:
     num_train_epochs: int = 20
     max_train_steps: int | None = None
     learning_rate: float | None = None
-    mixed_precision: str = "no"
+    mixed_precision: str | None = None  # None: accelerate launch's, else "no"
     embedding_cache: str | None = None
     keep_models: bool = False
     overwrite: bool = False

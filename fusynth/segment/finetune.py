@@ -67,6 +67,7 @@ from fusynth.segment.model import (
     segmentation_loss,
 )
 from fusynth.segment.sam import CONFIG_FILE, SAM_CONFIGS, WEIGHTS_FILE, build_sam, load_sam
+from fusynth.segment.sam_formats import PREPROCESS, apply_preprocess, medsam_sample, preprocess_of
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,9 @@ SMOKE_NOTE = (
 class SamFinetuneConfig:
     """Settings of ``recipes/finetune_sam.py``; field names are the flags."""
 
-    model_type: str = "tiny"
+    model_type: str | None = None  # None: read from --checkpoint's weights, else tiny
     checkpoint: str | None = None
+    preprocess: str | None = None  # None: the checkpoint's (medsam for MedSAM), else sam
     train: str | None = None
     synthetic: str | None = None
     n_real: int | None = None
@@ -105,7 +107,7 @@ class SamFinetuneConfig:
     lr_scheduler: str = "constant"
     lr_warmup_steps: int = 0
     max_grad_norm: float = 1.0
-    mixed_precision: str = "no"
+    mixed_precision: str | None = None  # None: accelerate launch's, else "no"
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = None
     resume_from_checkpoint: str | None = None
@@ -117,8 +119,10 @@ class SamFinetuneConfig:
     report_to: str = "none"
 
     def __post_init__(self) -> None:
-        if self.model_type not in SAM_CONFIGS:
+        if self.model_type is not None and self.model_type not in SAM_CONFIGS:
             choice(self.model_type, tuple(SAM_CONFIGS), "--model_type")
+        if self.preprocess is not None:
+            choice(self.preprocess, PREPROCESS, "--preprocess")
         choice(self.train_parts, TRAIN_PARTS, "--train_parts")
         choice(self.loss, LOSSES, "--loss")
         check_run_settings(
@@ -209,9 +213,9 @@ def choose_training_data(config: SamFinetuneConfig, size: int) -> SamTrainingDat
         "skipped_empty_masks": real_set.skipped_empty,
     }
     return SamTrainingData(
-        inputs=[sam_input(s, size) for s in samples],
+        inputs=[sam_input(_frame(s, config, size), size) for s in samples],
         samples=samples,
-        validation=[sam_input(s, size) for s in validation],
+        validation=[sam_input(_frame(s, config, size), size) for s in validation],
         source=source,
     )
 
@@ -265,19 +269,28 @@ RESUME_KEYS = (
 )
 
 
+def _frame(sample: Any, config: SamFinetuneConfig, size: int) -> Any:
+    """A sample as the model's preprocessing sees it (MedSAM: a stretched square)."""
+    return medsam_sample(sample, size) if config.preprocess == "medsam" else sample
+
+
 def _load_model(config: SamFinetuneConfig) -> tuple[Any, str, dict[str, Any]]:
     if config.checkpoint:
-        sam, model_type = load_sam(config.checkpoint, config.model_type, flag="--checkpoint")
+        sam, model_type = load_sam(
+            config.checkpoint, config.model_type, flag="--checkpoint", preprocess=config.preprocess
+        )
         from fusynth.core.io import weights_sha256
 
         # A file's own digest; a fusynth SAM folder's model.safetensors (which load_sam
         # requires): the digest evaluation reports give the same weights.
         path = Path(config.checkpoint)
         return sam, model_type, {"checkpoint": str(path), "checkpoint_sha256": weights_sha256(path)}
-    log.warning(SMOKE_NOTE.format(size=config.model_type))
+    model_type = config.model_type or "tiny"
+    log.warning(SMOKE_NOTE.format(size=model_type))
     # A fixed init, like released weights: runs with other seeds differ in data and
     # jitter only, and share the embedding cache.
-    return build_sam(config.model_type, seed=0), config.model_type, {"checkpoint": None}
+    sam = apply_preprocess(build_sam(model_type, seed=0), config.preprocess or "sam")
+    return sam, model_type, {"checkpoint": None}
 
 
 def _trained_state(sam: Any) -> dict[str, torch.Tensor]:
@@ -342,6 +355,8 @@ def finetune_sam(config: SamFinetuneConfig) -> SamTrainResult:
 
     check_run_dir(config, WEIGHTS_FILE)  # before loading anything
     sam, model_type, base_info = _load_model(config)
+    # resolved: the data follow them, resume compares them, config.json says them
+    config.model_type, config.preprocess = model_type, preprocess_of(sam)
     size = sam.image_encoder.img_size
     data = choose_training_data(config, size)
     accelerator, output_dir, resume = start_run(
@@ -543,7 +558,11 @@ def _save_final(output_dir, sam, model_type, run_config, step, losses, val_histo
     def write(tmp: Path) -> None:
         state = {k: v.contiguous() for k, v in final.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE))
-        sam_config = {"model_type": model_type, "trained_parts": run_config["train_parts"]}
+        sam_config = {
+            "model_type": model_type,
+            "trained_parts": run_config["train_parts"],
+            "preprocess": preprocess_of(sam),
+        }
         (tmp / CONFIG_FILE).write_text(json.dumps(sam_config, indent=2))
         write_config_json(tmp, run_config)
         log = {"global_step": step, "losses": losses, "validation": val_history}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -125,38 +126,56 @@ def save_sam(folder: str | os.PathLike, sam: Any, model_type: str) -> Path:
 
 
 def load_sam(
-    path: str | os.PathLike, model_type: str | None = None, flag: str = "--segmenter"
+    path: str | os.PathLike,
+    model_type: str | None = None,
+    flag: str = "--segmenter",
+    preprocess: str | None = None,
 ) -> tuple[Any, str]:
-    """Load a SAM from a fusynth folder or an official/MedSAM ``.pth`` checkpoint.
+    """Load a SAM from a fusynth folder, an official/MedSAM ``.pth`` checkpoint or a
+    transformers ``SamModel`` folder.
 
     Args:
-        path: a folder with ``sam_config.json`` and ``model.safetensors``, or a ``.pth``
-            / ``.safetensors`` file of a whole SAM's state dict.
-        model_type: the size, needed for a bare file.
+        path: a folder with ``sam_config.json`` and ``model.safetensors``, a ``.pth`` /
+            ``.safetensors`` file of a whole SAM's state dict, or a transformers SAM folder
+            (``config.json`` and ``model.safetensors``, e.g. ``facebook/sam-vit-base``).
+        model_type: the size; by default read from the weights' shapes.
+        preprocess: ``sam`` or ``medsam``; by default a fusynth folder's recorded setting,
+            ``medsam`` for MedSAM weights, else ``sam``
+            (see :mod:`fusynth.segment.sam_formats`).
 
     Returns:
-        ``(sam, model_type)``.
+        ``(sam, model_type)``; the preprocessing is set on the model
+        (``fusynth.segment.sam_formats.preprocess_of(sam)``).
 
     Raises:
         UserInputError: missing files, unknown size, or weights that do not fit.
     """
     from safetensors.torch import load_file
 
+    from fusynth.segment.sam import infer_model_type
+    from fusynth.segment.sam_formats import (
+        apply_preprocess,
+        default_preprocess,
+        is_transformers_sam,
+        read_transformers_sam,
+    )
+
     path = Path(path)
-    if path.is_dir():
+    folder_config = None
+    medsam = False
+    if path.is_dir() and is_transformers_sam(path):
+        state, medsam = read_transformers_sam(path, flag)
+    elif path.is_dir():
         cfg = path / CONFIG_FILE
         if not cfg.is_file():
-            raise UserInputError(f"{flag}: {path} has no {CONFIG_FILE} (not a fusynth SAM folder)")
-        model_type = json.loads(cfg.read_text())["model_type"]
+            raise UserInputError(
+                f"{flag}: {path} has no {CONFIG_FILE} (not a fusynth SAM folder) and no "
+                "config.json of a transformers SAM"
+            )
+        folder_config = json.loads(cfg.read_text())
+        model_type = model_type or folder_config["model_type"]
         state = load_file(str(path / WEIGHTS_FILE))
     elif path.is_file():
-        if model_type is None:
-            guess = [k for k in SAM_CONFIGS if k in path.name]
-            if len(guess) != 1:
-                raise UserInputError(
-                    f"{flag}: give the size of {path.name} with --model_type ({', '.join(SAM_CONFIGS)})"
-                )
-            model_type = guess[0]
         if path.suffix == ".safetensors":
             state = load_file(str(path))
         else:
@@ -168,9 +187,17 @@ def load_sam(
         raise UserInputError(f"{flag}: {path} not found")
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # training checkpoints that wrap the state dict
+    if model_type is None:
+        model_type = infer_model_type(state) if isinstance(state, dict) else None
+        if model_type is None:
+            raise UserInputError(
+                f"{flag}: {path} is not a SAM state dict of a known size "
+                f"({', '.join(SAM_CONFIGS)}): its image encoder's shapes fit none"
+            )
     sam = build_sam(model_type)
     check_state_dict(sam, state, path, model_type, flag)
     sam.load_state_dict(state)
+    apply_preprocess(sam, preprocess or default_preprocess(path, folder_config, medsam))
     return sam.eval(), model_type
 
 
@@ -182,6 +209,12 @@ def check_state_dict(sam: Any, state: Any, path: Path, model_type: str, flag: st
     """
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserInputError(f"{flag}: {path} is not a SAM state dict (not a mapping of tensors)")
+    actual = infer_model_type(state)
+    if actual is not None and actual != model_type:
+        raise UserInputError(
+            f"{flag}: {path} holds a {actual} SAM, not {model_type}; drop --model_type "
+            "(the size is read from the weights) or give the right one"
+        )
     own = sam.state_dict()
     missing = sorted(set(own) - set(state))
     extra = sorted(set(state) - set(own))
@@ -223,7 +256,37 @@ def predict_with_box(sam: Any, image: np.ndarray, box: np.ndarray) -> np.ndarray
     """
     from segment_anything import SamPredictor
 
+    from fusynth.segment.sam_formats import medsam_image, medsam_predict, preprocess_of
+
     predictor = SamPredictor(sam)
+    if preprocess_of(sam) == "medsam":
+        square = medsam_image(image, sam.image_encoder.img_size)
+        predictor.set_image(np.repeat(square[..., None], 3, axis=2))
+        return medsam_predict(predictor, box, np.asarray(image).shape)
     predictor.set_image(np.repeat(np.asarray(image)[..., None], 3, axis=2))
     masks, _, _ = predictor.predict(box=box, multimask_output=False)
     return masks[0].astype(bool)
+
+
+def infer_model_type(state: dict[str, Any]) -> str | None:
+    """The :data:`SAM_CONFIGS` size whose encoder has these shapes.
+
+    Args:
+        state: a segment-anything state dict (tensors, or anything with ``.shape``).
+
+    Returns:
+        ``vit_b``, ``vit_l``, ``vit_h``, ``tiny``, or None when no size fits.
+    """
+    patch = state.get("image_encoder.patch_embed.proj.weight")
+    pos = state.get("image_encoder.pos_embed")
+    if patch is None or pos is None:
+        return None
+    blocks = {int(m[1]) for k in state if (m := re.match(r"image_encoder\.blocks\.(\d+)\.", k))}
+    for name, c in SAM_CONFIGS.items():
+        if (
+            c["embed_dim"] == patch.shape[0]
+            and c["depth"] == len(blocks)
+            and c["image_size"] == pos.shape[1] * patch.shape[-1]
+        ):
+            return name
+    return None

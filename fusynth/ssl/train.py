@@ -70,7 +70,7 @@ class SslConfig:
     lr_scheduler: str = "cosine"
     lr_warmup_steps: int = 0
     max_grad_norm: float = 1.0
-    mixed_precision: str = "no"
+    mixed_precision: str | None = None  # None: accelerate launch's, else "no"
     seed: int = 0
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = None

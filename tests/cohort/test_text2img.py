@@ -194,13 +194,12 @@ def test_lora_that_does_not_match_the_base(tiny_base, tiny_lora, tmp_path, capsy
     assert needle in capsys.readouterr().err
 
 
-def test_kohya_lora_is_pointed_to_convert(tiny_base, tiny_lora, tmp_path, capsys):
+def test_kohya_lora_generates_directly_and_converted(tiny_base, tiny_lora, tmp_path):
     assert (
         main(["lora", "convert", str(tiny_lora), str(tmp_path / "k.safetensors"), "--to", "kohya"])
         == 0
     )
-    assert main(_args(tiny_base, tmp_path / "k.safetensors", tmp_path / "o")) == 2
-    assert "kohya format; convert it with 'fusynth lora convert'" in capsys.readouterr().err
+    assert main(_args(tiny_base, tmp_path / "k.safetensors", tmp_path / "o")) == 0
     assert (
         main(
             [

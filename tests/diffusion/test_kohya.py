@@ -395,7 +395,7 @@ def test_error_already_in_target_format(lora_dir, tmp_path):
 
 
 def test_error_unknown_target(lora_dir, tmp_path):
-    with pytest.raises(UserInputError, match=r"fu_lora: unknown target .*did you mean 'kohya'"):
+    with pytest.raises(UserInputError, match=r"--to: unknown target .*did you mean 'kohya'"):
         convert_lora_file(lora_dir, tmp_path / "out", to="kohy")
 
 
@@ -421,3 +421,140 @@ def test_error_bad_destination(lora_dir, tmp_path):
         convert_lora_file(kohya, tmp_path / "x.safetensors", to="diffusers")
     with pytest.raises(UserInputError, match="x.ckpt: for --to kohya give a .safetensors file"):
         convert_lora_file(lora_dir, tmp_path / "x.ckpt", to="kohya")
+
+
+# --------------------------------------------------------------------------------------------
+# kohya files used directly as --lora (FU-LoRA's sd-scripts "standard" layout, LoCon convs)
+
+#: (module, rank, alpha): attention, 1x1-conv proj_in/proj_out, ff, LoCon 3x3 and 1x1
+#: convolutions, the text encoder's attention and MLP.
+KOHYA_TARGETS = [
+    ("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q", 4, 2.0),
+    ("unet.down_blocks.0.attentions.0.proj_in", 4, 4.0),
+    ("unet.up_blocks.1.attentions.0.proj_out", 8, 4.0),
+    ("unet.down_blocks.0.attentions.0.transformer_blocks.0.ff.net.0.proj", 4, 8.0),
+    ("unet.mid_block.attentions.0.transformer_blocks.0.ff.net.2", 4, 1.0),
+    ("unet.down_blocks.0.resnets.0.conv1", 4, 2.0),
+    ("unet.mid_block.resnets.0.conv2", 2, 1.0),
+    ("unet.up_blocks.1.resnets.0.conv_shortcut", 4, 4.0),
+    ("text_encoder.text_model.encoder.layers.0.self_attn.q_proj", 4, 4.0),
+    ("text_encoder.text_model.encoder.layers.1.mlp.fc1", 4, 2.0),
+    ("text_encoder.text_model.encoder.layers.0.mlp.fc2", 4, 8.0),
+]
+
+
+def _module(pipe, name: str):
+    component, _, path = name.partition(".")
+    model = getattr(pipe, component)
+    if component == "text_encoder" and not hasattr(model, "text_model"):
+        path = path.removeprefix("text_model.")
+    return model.get_submodule(path)
+
+
+@pytest.fixture(scope="module")
+def kohya_standard(tmp_path_factory):
+    """A kohya file as sd-scripts writes it (fp16 factors, float32 alphas, LoCon-style
+    conv factors ``[r, in, kh, kw]``/``[out, r, 1, 1]``), with random non-zero factors."""
+    pipe = build_tiny_pipeline(seed=0)
+    gen = torch.Generator().manual_seed(5)
+    sd = {}
+    for name, rank, alpha in KOHYA_TARGETS:
+        weight = _module(pipe, name).weight
+        flat = ("lora_unet_" if name.startswith("unet.") else "lora_te_") + name.partition(".")[
+            2
+        ].replace(".", "_")
+        down_shape = (rank, *weight.shape[1:])
+        up_shape = (weight.shape[0], rank, *([1, 1] if weight.ndim == 4 else []))
+        sd[f"{flat}.lora_down.weight"] = (torch.randn(down_shape, generator=gen) * 0.3).half()
+        sd[f"{flat}.lora_up.weight"] = (torch.randn(up_shape, generator=gen) * 0.3).half()
+        sd[f"{flat}.alpha"] = torch.tensor(alpha)
+    path = tmp_path_factory.mktemp("kohya") / "fu_lora_r4.safetensors"
+    save_file(sd, str(path), {"ss_network_module": "networks.lora", "ss_network_dim": "4"})
+    return path
+
+
+def a1111_merged(kohya_file: Path, multiplier: float):
+    """The tiny pipeline with the kohya file merged as A1111 does it:
+    ``W + multiplier * alpha / rank * up @ down`` for every module."""
+    sd = load_file(str(kohya_file))
+    merged = build_tiny_pipeline(seed=0)
+    with torch.no_grad():
+        for name, _, _ in KOHYA_TARGETS:
+            flat = ("lora_unet_" if name.startswith("unet.") else "lora_te_") + name.partition(".")[
+                2
+            ].replace(".", "_")
+            up = sd[f"{flat}.lora_up.weight"].float()
+            down = sd[f"{flat}.lora_down.weight"].float()
+            scale = float(sd[f"{flat}.alpha"]) / down.shape[0]
+            weight = _module(merged, name).weight
+            weight += multiplier * scale * (up.flatten(1) @ down.flatten(1)).reshape(weight.shape)
+    return merged
+
+
+def _outputs_of(pipe, inputs):
+    with torch.no_grad():
+        return (
+            pipe.unet(inputs["latents"], 500, encoder_hidden_states=inputs["hidden"]).sample,
+            pipe.text_encoder(inputs["ids"])[0],
+        )
+
+
+@pytest.mark.parametrize("multiplier", [1.0, 0.6])
+def test_kohya_file_as_lora_matches_a1111(tiny_base, kohya_standard, inputs, multiplier):
+    """``--lora fu_lora.safetensors --lora_scale m`` computes what A1111 computes with
+    ``<lora:fu_lora:m>`` on the same weights, for every kind of target."""
+    from fusynth.diffusion.base import resolve_base
+    from fusynth.diffusion.pipelines import load_pipeline
+
+    pipe = load_pipeline(resolve_base(str(tiny_base)), "euler", kohya_standard, multiplier)
+    for name, _, _ in KOHYA_TARGETS:
+        assert hasattr(_module(pipe, name), "lora_A"), f"{name} got no LoRA"
+    want = _outputs_of(a1111_merged(kohya_standard, multiplier), inputs)
+    got = _outputs_of(pipe, inputs)
+    assert_same(got, want, atol=1e-4)
+    assert max_diff(want, _outputs_of(build_tiny_pipeline(seed=0), inputs)) > 1e-2
+
+
+def test_converted_kohya_file_generates_the_same(tiny_base, kohya_standard, inputs, tmp_path):
+    from fusynth.diffusion.base import resolve_base
+    from fusynth.diffusion.pipelines import load_pipeline
+
+    folder = convert_lora_file(kohya_standard, tmp_path / "converted", to="diffusers").parent
+    pipe = load_pipeline(resolve_base(str(tiny_base)), "euler", folder, 0.6)
+    assert_same(
+        _outputs_of(pipe, inputs), _outputs_of(a1111_merged(kohya_standard, 0.6), inputs), atol=1e-4
+    )
+
+
+def test_generate_text2img_with_a_kohya_file(tiny_base, kohya_standard, tmp_path):
+    import datasets
+
+    from fusynth.cli.main import main
+    from fusynth.core.io import file_sha256
+
+    out = tmp_path / "cohort"
+    argv = ["generate", "text2img", "--base", str(tiny_base), "--lora", str(kohya_standard)]
+    argv += ["--lora_scale", "0.6", "--views", "head:2", "--steps", "2", "--resolution", "32"]
+    assert main([*argv, "--out", str(out)]) == 0
+    prov = json.loads(datasets.load_from_disk(str(out))["train"][0]["provenance"])
+    assert prov["adapter_sha256"] == file_sha256(kohya_standard)
+    assert prov["lora_scale"] == 0.6
+
+
+def test_kohya_file_for_another_base_is_refused(tiny_base, kohya_standard, tmp_path):
+    from fusynth.diffusion.base import resolve_base
+    from fusynth.diffusion.pipelines import load_pipeline
+
+    sd = load_file(str(kohya_standard))
+    key = "lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight"
+    sd[key] = torch.zeros(4, sd[key].shape[1], 5, 5, dtype=torch.float16)
+    bad = tmp_path / "bad.safetensors"
+    save_file(sd, str(bad))
+    with pytest.raises(UserInputError, match="5x5 kernel for unet.down_blocks.0.resnets.0.conv1"):
+        load_pipeline(resolve_base(str(tiny_base)), "euler", bad)
+    sd = load_file(str(kohya_standard))
+    key = "lora_te_text_model_encoder_layers_1_mlp_fc1.lora_down.weight"
+    sd[key] = torch.zeros(4, 1024, dtype=torch.float16)  # SD 1.5's width, not the base's
+    save_file(sd, str(bad))
+    with pytest.raises(UserInputError, match="mlp.fc1 of size 1024, the base's is 64"):
+        load_pipeline(resolve_base(str(tiny_base)), "euler", bad)
