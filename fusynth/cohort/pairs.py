@@ -280,7 +280,7 @@ def generate_pairs(req: PairsRequest) -> CohortResult:
         req.revision,
         req.variant,
         flag="--base",
-        original_config=req.original_config or (None if req.base else cfg.get("original_config")),
+        original_config=req.original_config or (None if req.base else cfg.original_config),
     )
     resolution = req.resolution or int(cfg.resolution or (64 if ref.smoke else 512))
     prompt = req.prompt or cfg.first_caption() or DEFAULT_PAIR_PROMPT

@@ -27,6 +27,8 @@ LEGACY_MARKERS = (
 
 #: The resolved settings of a training run, beside its weights (diffusers' convention).
 RUN_CONFIG = "config.json"
+#: In every ``checkpoint-N`` folder: the step and what a resume must match.
+CHECKPOINT_STATE = "training_state.json"
 #: Losses and validation scores of a whole run, resumes included.
 TRAIN_LOG = "train_log.json"
 #: A diffusers/peft LoRA adapter's weights.

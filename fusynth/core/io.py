@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from fusynth.core.artifacts import LEGACY_MARKERS, MARKER_FILE, RUN_CONFIG
+from fusynth.core.artifacts import CHECKPOINT_STATE, LEGACY_MARKERS, MARKER_FILE, RUN_CONFIG
 from fusynth.core.errors import UserInputError
 
 
@@ -29,6 +29,9 @@ def is_fusynth_folder(folder: str | os.PathLike) -> bool:
     only fusynth writes there, or a ``config.json`` that names a fusynth version."""
     folder = Path(folder)
     if (folder / MARKER_FILE).is_file() or any((folder / n).is_file() for n in LEGACY_MARKERS):
+        return True
+    # A run folder holding only its checkpoints (copied, or from before the marker).
+    if any((c / CHECKPOINT_STATE).is_file() for c in folder.glob("checkpoint-*")):
         return True
     cfg = folder / RUN_CONFIG
     try:

@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from fusynth.core.artifacts import CHECKPOINT_STATE
 from fusynth.core.errors import UserInputError, suggest
 from fusynth.core.io import check_foreign, write_marker
 
-STATE_FILE = "training_state.json"
+STATE_FILE = CHECKPOINT_STATE
 
 
 def choice(value: str, choices: tuple[str, ...], flag: str) -> str:

@@ -121,6 +121,8 @@ class TrainedAdapter:
     conditioning: str | None = None
     #: The training data spec, where masks can be drawn from again.
     train_data: str | None = None
+    #: The configs of a single-file base (``--original_config``).
+    original_config: str | None = None
 
     #: run-config key -> field (the keys ``diffusion.training`` writes).
     KEYS = {
@@ -131,6 +133,7 @@ class TrainedAdapter:
         "packing": "packing",
         "conditioning": "conditioning",
         "train_data": "train_data",
+        "original_config": "original_config",
     }
 
     @classmethod
