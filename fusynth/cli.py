@@ -730,6 +730,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fusynth.publish_cli import add_publish_parser
 
     add_publish_parser(groups)
+    from fusynth.cli_report import add_report_parser
+
+    add_report_parser(groups)
 
     lora = groups.add_parser("lora", help="LoRA adapter utilities")
     lora_cmds = lora.add_subparsers(dest="command", required=True, parser_class=_Parser)
