@@ -46,6 +46,9 @@ def loss_curve(
             kernel = np.ones(10) / 10
             smooth = np.convolve(y, kernel, mode="valid")
             ax.plot(steps[9:], smooth, color=PALETTE[0], label="mean of the last 10 steps")
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("training loss")
         ax.set_title(title)

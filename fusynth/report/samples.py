@@ -16,7 +16,7 @@ from fusynth.report.images import overlay, thumbnail_uri
 from fusynth.report.model import Tile, short_hash
 
 #: Thumbnails per view and side (real or synthetic) in the cohort browser.
-THUMBS_PER_VIEW = 6
+THUMBS_PER_VIEW = 5
 
 
 def load_splits(path: str | os.PathLike) -> dict[str, Any]:
@@ -97,13 +97,14 @@ def tile(row: dict[str, Any], label: str, adapter: str | None = None) -> Tile:
 
 
 def tiles(ds: Any, rows: Iterable[int], adapter: str | None = None) -> list[Tile]:
-    """Thumbnails of ``rows`` of ``ds``, labelled by subject (real) or seed (synthetic)."""
+    """Thumbnails of ``rows`` of ``ds``, labelled by subject (real) or cohort index
+    (synthetic)."""
     out = []
     for i in rows:
         row = ds[int(i)]
         if row.get("synthetic"):
-            seed = _provenance(row.get("provenance")).get("seed")
-            label = f"seed {seed}" if seed is not None else f"#{i}"
+            # seeds are 64-bit: the hover shows the whole one
+            label = f"sample {_provenance(row.get('provenance')).get('index', i)}"
         else:
             label = str(row.get("subject_id", f"#{i}")).split(":")[-1]
         out.append(tile(row, label, adapter))

@@ -47,13 +47,12 @@ MAX_PICTURES_PER_GLOB = 8
 MAX_PAIRS = 8
 
 SMOKE_LINE = (
-    "This run used a tiny random-init smoke model: it exercises every step offline, and its "
-    "numbers and pictures say nothing about ultrasound. Run the same command with real weights "
-    "for figures that mean something."
+    "Smoke model: a tiny random-init model made this run, so its numbers and pictures say "
+    "nothing about ultrasound; rerun with real weights for figures that mean something."
 )
 PHANTOM_LINE = (
-    "The data is the procedural phantom (smoke data): figures measured on it say nothing about "
-    "real fetal ultrasound."
+    "Smoke data: the procedural phantom, not fetal anatomy; figures measured on it say nothing "
+    "about real ultrasound."
 )
 
 
@@ -339,7 +338,7 @@ def diffusion_adapter(run: Run, ctx: Context, sec: Section) -> None:
         if captions:
             sec.numbers.append(
                 Table(
-                    "Caption per view (the prompt to generate it)",
+                    "Caption per view (its prompt)",
                     ["view", "caption"],
                     [[v, c] for v, c in captions.items()],
                 )
@@ -561,31 +560,32 @@ def ssl(run: Run, ctx: Context, sec: Section) -> None:
 
 
 def _browse(run: Run, ctx: Context, sec: Section, request: dict[str, Any]) -> None:
-    """Real and synthetic thumbnails per view, side by side."""
+    """Real and synthetic thumbnails per view, side by side: real frames from the dataset
+    the cohort was audited against when it is among the runs, else the first one given."""
     cohort = ctx.splits(run.path)
-    found = ctx.dataset_for(None)
+    found = ctx.dataset_for(read_json(run.path / "audit" / "cohort_audit.json").get("training"))
     real_splits = ctx.splits(found[0].path) if found else {}
-    real_ds = real_splits.get("train") or next(iter(real_splits.values()), None)
+    split = (found[1] if found else None) or "train"
+    if split not in real_splits and real_splits:
+        split = next(iter(real_splits))
+    real_ds = real_splits.get(split)
+    real_picks = pick_by_view(real_ds) if real_ds is not None else {}
+    real_counts = view_counts(real_ds) if real_ds is not None else {}
+    # a cohort is written as one split (train)
+    syn_ds = cohort.get("train") or next(iter(cohort.values()))
+    counts = view_counts(syn_ds)
     adapter = request.get("adapter")
-    rows = []
-    for split_ds in cohort.values():
-        picks = pick_by_view(split_ds)
-        counts = view_counts(split_ds)
-        real_picks = pick_by_view(real_ds) if real_ds is not None else {}
-        real_counts = view_counts(real_ds) if real_ds is not None else {}
-        for view, idx in picks.items():
-            rows.append(
-                ViewRow(
-                    view,
-                    tiles(real_ds, real_picks.get(view, [])) if real_ds is not None else [],
-                    tiles(split_ds, idx, adapter),
-                    real_counts.get(view, 0),
-                    counts[view],
-                )
-            )
-        break  # a cohort has one split (train)
-    sec.browse = rows
-    where = f"{found[0].path.name}, train split" if found else None
+    sec.browse = [
+        ViewRow(
+            view,
+            tiles(real_ds, real_picks.get(view, [])) if real_ds is not None else [],
+            tiles(syn_ds, idx, adapter),
+            real_counts.get(view, 0),
+            counts[view],
+        )
+        for view, idx in pick_by_view(syn_ds).items()
+    ]
+    where = f"{found[0].path.name}, {split} split" if found else None
     sec.browse_note = (
         f"Up to {THUMBS_PER_VIEW} per side; real frames from {where}. Hover a synthetic "
         "sample for its prompt, seed and adapter."
@@ -752,8 +752,9 @@ def _memorization_pairs(
         syn_row = find_key(cohort_splits, p["synthetic"]) if cohort_splits else None
         train_row = find_key(train_splits, p["training"], train_split) if train_splits else None
         caption = (
-            f"{p.get('view')} | nearest: {p.get('training_view')} — SSIM {num(p.get('ssim'))}, "
-            f"cosine {num(p.get('cosine'))}" + (" — FLAGGED" if p.get("flagged") else "")
+            f"synthetic {p.get('view')} | nearest training image: {p.get('training_view')}. "
+            f"SSIM {num(p.get('ssim'))}, cosine {num(p.get('cosine'))}"
+            + (" — FLAGGED as a near copy" if p.get("flagged") else "")
         )
         sec.pairs.append(
             PairRow(
@@ -856,12 +857,26 @@ def clustering(run: Run, ctx: Context, sec: Section) -> None:
     if pic:
         sec.pictures.append(pic)
     main = m.get("montages")
-    sec.pictures += pictures(
-        run,
-        "montages/cluster-*.png",
-        lambda p: f"{main or 'main clustering'}: members of cluster {int(p.stem.split('-')[-1])}",
-        MAX_PICTURES_PER_GLOB,
-    )
+    clusters = {
+        c.get("cluster"): c
+        for c in ((m.get("clusterings") or {}).get(main) or {}).get("clusters", [])
+    }
+
+    def montage_caption(path: Path) -> str:
+        c = clusters.get(int(path.stem.split("-")[-1]), {})
+        text = f"{main}, cluster {path.stem.split('-')[-1]}"
+        if c:
+            text += (
+                f": {c.get('size')} frames ({c.get('n_real')} real, {c.get('n_synthetic')} "
+                f"synthetic; {_views_text(c.get('views') or {})}), real majority "
+                f"{c.get('real_majority') or 'none'}"
+            )
+        return (
+            text + ". Members nearest the centre; frame colour = view, as in the 2-D plot; "
+            "white corner = synthetic"
+        )
+
+    sec.pictures += pictures(run, "montages/cluster-*.png", montage_caption, MAX_PICTURES_PER_GLOB)
     sec.reading.append(
         "Purity and Hungarian accuracy are shares of frames whose cluster matches their view "
         "(1 = clusters are the views); NMI and ARI are 0 for chance, 1 for perfect agreement."
@@ -1118,7 +1133,7 @@ _SEG_METRICS = {
     "assd_px": ("ASSD (px)", 1),
     "hd95_mm": ("HD95 (mm)", 1),
     "assd_mm": ("ASSD (mm)", 1),
-    "hc_abs_error_mm": ("head circumference error (mm)", 1),
+    "hc_abs_error_mm": ("HC error (mm)", 1),
 }
 
 
@@ -1181,7 +1196,9 @@ def segmentation(run: Run, ctx: Context, sec: Section) -> None:
         run,
         "overlays/*.png",
         lambda p: (
-            f"{p.stem.replace('_', ' ').capitalize()} test images at jitter {settings.get('examples_at_jitter')} px"
+            f"{p.stem.replace('_', ' ').capitalize()} test images at jitter "
+            f"{settings.get('examples_at_jitter')} px: outlines green = ground truth, red = "
+            "prediction; yellow = the prompt box"
         ),
         4,
     )
@@ -1200,6 +1217,13 @@ def segmentation(run: Run, ctx: Context, sec: Section) -> None:
     if ctx.is_phantom(s.get("data")):
         sec.warnings.append(PHANTOM_LINE)
         sec.smoke = True
+
+
+def _metric_label(name: str) -> str:
+    """A table column name of a metric: Dice, HD95 (mm), macro F1, ..."""
+    if name in _SEG_METRICS:
+        return _SEG_METRICS[name][0]
+    return _METRIC_NAMES.get(name, name.replace("_", " "))
 
 
 def experiment(run: Run, ctx: Context, sec: Section) -> None:
@@ -1241,7 +1265,7 @@ def experiment(run: Run, ctx: Context, sec: Section) -> None:
         sec.numbers.append(
             Table(
                 "Results per cell: mean ± sd over repeats (table.csv)",
-                [k.replace("_", " ") for k in keys] + [m.replace("_", " ") for m in shown],
+                [k.replace("_", " ") for k in keys] + [_metric_label(m) for m in shown],
                 rows,
                 "Each cell trains from scratch and is scored on the test sets; the spread over "
                 "repeats is the noise any difference between rows must beat.",

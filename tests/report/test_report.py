@@ -200,8 +200,8 @@ def test_page_is_self_contained(tmp_path):
 
 def test_cohort_is_browsed_beside_real_frames_with_provenance_on_hover(real_runs, tmp_path):
     page = _report(tmp_path, real_runs["dataset"], real_runs["lora"], real_runs["cohort"])
-    # browser tiles are labelled by seed (the memorization pairs' by role)
-    syn = [i for i in page.all("img") if i["alt"].startswith("seed ")]
+    # browser tiles are labelled by cohort index (the memorization pairs' by role)
+    syn = [i for i in page.all("img") if i["alt"].startswith("sample ")]
     request = json.loads((real_runs["cohort"] / "request.json").read_text())
     # the cohort has 4 head and 2 femur samples: all shown, each with its provenance
     assert len([i for i in syn if "fetal head" in i["title"]]) == 4
