@@ -41,7 +41,10 @@ def loss_curve(
     steps = np.arange(1, len(y) + 1)
     with style():
         fig, ax = new_figure(6.4, 3.2)
-        ax.plot(steps, y, color=PALETTE[0], alpha=0.35, linewidth=1, label="loss per step")
+        if len(y) >= 10:
+            ax.plot(steps, y, color=PALETTE[0], alpha=0.35, linewidth=1, label="loss per step")
+        else:  # a few steps: each one visible
+            ax.plot(steps, y, "o-", color=PALETTE[0], label="loss per step")
         if len(y) >= 10:
             kernel = np.ones(10) / 10
             smooth = np.convolve(y, kernel, mode="valid")

@@ -36,9 +36,11 @@ class Picture:
 
     @property
     def display_width(self) -> int:
-        """Width on the page: small pictures doubled (up to 640 px), large ones capped."""
-        if self.small:
-            return min(2 * self.width, 640) if self.width < 320 else self.width
+        """Width on the page: small pictures enlarged by a whole factor (at least 2, and
+        to about 200 px), never past 640 px; large ones capped at 900 px."""
+        if self.small and self.width < 320:
+            factor = max(2, -(-200 // max(self.width, 1)))
+            return min(factor * self.width, 640)
         return min(self.width, 900)
 
 

@@ -259,3 +259,16 @@ def test_command_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "r.html")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing: no such folder" in err[0]
+
+
+def test_an_audit_folder_alone_gets_its_own_section(real_runs, tmp_path):
+    audit_dir = real_runs["cohort"] / "audit"
+    out = tmp_path / "audit.html"
+    result = write_report([audit_dir, real_runs["dataset"]], out)
+    assert [r.kind for r in result.runs] == ["dataset", "cohort_audit"]
+    page = Page(out.read_text())
+    audit = json.loads((audit_dir / "cohort_audit.json").read_text())
+    assert "Distance to the real frames" in page.plain
+    # the pairs are found through the cohort path the audit recorded
+    labels = [i["alt"] for i in page.all("img")]
+    assert labels.count("synthetic") == len(audit["memorization"]["closest_pairs"])
