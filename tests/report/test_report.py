@@ -272,3 +272,10 @@ def test_an_audit_folder_alone_gets_its_own_section(real_runs, tmp_path):
     # the pairs are found through the cohort path the audit recorded
     labels = [i["alt"] for i in page.all("img")]
     assert labels.count("synthetic") == len(audit["memorization"]["closest_pairs"])
+
+
+def test_templates_ship_as_package_data():
+    import importlib.resources
+
+    names = {p.name for p in (importlib.resources.files("fusynth.report") / "templates").iterdir()}
+    assert {"report.html.j2", "section.html.j2", "report.css"} <= names
