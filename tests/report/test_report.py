@@ -279,3 +279,30 @@ def test_templates_ship_as_package_data():
 
     names = {p.name for p in (importlib.resources.files("fusynth.report") / "templates").iterdir()}
     assert {"report.html.j2", "section.html.j2", "report.css"} <= names
+
+
+def test_a_cohort_without_its_dataset_says_how_to_see_real_frames(real_runs, tmp_path):
+    page = _report(tmp_path, real_runs["cohort"])
+    assert not [i for i in page.all("img") if i.get("title", "").startswith("subject ")]
+    assert "Give the prepared dataset too" in page.plain
+    assert "no real head frames given" in page.plain
+
+
+def test_large_pictures_are_shrunk_small_ones_embedded_as_they_are(tmp_path):
+    import base64
+
+    import numpy as np
+    from PIL import Image
+
+    from fusynth.report.images import MAX_EMBED_BYTES, MAX_SIDE, file_uri
+
+    rng = np.random.default_rng(0)
+    big = tmp_path / "big.png"
+    Image.fromarray(rng.integers(0, 256, (1500, 2000), dtype=np.uint8)).save(big)
+    assert big.stat().st_size > MAX_EMBED_BYTES
+    uri, (w, h) = file_uri(big)
+    assert uri.startswith("data:image/jpeg;base64,") and (w, h) == (MAX_SIDE, 768)
+    small = tmp_path / "small.png"
+    Image.fromarray(rng.integers(0, 256, (40, 50), dtype=np.uint8)).save(small)
+    uri, size = file_uri(small)
+    assert base64.b64decode(uri.split(",", 1)[1]) == small.read_bytes() and size == (50, 40)
