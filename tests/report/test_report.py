@@ -178,6 +178,10 @@ def test_published_folder_lists_its_files_and_card(tmp_path):
     assert "pytorch_lora_weights.safetensors" in page and "2.0 KB" in page
     assert "not for clinical use" in page
     assert "library name diffusers" in page
+    assert "Smoke model" not in page
+    smoke = published_model(tmp_path / "smoke")
+    write_json(smoke / "config.json", {"smoke_base": True})
+    assert "Smoke model" in _report(tmp_path / "s", smoke).plain
 
 
 def test_page_is_self_contained(tmp_path):

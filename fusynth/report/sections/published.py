@@ -12,8 +12,10 @@ from fusynth.report.model import (
     setting,
 )
 from fusynth.report.sections.common import (
+    SMOKE_LINE,
     Context,
     pictures,
+    read_json,
 )
 
 
@@ -61,6 +63,17 @@ def published(run: Run, ctx: Context, sec: Section) -> None:
     )
     if "Not for clinical use" in body:
         sec.notes.append("The card states: not for clinical use.")
+    config = read_json(run.path / "config.json")
+    sam_config = read_json(run.path / "sam_config.json")
+    request = read_json(run.path / "provenance" / "request.json")
+    if (
+        config.get("smoke_base")
+        or request.get("smoke_base")
+        or "tiny" in (config.get("model_type"), sam_config.get("model_type"))
+        or "smoke model" in title.lower()
+    ):
+        sec.warnings.append(SMOKE_LINE)
+        sec.smoke = True
     sec.reading.append(
         "This is what `fusynth publish` would upload (nothing was uploaded with --dry-run). "
         "Local paths are redacted to <local> in every text file."
