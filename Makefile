@@ -56,6 +56,7 @@ demo: $(STAMP)
 	$(BIN)/fusynth publish model $(DEMO_OUT)/sam --repo_id fusynth-demo/tiny-sam --eval $(DEMO_OUT)/sam_eval \
 		--dry_run $(DEMO_OUT)/publish/sam --overwrite
 	$(BIN)/python scripts/check_published.py $(DEMO_OUT)/publish
+	$(BIN)/fusynth report $(DEMO_OUT) --out $(DEMO_OUT)/report.html
 	@echo
 	@echo "demo outputs in $(DEMO_OUT)/ (tiny smoke base: the images are noise-like by design):"
 	@echo "  phantom_source/        raw phantom frames, masks and metadata.csv"
@@ -75,6 +76,7 @@ demo: $(STAMP)
 	@echo "  sam_eval/              its native-resolution evaluation: per_image.csv, summary.json, overlays/"
 	@echo "  publish/               dry-run Hub folders of the LoRA, the cohort and the SAM with its evaluation"
 	@echo "  seg_augment/           the augmentation experiment: table.md, results.csv, dice_vs_real.png"
+	@echo "  report.html            all of the above on one self-contained page, in pipeline order"
 
 test: $(STAMP)
 	$(BIN)/ruff check .

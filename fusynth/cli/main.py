@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from fusynth import __version__
-from fusynth.cli import audit, data, evaluate, experiment, generate, lora, publish
+from fusynth.cli import audit, data, evaluate, experiment, generate, lora, publish, report
 from fusynth.cli.args import Parser
 from fusynth.core.errors import UserInputError
 from fusynth.core.io import as_user_error
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     groups = parser.add_subparsers(dest="group", required=True, parser_class=Parser)
 
-    for group in (data, generate, audit, evaluate, experiment, publish, lora):
+    for group in (data, generate, audit, evaluate, experiment, publish, report, lora):
         group.add_commands(groups)
     return parser
 
