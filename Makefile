@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test lint format clean architecture
+.PHONY: demo test lint format clean architecture results docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,7 +47,7 @@ demo: $(STAMP)
 	$(BIN)/fusynth evaluate segmentation --model $(DEMO_OUT)/sam --data $(DEMO_OUT)/phantom:test \
 		--box_jitter 0,10 --rounds 2 --out $(DEMO_OUT)/sam_eval --overwrite
 	$(BIN)/fusynth experiment seg-augment --real $(DEMO_OUT)/phantom --test $(DEMO_OUT)/phantom \
-		--synthetic $(DEMO_OUT)/pairs --n_real 4,8 --n_synthetic 0,8 --repeats 2 --max_train_steps 20 \
+		--synthetic $(DEMO_OUT)/pairs --n_real 4 --n_synthetic 0,8 --repeats 2 --max_train_steps 20 \
 		--embedding_cache $(DEMO_OUT)/sam_embeddings --out $(DEMO_OUT)/seg_augment --overwrite
 	$(BIN)/fusynth publish model $(DEMO_OUT)/lora --repo_id fusynth-demo/tiny-lora \
 		--dry_run $(DEMO_OUT)/publish/lora --overwrite
@@ -83,6 +83,15 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
+# The demo's figures as docs/demo-results.md, read from demo_out/ (run `make demo` first).
+results: $(STAMP)
+	$(BIN)/python scripts/demo_results.py $(DEMO_OUT) > docs/demo-results.md.tmp
+	mv docs/demo-results.md.tmp docs/demo-results.md
+
+# The reference pages in docs/ as a site in site/ (mkdocs, in the dev extra).
+docs: $(STAMP)
+	$(BIN)/python -m mkdocs build --strict
+
 # Check the layout rule (no import against the pipeline order, no circle) and redraw its picture.
 architecture: $(STAMP)
 	$(BIN)/python scripts/architecture.py --draw docs/architecture.png
@@ -96,4 +105,4 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache
+	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache site
