@@ -37,7 +37,7 @@ STAGES = (
     "report",
     "cli",
 )
-#: What each stage is, one line (the README's Architecture section says the same).
+#: What each stage is, one line (docs/architecture.md says the same).
 ROLES = {
     "core": "errors, atomic I/O, configs, statistics, plots, cards, the training-loop skeleton",
     "data": "the sample schema, readers of public layouts, phantom, splits, transforms",
