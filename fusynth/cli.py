@@ -221,8 +221,9 @@ def _evaluate_segmentation(args: argparse.Namespace) -> int:
     )
     for jitter, stats in summary["by_jitter"].items():
         dice, hd95 = stats["dice"], stats["hd95_px"]
+        prompt = f"box jitter {jitter} px" if summary["segmenter"] == "sam" else "no box prompt"
         line = (
-            f"box jitter {jitter} px: Dice {_stat(dice, 3)}, HD95 {_stat(hd95, 1)} px, "
+            f"{prompt}: Dice {_stat(dice, 3)}, HD95 {_stat(hd95, 1)} px, "
             f"ASSD {_stat(stats['assd_px'], 1)} px"
         )
         if stats.get("hc_abs_error_mm"):
@@ -272,13 +273,13 @@ def _report_experiment(result: dict, what: str) -> int:
 def _experiment_seg_augment(args: argparse.Namespace) -> int:
     from fusynth.recipes import quiet_libraries
     from fusynth.segment.evaluate import parse_int_list
-    from fusynth.segment.experiment import FINETUNE_KEYS, SegAugmentConfig, seg_augment
+    from fusynth.segment.experiment import SEG_AUGMENT_KEYS, SegAugmentConfig, seg_augment
 
     quiet_libraries()
     config = SegAugmentConfig(
         n_real=parse_int_list(args.n_real, "--n_real"),
         n_synthetic=parse_int_list(args.n_synthetic, "--n_synthetic"),
-        **_experiment_kwargs(args, FINETUNE_KEYS),
+        **_experiment_kwargs(args, SEG_AUGMENT_KEYS),
     )
     return _report_experiment(seg_augment(config), "results, table and chart")
 
@@ -637,7 +638,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = ev_cmds.add_parser(
         "segmentation", help="box-prompted SAM segmentation at native resolution"
     )
-    p.add_argument("--model", required=True, help="SAM folder (finetune_sam output) or checkpoint")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="SAM folder (finetune_sam output) or checkpoint, or a train_unet folder",
+    )
     p.add_argument("--data", required=True, help="prepared dataset with masks, DIR[:split]")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument(
@@ -673,7 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp = groups.add_parser("experiment", help="experiments that train and evaluate")
     exp_cmds = exp.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = exp_cmds.add_parser(
-        "seg-augment", help="SAM fine-tuning with K real + M synthetic pairs, every cell"
+        "seg-augment", help="SAM or U-Net training with K real + M synthetic pairs, every cell"
     )
     _add_experiment_flags(
         p,
@@ -685,7 +690,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n_synthetic", default="0,500", help="synthetic pair counts (0,500)")
     p.add_argument("--model_type", help="SAM size (tiny: random-init smoke model)")
     p.add_argument("--checkpoint", help="official or MedSAM .pth to start every cell from")
-    p.add_argument("--train_parts", help="decoder, decoder+prompt or all (decoder)")
+    p.add_argument(
+        "--train_parts",
+        help="SAM: decoder, decoder+prompt or all (decoder); U-Net: as train_unet.py",
+    )
     p.add_argument("--encoder_lora_rank", type=int, help="(0: off)")
     p.add_argument("--box_jitter", type=int, help="training box jitter in pixels (10)")
     p.add_argument("--loss", help="dice+bce or dice+ce (dice+bce)")
@@ -696,6 +704,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixed_precision", help="no, fp16 or bf16 (no)")
     p.add_argument("--embedding_cache", help="image embedding cache folder")
     p.set_defaults(func=_experiment_seg_augment)
+    from fusynth.cli_unet import add_seg_augment_segmenter_flags
+
+    add_seg_augment_segmenter_flags(p)
     p = exp_cmds.add_parser(
         "cls-augment", help="view classifiers, real-only against real + synthetic, per backbone"
     )

@@ -256,7 +256,8 @@ def evaluate_segmentation(
     device: str | None = None,
     embedding_cache: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a SAM on ``DIR[:split]`` with (jittered) box prompts and write a report.
+    """Evaluate a SAM on ``DIR[:split]`` with (jittered) box prompts, or a U-Net folder
+    (no prompt; found by its ``unet_config.json``), and write a report.
 
     ``out`` receives ``per_image.csv`` (one row per image, jitter and round),
     ``summary.json`` (per jitter value: mean, sd, bootstrap 95% CI and count of each
@@ -266,7 +267,7 @@ def evaluate_segmentation(
     prediction in red, box in yellow). The folder is built aside and renamed into place.
 
     Args:
-        model: SAM folder or checkpoint (``--model``).
+        model: SAM folder or checkpoint, or U-Net folder (``--model``).
         data: ``DIR[:split]`` of a prepared dataset with masks (``--data``).
         out: the report folder (``--out``).
         box_jitter: jitter values in pixels.
@@ -295,20 +296,31 @@ def evaluate_segmentation(
     jitters = check_settings(box_jitter, rounds, n_examples)
     overwrite = overwrite or _is_empty_dir(out)
     check_output_dir(out, overwrite)
-    sam, model_type = load_sam(model, model_type, flag="--model")
-    sam.to(_device(device))
-    seg = load_seg_set(data, "--data")
-    cache = None
-    if embedding_cache is not None:
-        from fusynth.segment.finetune import EmbeddingCache
+    from fusynth.segment.unet import is_unet_folder
 
-        cache = EmbeddingCache(embedding_cache, sam, model_type)
+    segmenter = "unet" if is_unet_folder(model) else "sam"
+    if segmenter == "unet":  # no prompt: one prediction per image
+        from fusynth.segment.unet import unet_predictions
+
+        predictions, model_type, seg = unet_predictions(
+            model, data, jitters, model_type, embedding_cache, _device(device)
+        )
+    else:
+        sam, model_type = load_sam(model, model_type, flag="--model")
+        sam.to(_device(device))
+        seg = load_seg_set(data, "--data")
+        cache = None
+        if embedding_cache is not None:
+            from fusynth.segment.finetune import EmbeddingCache
+
+            cache = EmbeddingCache(embedding_cache, sam, model_type)
+        predictions = predict_masks(sam, seg.samples, jitters, rounds, seed, cache)
     shown = 0 if 0 in jitters else jitters[0]
     examples = _Examples(n_examples)
     results = []
     total = len(seg.samples) * sum(1 if j == 0 else rounds for j in jitters)
     for pred in tqdm(
-        predict_masks(sam, seg.samples, jitters, rounds, seed, cache),
+        predictions,
         total=total,
         desc="evaluate",
         unit="prediction",
@@ -325,6 +337,8 @@ def evaluate_segmentation(
         "model": str(model),
         "model_sha256": weights_sha256(model),
         "model_type": model_type,
+        "segmenter": segmenter,
+        "prompt": "box" if segmenter == "sam" else "none (a U-Net segments the whole image)",
         "data": str(data),
         "n_images": len(seg.samples),
         "n_subjects": len(seg.subjects),
@@ -504,11 +518,12 @@ def overlay_tile(pred: Prediction, dice: float | None = None, size: int = TILE) 
     pr = fit(pred.mask.astype(np.uint8) * 255, Image.NEAREST) > 0
     tile = Image.fromarray(np.repeat(gray[..., None], 3, axis=2))
     draw = ImageDraw.Draw(tile)
-    x0, y0, x1, y1 = (float(v) for v in pred.box)
-    draw.rectangle(
-        [left + x0 * scale, top + y0 * scale, left + x1 * scale, top + y1 * scale],
-        outline=YELLOW,
-    )
+    if len(pred.box):  # a U-Net's prediction has no box
+        x0, y0, x1, y1 = (float(v) for v in pred.box)
+        draw.rectangle(
+            [left + x0 * scale, top + y0 * scale, left + x1 * scale, top + y1 * scale],
+            outline=YELLOW,
+        )
     rgb = np.asarray(tile).copy()
     rgb[mask_outline(gt)] = GREEN
     rgb[mask_outline(pr)] = RED
