@@ -362,7 +362,8 @@ def evaluate_segmentation(
     with atomic_dir(out, overwrite=overwrite) as tmp:
         _write_csv(tmp / "per_image.csv", results)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        _write_boxplot(tmp / "boxplot.png", results, jitters, len(seg.samples))
+        title = "Dice by box-prompt jitter" if segmenter == "sam" else "Dice (U-Net, no prompt)"
+        _write_boxplot(tmp / "boxplot.png", results, jitters, len(seg.samples), title)
         examples.write(tmp / "overlays")
     return summary
 
@@ -452,11 +453,17 @@ def _write_csv(path: Path, results: Sequence[Result]) -> None:
     path.write_text(buf.getvalue())
 
 
-def _write_boxplot(path: Path, results: Sequence[Result], jitters: Sequence[int], n: int) -> None:
+def _write_boxplot(
+    path: Path,
+    results: Sequence[Result],
+    jitters: Sequence[int],
+    n: int,
+    title: str = "Dice by box-prompt jitter",
+) -> None:
     from fusynth.plots import box_plot
 
     groups = {f"{j} px": per_image_values(results, j, "dice", n) for j in jitters}
-    box_plot(path, groups, "Dice by box-prompt jitter", "Dice (per image)")
+    box_plot(path, groups, title, "Dice (per image)")
 
 
 # ----------------------------------------------------------------------------- overlays
