@@ -249,13 +249,13 @@ def param_counts(model: nn.Module) -> dict[str, Any]:
 
 
 def train_mode(model: nn.Module) -> None:
-    """``model.train()``, but batch norms whose weights are frozen keep their running
-    statistics (eval mode): a frozen part computes what it computed before training."""
+    """``model.train()``, but every part whose weights are all frozen stays in eval mode:
+    its batch norms keep their running statistics and it draws no dropout or
+    drop-connect, so a frozen part computes what it computed before training."""
     model.train()
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(
-            p.requires_grad for p in m.parameters(recurse=False)
-        ):
+        params = list(m.parameters())
+        if params and not any(p.requires_grad for p in params):
             m.eval()
 
 

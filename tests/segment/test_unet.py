@@ -164,7 +164,12 @@ def test_training_writes_a_folder_stock_smp_loads(trained, tmp_path):
 def test_resume_is_exact(heads, tmp_path):
     """EfficientNet (drop-connect draws random numbers) with its last two stages and the
     decoder training, flips on: resuming from checkpoint-2 gives the same bits."""
-    kw = dict(encoder="efficientnet-b0", train_parts="encoder-last-2+decoder", max_train_steps=4)
+    kw = dict(
+        encoder="efficientnet-b0",
+        train_parts="encoder-last-2+decoder",
+        max_train_steps=4,
+        resolution=32,  # the smallest side five stride-2 stages take: a fast test
+    )
     straight = train_unet(_config(heads, tmp_path / "s", **kw))
     train_unet(_config(heads, tmp_path / "r", **{**kw, "max_train_steps": 2}))
     resumed = train_unet(_config(heads, tmp_path / "r", **kw, resume_from_checkpoint="latest"))
@@ -413,3 +418,14 @@ def test_on_the_hc18_sample_it_trains_resumes_evaluates_and_runs_in_seg_augment(
     stats = summary["by_jitter"]["0"]
     assert stats["dice"]["n"] == 12 and 0 <= stats["dice"]["mean"] <= 1
     assert {"hd95_px", "assd_px", "hc_px"} <= set(stats)
+
+
+def test_frozen_parts_stay_in_eval_mode():
+    model = build_unet("efficientnet-b0")
+    set_train_parts(model, "encoder-last-1+decoder")
+    from fusynth.segment.unet import train_mode
+
+    train_mode(model)
+    first, last = encoder_stages(model)[0], encoder_stages(model)[-1]
+    assert not any(m.training for m in first)  # frozen stem: fixed statistics, no drop-connect
+    assert all(m.training for m in last) and model.decoder.training
