@@ -9,7 +9,8 @@ For each model, images/s and peak resident memory of
   ``set_image`` (the ViT-B encoder at 1024 px) and ``predict`` with a box; with the
   embedding cache (``infer_cached``) the embedding is read from an ``EmbeddingCache``
   file instead of computed (what a second evaluation of the same images costs).
-* ``train``: one optimizer step on a batch of ``--batch`` images with AdamW, Dice+BCE.
+* ``train``: optimizer steps on a batch of ``--batch`` images with AdamW, Dice+BCE,
+  timed after one warm-up step.
   U-Net: every weight trains (``--train_parts all``, the costliest strategy). SAM: the
   mask decoder trains, as ``finetune_sam``'s default; without the cache the frozen
   encoder runs on every batch (``train``), with it the embeddings come from disk
@@ -183,6 +184,7 @@ def _sam_child(variant: str, cfg: dict[str, Any]) -> dict[str, Any]:
             opt.step()
             opt.zero_grad()
 
+        step()  # warm-up (optimizer state allocated), as for the U-Nets
         start = time.perf_counter()
         for _ in range(cfg["sam_steps"]):
             step()
