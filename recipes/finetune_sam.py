@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from fusynth.cli.args import Parser
-from fusynth.cli.recipe import add_run_flags, run_training_recipe
+from fusynth.cli.recipe import add_run_flags, add_segmentation_data_flags, run_training_recipe
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,19 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="peft LoRA of this rank on the encoder attention (0: off)",
     )
     g = p.add_argument_group("data")
-    g.add_argument("--train", help="real training data DIR[:split] (default: the phantom)")
-    g.add_argument("--synthetic", help="a pairs cohort to add")
-    g.add_argument("--n_real", type=int, help="real images to use, chosen by subject (all)")
-    g.add_argument("--n_synthetic", type=int, help="synthetic pairs to add (all of --synthetic)")
-    g.add_argument(
-        "--synthetic_ratio",
-        type=float,
-        help="synthetic pairs per real image, instead of --n_synthetic",
-    )
-    g.add_argument(
-        "--validation",
-        help="patient-disjoint validation DIR[:split], or none (default: the --train folder's validation split)",
-    )
+    add_segmentation_data_flags(g)
     g.add_argument(
         "--box_jitter", type=int, help="move each box edge by up to this many native pixels (10)"
     )

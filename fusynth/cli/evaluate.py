@@ -35,8 +35,9 @@ def _evaluate_segmentation(args: argparse.Namespace) -> int:
     )
     for jitter, stats in summary["by_jitter"].items():
         dice, hd95 = stats["dice"], stats["hd95_px"]
+        prompt = f"box jitter {jitter} px" if summary["segmenter"] == "sam" else "no box prompt"
         line = (
-            f"box jitter {jitter} px: Dice {stat(dice, 3)}, HD95 {stat(hd95, 1)} px, "
+            f"{prompt}: Dice {stat(dice, 3)}, HD95 {stat(hd95, 1)} px, "
             f"ASSD {stat(stats['assd_px'], 1)} px"
         )
         if stats.get("hc_abs_error_mm"):
@@ -53,7 +54,11 @@ def add_commands(groups: Any) -> None:
     p = ev_cmds.add_parser(
         "segmentation", help="box-prompted SAM segmentation at native resolution"
     )
-    p.add_argument("--model", required=True, help="SAM folder (finetune_sam output) or checkpoint")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="SAM folder (finetune_sam output) or checkpoint, or a train_unet folder",
+    )
     p.add_argument("--data", required=True, help="prepared dataset with masks, DIR[:split]")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument(

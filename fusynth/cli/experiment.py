@@ -18,13 +18,13 @@ from fusynth.cli.args import (
 
 def _experiment_seg_augment(args: argparse.Namespace) -> int:
     from fusynth.cli.recipe import quiet_libraries
-    from fusynth.segment.experiment import FINETUNE_KEYS, SegAugmentConfig, seg_augment
+    from fusynth.segment.experiment import SEG_AUGMENT_KEYS, SegAugmentConfig, seg_augment
 
     quiet_libraries()
     config = SegAugmentConfig(
         n_real=parse_int_list(args.n_real, "--n_real"),
         n_synthetic=parse_int_list(args.n_synthetic, "--n_synthetic"),
-        **experiment_kwargs(args, FINETUNE_KEYS),
+        **experiment_kwargs(args, SEG_AUGMENT_KEYS),
     )
     return report_experiment(seg_augment(config), "results, table and chart")
 
@@ -49,7 +49,7 @@ def add_commands(groups: Any) -> None:
     exp = groups.add_parser("experiment", help="experiments that train and evaluate")
     exp_cmds = exp.add_subparsers(dest="command", required=True, parser_class=Parser)
     p = exp_cmds.add_parser(
-        "seg-augment", help="SAM fine-tuning with K real + M synthetic pairs, every cell"
+        "seg-augment", help="SAM or U-Net training with K real + M synthetic pairs, every cell"
     )
     add_experiment_flags(
         p,
@@ -61,7 +61,10 @@ def add_commands(groups: Any) -> None:
     p.add_argument("--n_synthetic", default="0,500", help="synthetic pair counts (0,500)")
     p.add_argument("--model_type", help="SAM size (tiny: random-init smoke model)")
     p.add_argument("--checkpoint", help="official or MedSAM .pth to start every cell from")
-    p.add_argument("--train_parts", help="decoder, decoder+prompt or all (decoder)")
+    p.add_argument(
+        "--train_parts",
+        help="SAM: decoder, decoder+prompt or all (decoder); U-Net: as train_unet.py",
+    )
     p.add_argument("--encoder_lora_rank", type=int, help="(0: off)")
     p.add_argument("--box_jitter", type=int, help="training box jitter in pixels (10)")
     p.add_argument("--loss", help="dice+bce or dice+ce (dice+bce)")
@@ -72,6 +75,7 @@ def add_commands(groups: Any) -> None:
     p.add_argument("--mixed_precision", help="no, fp16 or bf16 (accelerate's setting, else no)")
     p.add_argument("--embedding_cache", help="image embedding cache folder")
     p.set_defaults(func=_experiment_seg_augment)
+    add_seg_augment_segmenter_flags(p)
     p = exp_cmds.add_parser(
         "cls-augment", help="view classifiers, real-only against real + synthetic, per backbone"
     )
@@ -170,3 +174,19 @@ def add_experiment_clip_augment_parser(
     )
     p.set_defaults(func=_experiment_clip_augment)
     return p
+
+
+def add_seg_augment_segmenter_flags(p: argparse.ArgumentParser) -> None:
+    """Add ``--segmenter`` and the U-Net arm's flags to ``experiment seg-augment``
+    (defaults None: each config resolves its own)."""
+    from fusynth.segment.experiment import SEGMENTERS
+    from fusynth.segment.unet import ENCODERS
+
+    p.add_argument(
+        "--segmenter", choices=SEGMENTERS, help="what every cell trains: sam or unet (sam)"
+    )
+    p.add_argument("--encoder", help=f"U-Net encoder: {', '.join(ENCODERS)} (mobilenet_v2)")
+    p.add_argument(
+        "--encoder_weights", help="U-Net: local encoder state dict every cell starts from"
+    )
+    p.add_argument("--resolution", type=int, help="U-Net input side, a multiple of 32 (256)")

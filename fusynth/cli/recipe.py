@@ -176,3 +176,23 @@ def add_common_flags(
         "--validation_inference_steps", type=int, help="sampler steps for validation (20)"
     )
     p.add_argument("--debug", action="store_true", help="tracebacks on errors")
+
+
+def add_segmentation_data_flags(group: Any) -> None:
+    """The data flags of the segmentation recipes (``finetune_sam.py``, ``train_unet.py``):
+    real ``DIR[:split]``, a synthetic cohort mixed in by count or ratio, validation."""
+    group.add_argument("--train", help="real training data DIR[:split] (default: the phantom)")
+    group.add_argument("--synthetic", help="a pairs cohort to add")
+    group.add_argument("--n_real", type=int, help="real images to use, chosen by subject (all)")
+    group.add_argument(
+        "--n_synthetic", type=int, help="synthetic pairs to add (all of --synthetic)"
+    )
+    group.add_argument(
+        "--synthetic_ratio",
+        type=float,
+        help="synthetic pairs per real image, instead of --n_synthetic",
+    )
+    group.add_argument(
+        "--validation",
+        help="patient-disjoint validation DIR[:split], or none (default: the --train folder's validation split)",
+    )

@@ -246,7 +246,8 @@ def evaluate_segmentation(
     embedding_cache: str | os.PathLike | None = None,
     preprocess: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a SAM on ``DIR[:split]`` with (jittered) box prompts and write a report.
+    """Evaluate a SAM on ``DIR[:split]`` with (jittered) box prompts, or a U-Net folder
+    (no prompt; found by its ``unet_config.json``), and write a report.
 
     ``out`` receives ``per_image.csv`` (one row per image, jitter and round),
     ``summary.json`` (per jitter value: mean, sd, bootstrap 95% CI and count of each
@@ -256,7 +257,7 @@ def evaluate_segmentation(
     prediction in red, box in yellow). The folder is built aside and renamed into place.
 
     Args:
-        model: SAM folder or checkpoint (``--model``).
+        model: SAM folder or checkpoint, or U-Net folder (``--model``).
         data: ``DIR[:split]`` of a prepared dataset with masks (``--data``).
         out: the report folder (``--out``).
         box_jitter: jitter values in pixels.
@@ -287,20 +288,37 @@ def evaluate_segmentation(
     jitters = check_settings(box_jitter, rounds, n_examples)
     overwrite = overwrite or _is_empty_dir(out)
     check_output_dir(out, overwrite)
-    sam, model_type = load_sam(model, model_type, flag="--model", preprocess=preprocess)
-    sam.to(_device(device))
-    seg = load_seg_set(with_default_split(data, "test"), "--data")
-    cache = None
-    if embedding_cache is not None:
-        from fusynth.segment.cache import EmbeddingCache
+    from fusynth.segment.unet import is_unet_folder
 
-        cache = EmbeddingCache(embedding_cache, sam, model_type)
+    segmenter = "unet" if is_unet_folder(model) else "sam"
+    if segmenter == "unet":  # no prompt: one prediction per image
+        predictions, model_type, seg = unet_predictions(
+            model,
+            with_default_split(data, "test"),
+            jitters,
+            model_type,
+            embedding_cache,
+            _device(device),
+        )
+        if preprocess is not None:
+            raise UserInputError("--preprocess: a U-Net has no SAM preprocessing; leave it out")
+    else:
+        sam, model_type = load_sam(model, model_type, flag="--model", preprocess=preprocess)
+        sam.to(_device(device))
+        seg = load_seg_set(with_default_split(data, "test"), "--data")
+        preprocess = preprocess_of(sam)
+        cache = None
+        if embedding_cache is not None:
+            from fusynth.segment.cache import EmbeddingCache
+
+            cache = EmbeddingCache(embedding_cache, sam, model_type)
+        predictions = predict_masks(sam, seg.samples, jitters, rounds, seed, cache)
     shown = 0 if 0 in jitters else jitters[0]
     examples = _Examples(n_examples)
     results = []
     total = len(seg.samples) * sum(1 if j == 0 else rounds for j in jitters)
     for pred in tqdm(
-        predict_masks(sam, seg.samples, jitters, rounds, seed, cache),
+        predictions,
         total=total,
         desc="evaluate",
         unit="prediction",
@@ -317,7 +335,9 @@ def evaluate_segmentation(
         "model": str(model),
         "model_sha256": weights_sha256(model),
         "model_type": model_type,
-        "preprocess": preprocess_of(sam),
+        "preprocess": preprocess,
+        "segmenter": segmenter,
+        "prompt": "box" if segmenter == "sam" else "none (a U-Net segments the whole image)",
         "data": str(data),
         "n_images": len(seg.samples),
         "n_subjects": len(seg.subjects),
@@ -341,7 +361,8 @@ def evaluate_segmentation(
     with atomic_dir(out, overwrite=overwrite, kind="evaluation") as tmp:
         _write_csv(tmp / "per_image.csv", results)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        _write_boxplot(tmp / "boxplot.png", results, jitters, len(seg.samples))
+        title = "Dice by box-prompt jitter" if segmenter == "sam" else "Dice (U-Net, no prompt)"
+        _write_boxplot(tmp / "boxplot.png", results, jitters, len(seg.samples), title)
         examples.write(tmp / "overlays")
     return summary
 
@@ -431,11 +452,17 @@ def _write_csv(path: Path, results: Sequence[Result]) -> None:
     path.write_text(buf.getvalue())
 
 
-def _write_boxplot(path: Path, results: Sequence[Result], jitters: Sequence[int], n: int) -> None:
+def _write_boxplot(
+    path: Path,
+    results: Sequence[Result],
+    jitters: Sequence[int],
+    n: int,
+    title: str = "Dice by box-prompt jitter",
+) -> None:
     from fusynth.core.plots import box_plot
 
     groups = {f"{j} px": per_image_values(results, j, "dice", n) for j in jitters}
-    box_plot(path, groups, "Dice by box-prompt jitter", "Dice (per image)")
+    box_plot(path, groups, title, "Dice (per image)")
 
 
 # ----------------------------------------------------------------------------- overlays
@@ -497,11 +524,12 @@ def overlay_tile(pred: Prediction, dice: float | None = None, size: int = TILE) 
     pr = fit(pred.mask.astype(np.uint8) * 255, Image.NEAREST) > 0
     tile = Image.fromarray(np.repeat(gray[..., None], 3, axis=2))
     draw = ImageDraw.Draw(tile)
-    x0, y0, x1, y1 = (float(v) for v in pred.box)
-    draw.rectangle(
-        [left + x0 * scale, top + y0 * scale, left + x1 * scale, top + y1 * scale],
-        outline=YELLOW,
-    )
+    if len(pred.box):  # a U-Net's prediction has no box
+        x0, y0, x1, y1 = (float(v) for v in pred.box)
+        draw.rectangle(
+            [left + x0 * scale, top + y0 * scale, left + x1 * scale, top + y1 * scale],
+            outline=YELLOW,
+        )
     rgb = np.asarray(tile).copy()
     rgb[mask_outline(gt)] = GREEN
     rgb[mask_outline(pr)] = RED
@@ -509,3 +537,53 @@ def overlay_tile(pred: Prediction, dice: float | None = None, size: int = TILE) 
     if dice is not None:
         ImageDraw.Draw(tile).text((3, 2), f"Dice {dice:.3f}", fill=(255, 255, 255))
     return np.asarray(tile)
+
+
+# ----------------------------------------------------------------------------- U-Net
+
+
+def predict_unet_masks(model: Any, samples: Sequence[Any], size: int, device: Any) -> Iterator[Any]:
+    """The U-Net's masks at native resolution, one
+    :class:`Prediction` per image. There is no prompt: the
+    prediction's box is empty (``[0]``-shaped), jitter 0 and round 0."""
+    from fusynth.segment.unet import predict_logits
+
+    model.to(device).eval()
+    for i, sample in enumerate(samples):
+        mask = predict_logits(model, sample.image, size, device).numpy() > 0
+        yield Prediction(i, sample, 0, 0, np.zeros(0, dtype=np.float32), mask)
+
+
+def unet_predictions(
+    model: str | os.PathLike,
+    data: str,
+    box_jitter: Sequence[int],
+    model_type: str | None,
+    embedding_cache: Any,
+    device: Any,
+) -> tuple[Iterator[Any], str, Any]:
+    """What ``fusynth evaluate segmentation`` needs of a U-Net folder: its predictions,
+    its encoder's name (the report's ``model_type``) and the loaded samples.
+
+    Raises:
+        UserInputError: a SAM-only setting (box jitter above 0, ``--model_type``,
+            ``--embedding_cache``), a bad folder or bad data.
+    """
+    from fusynth.segment.data import load_seg_set
+
+    if list(box_jitter) != [0]:
+        raise UserInputError(
+            f"--box_jitter: {model} is a U-Net, which takes no box prompt; leave --box_jitter at 0"
+        )
+    for given, flag in ((model_type, "--model_type"), (embedding_cache, "--embedding_cache")):
+        if given is not None:
+            raise UserInputError(f"{flag}: applies to SAM only; {model} is a U-Net")
+    from fusynth.segment.unet import load_unet, resolution_of
+
+    unet, cfg = load_unet(model)
+    seg = load_seg_set(data, "--data")
+    return (
+        predict_unet_masks(unet, seg.samples, resolution_of(cfg), device),
+        cfg["encoder_name"],
+        seg,
+    )

@@ -1,7 +1,7 @@
 """The augmentation experiment: what do synthetic pairs add to a few real images?
 
 For every number of real training images K, number of synthetic pairs M and repeat r,
-fine-tune SAM on K real images (chosen by subject with seed ``seed + r``) plus M
+fine-tune the segmenter (SAM, or a U-Net with ``--segmenter unet``) on K real images (chosen by subject with seed ``seed + r``) plus M
 synthetic pairs, then evaluate it on each test set at native resolution. Both arms of a
 repeat (M = 0 and M > 0) use the same seed, hence the same real images, the same data
 order for the real part and the same box jitter. Validation is the real folder's
@@ -64,6 +64,23 @@ FINETUNE_KEYS = (
     "mixed_precision",
     "embedding_cache",
 )
+#: Settings of the U-Net arm (``--segmenter unet``) passed to every cell's training.
+UNET_KEYS = (
+    "encoder",
+    "encoder_weights",
+    "checkpoint",
+    "train_parts",
+    "resolution",
+    "loss",
+    "train_batch_size",
+    "num_train_epochs",
+    "max_train_steps",
+    "learning_rate",
+    "mixed_precision",
+)
+#: Every per-cell training flag the command line passes through.
+SEG_AUGMENT_KEYS = ("segmenter", *dict.fromkeys(FINETUNE_KEYS + UNET_KEYS))
+SEGMENTERS = ("sam", "unet")
 
 
 @dataclass
@@ -78,9 +95,13 @@ class SegAugmentConfig:
     n_synthetic: list[int] = field(default_factory=lambda: [0, 500])
     repeats: int = 3
     seed: int = 0
+    segmenter: str = "sam"
     model_type: str = "tiny"
     checkpoint: str | None = None
-    train_parts: str = "decoder"
+    train_parts: str | None = None
+    encoder: str | None = None
+    encoder_weights: str | None = None
+    resolution: int | None = None
     encoder_lora_rank: int = 0
     box_jitter: int = 10
     loss: str = "dice+bce"
@@ -106,11 +127,60 @@ class SegAugmentConfig:
             raise UserInputError("--test: give at least one test set DIR[:split]")
         self.n_real = sorted(set(self.n_real))
         self.n_synthetic = sorted(set(self.n_synthetic))
+        self._check_segmenter()
+
+    def _check_segmenter(self) -> None:
+        """Resolve the segmenter's defaults and refuse the other one's settings."""
+        from fusynth.core.loop import choice
+
+        choice(self.segmenter, SEGMENTERS, "--segmenter")
+        if self.segmenter == "sam":
+            for flag in ("encoder", "encoder_weights", "resolution"):
+                if getattr(self, flag) is not None:
+                    raise UserInputError(f"--{flag}: applies to --segmenter unet only")
+            self.train_parts = self.train_parts or "decoder"
+            return
+        from fusynth.segment.unet import (
+            DEFAULT_ENCODER,
+            check_encoder,
+            check_resolution,
+            parse_train_parts,
+        )
+
+        sam_only = {"model_type": "tiny", "encoder_lora_rank": 0, "embedding_cache": None}
+        for flag, default in sam_only.items():
+            if getattr(self, flag) != default:
+                raise UserInputError(f"--{flag}: applies to --segmenter sam only")
+        if self.checkpoint is None:
+            self.encoder = check_encoder(self.encoder or DEFAULT_ENCODER)
+        elif self.encoder is not None:
+            raise UserInputError("--encoder: a --checkpoint U-Net folder names its own encoder")
+        self.train_parts = self.train_parts or "all"
+        parse_train_parts(self.train_parts)
+        self.resolution = check_resolution(self.resolution or 256)
+        if self.encoder_weights and self.checkpoint:
+            raise UserInputError(
+                "--encoder_weights: a --checkpoint folder already holds the encoder's weights"
+            )
+
+    @property
+    def segmenter_label(self) -> str:
+        """The segmenter as tables and charts name it."""
+        if self.segmenter == "sam":
+            return f"SAM ({self.model_type})"
+        return f"U-Net ({self.encoder or 'from ' + str(self.checkpoint)}, {self.train_parts})"
 
     def request(self) -> dict[str, Any]:
         """What determines the results (not where they go or whether to keep models)."""
         d = dataclasses.asdict(self)
         for k in ("out", "keep_models", "overwrite", "embedding_cache"):
+            d.pop(k)
+        # Each segmenter's request holds only its own settings (a SAM request reads as
+        # it did before the U-Net arm existed, so its experiment folders stay valid).
+        other = ("segmenter", "encoder", "encoder_weights", "resolution")
+        if self.segmenter == "unet":
+            other = ("model_type", "encoder_lora_rank", "box_jitter")
+        for k in other:
             d.pop(k)
         return d
 
@@ -140,6 +210,10 @@ def _check_inputs(config: SegAugmentConfig) -> None:
     for spec in config.test:
         test = load_seg_set(with_default_split(spec, "test"), "--test").samples
         check_disjoint(pool, test, f"--test {spec}")
+    if config.segmenter == "unet":  # a weights file or folder that does not fit: now
+        from fusynth.segment.unet_train import UnetTrainConfig, initial_model
+
+        initial_model(UnetTrainConfig(**_unet_settings(config)))
 
 
 def _cell_metrics(per_image_csv: Path) -> dict[str, float]:
@@ -164,6 +238,11 @@ def run_cell(config: SegAugmentConfig, out: Path, k: int, m: int, r: int) -> dic
     )
 
 
+def _unet_settings(config: SegAugmentConfig) -> dict[str, Any]:
+    """The U-Net training settings of every cell (unset ones keep the recipe's defaults)."""
+    return {k: getattr(config, k) for k in UNET_KEYS if getattr(config, k) is not None}
+
+
 def _train_and_test(
     config: SegAugmentConfig, folder: Path, k: int, m: int, r: int
 ) -> dict[str, Any]:
@@ -174,8 +253,15 @@ def _train_and_test(
 
     model_dir = folder / "model"
     resume = "latest" if list_checkpoints(model_dir) else None
-    ft = SamFinetuneConfig(
-        **{key: getattr(config, key) for key in FINETUNE_KEYS},
+    if config.segmenter == "unet":
+        from fusynth.segment.unet_train import UnetTrainConfig, train_unet
+
+        config_cls, train, settings = UnetTrainConfig, train_unet, _unet_settings(config)
+    else:
+        config_cls, train = SamFinetuneConfig, finetune_sam
+        settings = {key: getattr(config, key) for key in FINETUNE_KEYS}
+    ft = config_cls(
+        **settings,
         train=f"{parse_data_spec(config.real)[0]}:train",
         synthetic=config.synthetic if m else None,
         n_real=k,
@@ -189,7 +275,9 @@ def _train_and_test(
         checkpoints_total_limit=1,
     )
     if not (model_dir / WEIGHTS_FILE).is_file():
-        finetune_sam(ft)
+        train(ft)
+    # A U-Net has no image encoder to cache; a frozen SAM encoder encodes each image once.
+    cache = embedding_cache_root(ft) if config.segmenter == "sam" else None
     metrics = {}
     for spec in config.test:
         name = spec_label(spec)
@@ -201,7 +289,7 @@ def _train_and_test(
                 eval_dir,
                 seed=config.seed,
                 overwrite=True,
-                embedding_cache=embedding_cache_root(ft),  # frozen encoder: encoded once
+                embedding_cache=cache,
             )
         metrics[name] = _cell_metrics(eval_dir / "per_image.csv")
     train_log = json.loads((model_dir / "train_log.json").read_text())
@@ -228,6 +316,7 @@ def summarise(config: SegAugmentConfig, records: list[dict[str, Any]]) -> list[d
                     r["metrics"][name] for r in records if (r["n_real"], r["n_synthetic"]) == (k, m)
                 ]
                 row: dict[str, Any] = {
+                    "segmenter": config.segmenter_label,
                     "test": name,
                     "n_real": k,
                     "n_synthetic": m,
@@ -243,7 +332,8 @@ def _markdown(config: SegAugmentConfig, table: list[dict[str, Any]]) -> str:
     shown = [m for m in TABLE_METRICS if any(math.isfinite(r[f"{m}_mean"]) for r in table)]
     digits = {"dice": 3}
     lines = [
-        f"Mean ± sd over {config.repeats} repeat(s); metrics at native resolution.",
+        f"Segmenter: {config.segmenter_label}. Mean ± sd over {config.repeats} repeat(s); "
+        "metrics at native resolution.",
         "",
         "| test set | real | synthetic | " + " | ".join(shown) + " |",
         "|---|---:|---:|" + "---:|" * len(shown),
@@ -286,7 +376,8 @@ def seg_augment(config: SegAugmentConfig) -> dict[str, Any]:
         out / "dice_vs_real.png",
         config.n_real,
         series,
-        title="Dice against real training images, with and without synthetic pairs",
+        title=f"{config.segmenter_label}: Dice against real training images, "
+        "with and without synthetic pairs",
         xlabel="real training images",
         ylabel="Dice (mean ± sd over repeats)",
     )

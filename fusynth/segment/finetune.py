@@ -270,8 +270,11 @@ RESUME_KEYS = (
 
 
 def _frame(sample: Any, config: SamFinetuneConfig, size: int) -> Any:
-    """A sample as the model's preprocessing sees it (MedSAM: a stretched square)."""
-    return medsam_sample(sample, size) if config.preprocess == "medsam" else sample
+    """A sample as the model's preprocessing sees it (MedSAM: a stretched square; a U-Net
+    config has no preprocessing)."""
+    return (
+        medsam_sample(sample, size) if getattr(config, "preprocess", None) == "medsam" else sample
+    )
 
 
 def _load_model(config: SamFinetuneConfig) -> tuple[Any, str, dict[str, Any]]:
