@@ -89,7 +89,7 @@ def test_a_bf16_accelerate_config_reaches_the_recipe(tmp_path):
     out = tmp_path / "sam"
     env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_MIXED_PRECISION"}
     env["FUSYNTH_CACHE"] = str(tmp_path / "cache")
-    recipe = Path(__file__).resolve().parents[1] / "recipes" / "finetune_sam.py"
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "finetune_sam.py"
     proc = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
         + [str(recipe), "--output_dir", str(out), "--max_train_steps", "1"]
