@@ -159,12 +159,12 @@ def audit_pairs(
     from tqdm.auto import tqdm
 
     from fusynth.core.io import atomic_dir, check_output_dir
-    from fusynth.data.schema import load_prepared, parse_data_spec, save_prepared
+    from fusynth.data.schema import ALL_SPLITS, load_prepared, parse_data_spec, save_prepared
 
     t = thresholds or PairThresholds()
     path, split = parse_data_spec(str(cohort))
     dsd = load_prepared(path)
-    splits = [split] if split else list(dsd)
+    splits = [split] if split and split != ALL_SPLITS else list(dsd)
     if drop is not None:
         check_output_dir(drop, overwrite)
     sam = None

@@ -179,10 +179,15 @@ def load_prepared(path: str | os.PathLike) -> datasets.DatasetDict:
     return dsd
 
 
+#: ``DIR:all``: every split of a dataset, concatenated.
+ALL_SPLITS = "all"
+
+
 def parse_data_spec(spec: str) -> tuple[Path, str | None]:
-    """Split ``DIR[:split]`` into the folder and the optional split name."""
+    """Split ``DIR[:split]`` into the folder and the optional split name (a split of
+    :data:`SPLITS`, or :data:`ALL_SPLITS`)."""
     head, sep, tail = str(spec).rpartition(":")
-    if sep and tail in SPLITS and head:
+    if sep and (tail in SPLITS or tail == ALL_SPLITS) and head:
         return Path(head), tail
     return Path(spec), None
 
@@ -204,14 +209,15 @@ def spec_label(spec: str, split: str = "test") -> str:
 
 
 def load_split(spec: str) -> datasets.Dataset:
-    """Load ``DIR[:split]``: one split, or all splits concatenated when none is named.
+    """Load ``DIR[:split]``: one split, or all splits concatenated for ``DIR:all`` (and,
+    here, when none is named: commands apply :func:`with_default_split` first).
 
     Raises:
         UserInputError: unknown or empty split.
     """
     path, split = parse_data_spec(spec)
     dsd = load_prepared(path)
-    if split is None:
+    if split is None or split == ALL_SPLITS:
         return datasets.concatenate_datasets([dsd[s] for s in dsd])
     if split not in dsd:
         raise UserInputError(f"{path}: has no split {split!r} (splits: {', '.join(dsd) or 'none'})")

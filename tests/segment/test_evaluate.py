@@ -41,7 +41,7 @@ def report(tiny_sam, phantom_prepared, tmp_path_factory):
     """The tiny SAM evaluated on every head frame of the phantom, jitter 0 and 5."""
     out = tmp_path_factory.mktemp("eval") / "report"
     summary = evaluate_segmentation(
-        tiny_sam, str(phantom_prepared), out, box_jitter=JITTERS, rounds=ROUNDS, seed=3
+        tiny_sam, f"{phantom_prepared}:all", out, box_jitter=JITTERS, rounds=ROUNDS, seed=3
     )
     return out, summary
 
