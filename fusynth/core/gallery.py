@@ -22,8 +22,8 @@ from fusynth.core.style import DPI, blank_figure, figure_text, style, write_figu
 
 #: Smallest side of a tile in the saved PNG, in pixels.
 MIN_TILE_PX = 180
-#: Characters per caption line (at 9 pt over a 180-px tile).
-CAPTION_WIDTH = 30
+#: Characters per caption line (at 9 pt over a 180-px tile; longer words overflow).
+CAPTION_WIDTH = 28
 
 
 @dataclass
@@ -95,10 +95,10 @@ def image_grid(
     n_lines = max(_wrap(t.caption, CAPTION_WIDTH).count("\n") + 1 for t in tiles)
     side = tile_px / DPI
     caption_h = 0.17 * n_lines + 0.08
-    legend_rows = -(-len(legend) // max(1, int(max(cols * (side + 0.12), 4.5) // 2.2)))
+    legend_rows = -(-len(legend) // max(1, int(max(cols * (side + 0.3), 4.5) // 2.2)))
     legend_h = 0.22 * legend_rows + 0.1 if legend else 0.0
     foot_h = 0.22 if footnote else 0.0
-    width = max(cols * (side + 0.12), 4.5)
+    width = max(cols * (side + 0.3), 4.5)
     title_h = 0.25 * (textwrap.fill(title, _title_chars(width)).count("\n") + 1)
     height = rows * (side + caption_h) + title_h + legend_h + foot_h + 0.15
     with style():
@@ -119,7 +119,7 @@ def image_grid(
                 ax.imshow(image, interpolation="nearest")
             ax.set_title(
                 _wrap(tile.caption, CAPTION_WIDTH),
-                fontsize=9,
+                fontsize=8.5,
                 fontweight="normal",
                 color=tile.caption_color or "black",
                 pad=3,
