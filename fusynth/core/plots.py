@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,7 +34,11 @@ def _float(v: float | None) -> float:
 
 
 def box_plot(
-    path: str | os.PathLike, groups: dict[str, list[float]], title: str, ylabel: str
+    path: str | os.PathLike,
+    groups: dict[str, list[float]],
+    title: str,
+    ylabel: str,
+    xlabel: str | None = None,
 ) -> Path:
     """One box per group (e.g. Dice per box-jitter setting), with its count below.
 
@@ -42,6 +47,7 @@ def box_plot(
         groups: label -> values; None and NaN values are dropped.
         title: the figure's title.
         ylabel: the y axis label.
+        xlabel: the x axis label (what the groups are).
 
     Returns:
         ``path`` as a Path.
@@ -49,11 +55,14 @@ def box_plot(
     data = [finite_values(v) for v in groups.values()]
     labels = [f"{name}\n(n={len(d)})" for name, d in zip(groups, data, strict=True)]
     with style():
-        fig, ax = _figure(max(4.0, 1.2 * len(data) + 2))
+        width = max(6.4, 1.2 * len(data) + 2)
+        fig, ax = _figure(width)
         if data:
             ax.boxplot(data, tick_labels=labels, showmeans=True)
-        ax.set_title(title)
+        ax.set_title(textwrap.fill(title, int(9 * width)))
         ax.set_ylabel(ylabel)
+        if xlabel:
+            ax.set_xlabel(xlabel)
         ax.grid(axis="x", visible=False)
         return _save(fig, path)
 

@@ -435,7 +435,13 @@ def _write_boxplot(path: Path, results: Sequence[Result], jitters: Sequence[int]
     from fusynth.core.plots import box_plot
 
     groups = {f"{j} px": per_image_values(results, j, "dice", n) for j in jitters}
-    box_plot(path, groups, "Dice by box-prompt jitter", "Dice (per image)")
+    box_plot(
+        path,
+        groups,
+        f"Dice by box-prompt jitter ({n} images; line: median, triangle: mean)",
+        "Dice (per image)",
+        "box prompt moved by up to",
+    )
 
 
 # ----------------------------------------------------------------------------- overlays
