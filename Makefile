@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(BIN)/fusynth generate text2img --lora $(DEMO_OUT)/lora --views head:16,femur:16 --steps 10 \
 		--out $(DEMO_OUT)/cohort --overwrite
 	$(BIN)/fusynth data inspect $(DEMO_OUT)/cohort
-	$(BIN)/fusynth audit cohort $(DEMO_OUT)/cohort --reference $(DEMO_OUT)/phantom:train
+	$(BIN)/fusynth audit cohort $(DEMO_OUT)/cohort --reference $(DEMO_OUT)/phantom:test --training $(DEMO_OUT)/phantom:train
 	$(BIN)/fusynth evaluate clustering --embed pixels --data $(DEMO_OUT)/phantom --extra $(DEMO_OUT)/cohort \
 		--k 4 --overcluster 8 --out $(DEMO_OUT)/clustering --overwrite
 	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \

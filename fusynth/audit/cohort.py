@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 import warnings
@@ -32,16 +33,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
 from fusynth import __version__
+from fusynth.audit.montage import write_montage
 from fusynth.core.artifacts import AUDIT_DIR
 from fusynth.core.artifacts import COHORT_AUDIT_FILE as AUDIT_FILE
 from fusynth.core.errors import UserInputError
 from fusynth.core.io import atomic_write_bytes
-from fusynth.data.transforms import square_batch, square_resize
+from fusynth.core.traps import emit
+from fusynth.data.transforms import square_batch
 from fusynth.data.views import ViewSet, load_view_set
 from fusynth.embed.base import Embedder
+
+log = logging.getLogger(__name__)
 
 MEMORIZATION_FILE = "memorization.csv"
 MONTAGE_FILE = "closest_pairs.png"
@@ -339,28 +343,6 @@ def closest_pairs(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     return [rows[i] for i in order[:n]]
 
 
-def montage_png(
-    pairs: list[dict[str, Any]], cohort: ViewSet, training: ViewSet, thumb: int = 128
-) -> bytes:
-    """PNG bytes: one row per pair, synthetic | training, captioned (red when flagged)."""
-    label_h = 14
-    grid = Image.new("RGB", (2 * thumb, len(pairs) * (thumb + label_h)), (20, 20, 20))
-    draw = ImageDraw.Draw(grid)
-    for r, row in enumerate(pairs):
-        y = r * (thumb + label_h)
-        left = square_resize(cohort.images[row["index"]], thumb)
-        right = square_resize(training.images[row["_ssim_index"]], thumb)
-        pair = Image.fromarray(np.concatenate([left, right], axis=1)).convert("RGB")
-        grid.paste(pair, (0, y + label_h))
-        colour = (255, 90, 90) if row["flagged"] else (230, 230, 230)
-        cosine = row["_ssim_pair_cosine"]
-        caption = f"{r + 1}. {row['view']} SSIM {row['ssim']:.3f} cos {cosine:.3f}"
-        draw.text((2, y + 1), caption, fill=colour)
-    buf = io.BytesIO()
-    grid.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def memorization_csv(rows: list[dict[str, Any]]) -> bytes:
     """The per-sample table (similarities with 6 decimals)."""
     columns = [k for k in rows[0] if not k.startswith("_")]
@@ -419,6 +401,7 @@ def audit_cohort(
 
     _check_settings(kid_subset_size, kid_subsets, cosine_threshold, ssim_threshold, n_montage)
     syn = load_view_set(str(cohort), "COHORT")
+    traps = [f"WARNING: {w}" for w in emit(log, [reference_is_training(str(reference))])]
     ref = load_view_set(str(reference), "--reference")
     train = load_view_set(str(training), "--training") if training is not None else ref
     shared = [v for v in syn.view_counts if v in ref.view_counts]
@@ -449,7 +432,7 @@ def audit_cohort(
         "distance": distance,
         "memorization": _memorization_summary(rows, pairs, train, cosine_threshold, ssim_threshold),
         "files": {"memorization": MEMORIZATION_FILE, "montage": MONTAGE_FILE},
-        "notes": _notes(encoder, syn),
+        "notes": _notes(encoder, syn) + traps,
         "fusynth_version": __version__,
     }
     if overlays:
@@ -458,10 +441,36 @@ def audit_cohort(
         summary["overlays"] = overlay_share(syn.images, syn.views, syn.keys)
     target = Path(out) if out is not None else parse_data_spec(str(cohort))[0] / AUDIT_DIR
     atomic_write_bytes(target / MEMORIZATION_FILE, memorization_csv(rows))
-    atomic_write_bytes(target / MONTAGE_FILE, montage_png(pairs, syn, train))
+    write_montage(target / MONTAGE_FILE, pairs, syn, train, cosine_threshold, ssim_threshold)
     atomic_write_bytes(target / AUDIT_FILE, (json.dumps(summary, indent=2) + "\n").encode())
     summary["report"] = str(target)
     return summary
+
+
+def reference_is_training(reference: str) -> str | None:
+    """The warning for a ``--reference`` that is (or holds) a training split.
+
+    FID/KID against the images a generator learned from rewards copying them: the
+    reference should be held-out real data, the training split going to ``--training``.
+    """
+    from fusynth.data.schema import parse_data_spec
+
+    path, split = parse_data_spec(reference)
+    fix = (
+        "compare with held-out real images (e.g. --reference DIR:test) and give the "
+        "training split as --training for the memorization search"
+    )
+    if split == "train":
+        return (
+            f"--reference {reference} is a training split: FID/KID against the images the "
+            f"generator was trained on reward copying them; {fix}"
+        )
+    if split is None and (Path(path) / "train").is_dir():
+        return (
+            f"--reference {reference} names no split, so its training split is compared "
+            f"too: FID/KID against training images reward copying them; {fix}"
+        )
+    return None
 
 
 def _check_settings(

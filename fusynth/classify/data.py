@@ -19,6 +19,7 @@ from fusynth.classify.backbones import (
 )
 from fusynth.classify.config import GAIN, GAMMA, ROTATION_DEG, SCALE, SHIFT, ClassifierTrainConfig
 from fusynth.core.errors import UserInputError
+from fusynth.core.traps import emit, missing_views, small_validation
 from fusynth.data.schema import VIEWS, with_default_split
 from fusynth.data.splits import check_disjoint_subjects, pick_by_subject
 from fusynth.data.views import ViewSet, load_view_set
@@ -182,6 +183,20 @@ def choose_training_data(config: ClassifierTrainConfig, images: bool = True) -> 
         "num_validation": len(validation) if validation is not None else 0,
         "validation_per_view": validation.view_counts if validation is not None else {},
     }
+    if validation is not None:
+        source["warnings"] = emit(
+            log,
+            [
+                missing_views(classes, validation.view_counts, val_spec),
+                small_validation(
+                    len(validation),
+                    val_spec,
+                    f"the saved model is the step with the best validation {config.best_metric}",
+                ),
+            ],
+        )
+    else:
+        source["warnings"] = []
     return ClassifierData(classes, train, validation, source)
 
 

@@ -28,7 +28,6 @@ from fusynth.cluster.metrics import cluster_metrics, cluster_table, semantic_fid
 from fusynth.core.errors import UserInputError
 from fusynth.core.io import atomic_dir, check_output_dir
 from fusynth.core.loop import positive
-from fusynth.data.images import save_png, tile_images
 from fusynth.data.transforms import square_resize
 from fusynth.data.views import ViewSet, load_view_set
 
@@ -65,55 +64,85 @@ def embedding_plot(
     path: Path, xy: np.ndarray, shares: list[float], views: list[str], synthetic: list[bool]
 ) -> Path:
     """Two panels of the 2-D PCA: coloured by view, and by real/synthetic."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from fusynth.core.style import blank_figure, style, write_figure
 
-    from fusynth.core.io import atomic_write_bytes
-
-    fig = Figure(figsize=(11, 4.8), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    by_view, by_origin = fig.subplots(1, 2)
-    v_arr, s_arr = np.array(views), np.array(synthetic, dtype=bool)
-    for view in sorted(set(views), key=view_rank):
-        m = v_arr == view
-        by_view.scatter(*xy[m].T, s=14, color=view_color(view), label=f"{view} ({m.sum()})")
-    for name, m, style in (
-        ("real", ~s_arr, {"color": "0.45", "marker": "o"}),
-        ("synthetic", s_arr, {"color": "tab:orange", "marker": "x"}),
-    ):
-        if m.any():
-            by_origin.scatter(*xy[m].T, s=14, label=f"{name} ({m.sum()})", **style)
-    for ax, title in ((by_view, "by view"), (by_origin, "real / synthetic")):
-        ax.set_title(title)
-        ax.set_xlabel(f"PC1 ({100 * shares[0]:.1f}% of variance)")
-        ax.set_ylabel(f"PC2 ({100 * shares[1]:.1f}% of variance)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return atomic_write_bytes(path, buf.getvalue())
+    with style():
+        fig = blank_figure(11, 4.8)
+        by_view, by_origin = fig.subplots(1, 2)
+        v_arr, s_arr = np.array(views), np.array(synthetic, dtype=bool)
+        for view in sorted(set(views), key=view_rank):
+            m = v_arr == view
+            by_view.scatter(*xy[m].T, s=14, color=view_color(view), label=f"{view} ({m.sum()})")
+        for name, m, kw in (
+            ("real", ~s_arr, {"color": "0.45", "marker": "o"}),
+            ("synthetic", s_arr, {"color": "tab:orange", "marker": "x"}),
+        ):
+            if m.any():
+                by_origin.scatter(*xy[m].T, s=14, label=f"{name} ({m.sum()})", **kw)
+        for ax, title in ((by_view, "coloured by view"), (by_origin, "real / synthetic")):
+            ax.set_title(title)
+            ax.set_xlabel(f"PC1 ({100 * shares[0]:.1f}% of variance)")
+            ax.set_ylabel(f"PC2 ({100 * shares[1]:.1f}% of variance)")
+            ax.legend(fontsize=9, title="images (count)")
+        fig.suptitle(f"The embedding of {len(views)} images, first two principal components")
+        return write_figure(fig, path)
 
 
-def thumbnail(image: np.ndarray, view: str, synthetic: bool, size: int = THUMBNAIL) -> np.ndarray:
-    """An RGB thumbnail framed in its view's colour; synthetic ones get a white corner."""
-    gray = square_resize(image, size)
-    rgb = np.repeat(gray[:, :, None], 3, axis=2)
-    color = (np.array(view_color(view)) * 255).astype(np.uint8)
-    rgb[:2], rgb[-2:], rgb[:, :2], rgb[:, -2:] = color, color, color, color
-    if synthetic:
-        rgb[2:8, -8:-2] = 255
-    return rgb
+def thumbnail(image: np.ndarray, size: int = THUMBNAIL) -> np.ndarray:
+    """A square grayscale thumbnail (padded, resized) of one member."""
+    return square_resize(image, size)
+
+
+def montage_members(feats: np.ndarray, members: np.ndarray, n: int = MONTAGE_IMAGES) -> np.ndarray:
+    """Up to ``n`` members nearest the cluster's mean feature, nearest first."""
+    centre = feats[members].mean(0)
+    dist = ((feats[members] - centre) ** 2).sum(1)
+    return members[np.argsort(dist, kind="stable")[:n]]
 
 
 def cluster_montage(
-    set_: ViewSet, members: np.ndarray, feats: np.ndarray, n: int = MONTAGE_IMAGES
-) -> np.ndarray:
-    """Up to ``n`` members nearest the cluster's mean feature, tiled 4 per row."""
-    centre = feats[members].mean(0)
-    dist = ((feats[members] - centre) ** 2).sum(1)
-    chosen = members[np.argsort(dist, kind="stable")[:n]]
-    thumbs = [thumbnail(set_.images[i], set_.views[i], set_.synthetic[i]) for i in chosen]
-    return tile_images(thumbs, MONTAGE_COLUMNS)
+    path: Path,
+    set_: ViewSet,
+    members: np.ndarray,
+    feats: np.ndarray,
+    cluster: int,
+    clustering: str,
+    n: int = MONTAGE_IMAGES,
+) -> list[str]:
+    """Write a labelled montage of one cluster: its members nearest the mean feature,
+    each framed in its view's colour and captioned "view · real|synthetic"; the title
+    gives the cluster id, its size, its majority view and purity (share of that view).
+
+    Returns:
+        The figure's labels (see :func:`fusynth.core.gallery.image_grid`).
+    """
+    from collections import Counter
+
+    from fusynth.core.gallery import Tile, image_grid
+
+    chosen = montage_members(feats, members, n)
+    views = [set_.views[i] for i in members]
+    majority, top = Counter(views).most_common(1)[0]
+    n_syn = int(sum(set_.synthetic[i] for i in members))
+    tiles = [
+        Tile(
+            thumbnail(set_.images[i]),
+            f"{set_.views[i]} · {'synthetic' if set_.synthetic[i] else 'real'}",
+            frame=view_color(set_.views[i]),
+        )
+        for i in chosen
+    ]
+    shown = sorted({set_.views[i] for i in chosen}, key=view_rank)
+    return image_grid(
+        path,
+        tiles,
+        f"{clustering}, cluster {cluster}: {len(members)} images ({n_syn} synthetic); "
+        f"majority view {majority}, purity {top / len(members):.0%}",
+        cols=MONTAGE_COLUMNS,
+        legend=[(f"frame: {v}", view_color(v)) for v in shown],
+        legend_kind="line",
+        footnote=f"the {len(chosen)} members nearest the cluster's mean feature, nearest first",
+    )
 
 
 # ----------------------------------------------------------------------------- the command
@@ -318,6 +347,6 @@ def _write_montages(folder: Path, samples: ViewSet, feats: np.ndarray, c: Cluste
     for cluster in range(c.k):
         members = np.flatnonzero(c.labels == cluster)
         if len(members):
-            save_png(
-                folder / f"cluster-{cluster:02d}.png", cluster_montage(samples, members, feats)
+            cluster_montage(
+                folder / f"cluster-{cluster:02d}.png", samples, members, feats, cluster, c.name
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,21 +234,66 @@ def generate_text2img(req: Text2ImgRequest) -> CohortResult:
 def write_previews(
     ds: Any, folder: Path, per_view: int = 16, cols: int = 4, with_masks: bool = False
 ) -> list[Path]:
-    """A grid PNG per view of the first ``per_view`` samples (masks overlaid if asked)."""
-    from fusynth.data.images import decode_image, save_png, tile_images
-    from fusynth.data.inspect import overlay
+    """A labelled grid PNG per view of the first ``per_view`` samples: each tile captioned
+    with its seed and prompt (from its provenance), masks overlaid if asked, the
+    generator (adapter) and counts in the title.
+
+    Returns:
+        The PNGs written, one per view in the cohort.
+    """
+    from fusynth.core.gallery import Tile, image_grid
+    from fusynth.data.images import decode_image
+    from fusynth.data.inspect import MASK_LEGEND, overlay
 
     written = []
     views = ds["view"]
+    provenance = ds["provenance"]
     for v in sorted(set(views)):
-        idx = [i for i, x in enumerate(views) if x == v][:per_view]
-        tiles = []
+        members = [i for i, x in enumerate(views) if x == v]
+        idx = members[:per_view]
+        tiles, adapters = [], set()
         for i in idx:
             row = ds[i]
             image = decode_image(row["image"])
+            prov = _provenance(provenance[i])
+            adapters.add(_generator(prov))
+            lines = [f"seed {prov.get('seed', '?')}", f"row {i}"]
+            if with_masks and prov.get("mask_source"):
+                # a folder's name, not its whole path: the caption stays readable
+                source = str(prov["mask_source"])
+                lines[1] += f" · mask: {Path(source).name if '/' in source else source}"
+            if prov.get("prompt"):
+                lines.append(f'"{prov["prompt"]}"')
             if with_masks and row["mask"] is not None:
-                tiles.append(np.asarray(overlay(image, decode_image(row["mask"]), image.shape[0])))
-            else:
-                tiles.append(image)
-        written.append(save_png(folder / f"{VIEWS[v]}.png", tile_images(tiles, cols)))
+                image = np.asarray(overlay(image, decode_image(row["mask"]), image.shape[0]))
+            tiles.append(Tile(image, "\n".join(lines)))
+        kind = "image/mask pairs" if with_masks else "samples"
+        target = folder / f"{VIEWS[v]}.png"
+        image_grid(
+            target,
+            tiles,
+            f"{VIEWS[v]}: first {len(idx)} of {len(members)} synthetic {kind} "
+            f"(generator: {', '.join(sorted(adapters))})",
+            cols=cols,
+            legend=MASK_LEGEND if with_masks else (),
+            footnote="caption: seed, row in the cohort and prompt, as its provenance records them",
+        )
+        written.append(target)
     return written
+
+
+def _generator(prov: dict[str, Any]) -> str:
+    """The adapter a sample was drawn with, as its provenance names it."""
+    name = prov.get("adapter")
+    if name:
+        return str(name).removeprefix("<local>/")
+    sha = prov.get("adapter_sha256")
+    return f"adapter sha256 {str(sha)[:12]}" if sha else "no adapter"
+
+
+def _provenance(text: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 
 from fusynth.core.artifacts import REQUEST_FILE, STATS_FILE
 from fusynth.core.errors import UserInputError
-from fusynth.core.io import atomic_write_bytes, check_foreign, write_marker
+from fusynth.core.io import atomic_write_bytes, check_foreign, make_temp_dir, write_marker
 from fusynth.data.schema import FEATURES, save_prepared
 
 T = TypeVar("T")
@@ -177,7 +176,7 @@ class CohortWriter:
         if len(rows) > expected or (stats is None and len(rows) != expected):
             raise RuntimeError(f"shard {k} has {len(rows)} rows, expected {expected}")
         target = self.shard_dir(k)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        tmp = make_temp_dir(f".{target.name}.tmp-", target.parent)
         try:
             columns = {
                 k: [r[k] for r in rows] for k in FEATURES
@@ -217,7 +216,7 @@ class CohortWriter:
                 "adapter longer"
             )
         train = datasets.concatenate_datasets(parts)
-        tmp = Path(tempfile.mkdtemp(prefix=".final.tmp-", dir=self.out))
+        tmp = make_temp_dir(".final.tmp-", self.out)
         save_prepared(datasets.DatasetDict({"train": train}), tmp)
         del parts, train
         # train/ first, dataset_dict.json last: its presence marks the cohort complete.

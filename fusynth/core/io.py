@@ -16,6 +16,42 @@ from fusynth.core.artifacts import CHECKPOINT_STATE, LEGACY_MARKERS, MARKER_FILE
 from fusynth.core.errors import UserInputError
 
 
+def current_umask() -> int:
+    """The process's umask: from ``/proc/self/status`` where the kernel says it (no
+    change to process state, so safe beside other threads), else by setting it and
+    putting it back at once."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path: str | os.PathLike, folder: bool | None = None) -> None:
+    """Give a temporary file or folder the mode a plain ``open``/``mkdir`` would have.
+
+    ``tempfile.mkstemp`` and ``mkdtemp`` create 0600 files and 0700 folders whatever the
+    umask; once such a path becomes an output, colleagues sharing a server could not
+    read it. This sets 0666 (files) or 0777 (folders) less the user's umask.
+
+    Args:
+        path: the file or folder.
+        folder: whether it is a folder (default: look).
+    """
+    folder = os.path.isdir(path) if folder is None else folder
+    os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
+
+
+def make_temp_dir(prefix: str, parent: str | os.PathLike) -> Path:
+    """``tempfile.mkdtemp`` in ``parent``, with the user's umask honoured (see
+    :func:`honour_umask`): the folder is renamed into place as an output."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    honour_umask(tmp, folder=True)
+    return tmp
+
+
 def write_marker(folder: str | os.PathLike, kind: str) -> None:
     """Mark ``folder`` as a fusynth output of ``kind`` (:data:`MARKER_FILE`)."""
     from fusynth import __version__
@@ -102,7 +138,7 @@ def atomic_dir(
     out = check_output_dir(out, overwrite)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        tmp = make_temp_dir(f".{out.name}.tmp-", out.parent)
     except OSError as exc:
         raise unwritable(out, exc) from exc
     try:
@@ -120,12 +156,15 @@ def atomic_dir(
         raise
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = None) -> Path:
     """Write a file via a temporary sibling and ``os.replace``.
 
     Args:
         path: destination file.
         data: its content.
+        mode: the file's permission bits; by default 0666 less the user's umask, as a
+            plain ``open`` would give (a private file passes 0o600: it is never readable
+            by others, not even for a moment).
 
     Returns:
         ``path`` as a Path.
@@ -134,6 +173,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~current_umask() if mode is None else mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)

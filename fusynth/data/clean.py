@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from fusynth.core.errors import UserInputError
 
@@ -346,35 +346,49 @@ def _png(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def montage_png(
-    pairs: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], tile: int = 192
-) -> bytes:
-    """Before / mask / after, one row per image, each tile labelled.
+def write_montage(
+    path: Path, pairs: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], tile: int = 192
+) -> list[str]:
+    """Before / mask / after, one row per image, each tile captioned, with a legend for
+    the mask's colours.
 
     Args:
-        pairs: ``(name, before gray, mask, after)`` per row.
+        path: the PNG to write.
+        pairs: ``(name, before gray, mask, after)`` per row (at least one).
         tile: tile side in px.
+
+    Returns:
+        The figure's labels (see :func:`fusynth.core.gallery.image_grid`).
     """
-    pad, label_h = 4, 14
-    width = 3 * (tile + pad) + pad
-    height = len(pairs) * (tile + label_h + pad) + pad + label_h
-    sheet = Image.new("RGB", (width, height), (24, 24, 24))
-    draw = ImageDraw.Draw(sheet)
-    for c, title in enumerate(("before", "overlay mask (red: inpainted)", "after")):
-        draw.text((pad + c * (tile + pad), 1), title, fill=(255, 255, 255))
-    for r, (name, before, mask, after) in enumerate(pairs):
-        y = label_h + pad + r * (tile + label_h + pad)
-        draw.text((pad, y), name[:60], fill=(200, 200, 200))
+    from fusynth.core.gallery import Tile, image_grid
+
+    def square(arr: np.ndarray) -> np.ndarray:
+        im = Image.fromarray(arr)
+        im.thumbnail((tile, tile))
+        canvas = Image.new(im.mode, (tile, tile))
+        canvas.paste(im, ((tile - im.width) // 2, (tile - im.height) // 2))
+        return np.asarray(canvas)
+
+    tiles = []
+    for name, before, mask, after in pairs:
         overlay = np.stack([before] * 3, axis=-1).copy()
         overlay[mask == MASK_OUTSIDE] = (overlay[mask == MASK_OUTSIDE] * 0.4).astype(np.uint8)
         overlay[mask == MASK_MARK] = (255, 0, 0)
-        for c, arr in enumerate((np.stack([before] * 3, -1), overlay, np.stack([after] * 3, -1))):
-            im = Image.fromarray(arr)
-            im.thumbnail((tile, tile))
-            sheet.paste(im, (pad + c * (tile + pad), y + label_h))
-    buf = io.BytesIO()
-    sheet.save(buf, format="PNG")
-    return buf.getvalue()
+        n_marks = int((mask == MASK_MARK).sum())
+        tiles += [
+            Tile(square(before), f"{name}\nbefore"),
+            Tile(square(overlay), f"mask: {n_marks} px inpainted"),
+            Tile(square(after), "after (cleaned, cropped)"),
+        ]
+    return image_grid(
+        path,
+        tiles,
+        f"Overlay removal: the {len(pairs)} image(s) with the most marked pixels",
+        cols=3,
+        legend=[("inpainted (calipers, text)", "#ff0000"), ("outside the sector", "#333333")],
+        footnote="one row per image: before | what was found | after",
+        tile_px=tile,
+    )
 
 
 def clean_folder(
@@ -440,7 +454,8 @@ def clean_folder(
             shown.append((result.mark_pixels, rel.as_posix(), gray, result.mask, after))
             shown = sorted(shown, key=lambda s: -s[0])[:n_montage]
         summary = _summary(rows, options)
-        (tmp / "montage.png").write_bytes(montage_png([s[1:] for s in shown]))
+        if shown:
+            write_montage(tmp / "montage.png", [s[1:] for s in shown])
         (tmp / "clean_summary.json").write_text(
             json.dumps({**summary, "images": rows}, indent=2) + "\n"
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -12,13 +13,14 @@ from typing import Any
 
 import datasets
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from fusynth.core.io import atomic_write_bytes
 from fusynth.data.geometry import mask_outline
 from fusynth.data.images import decode_image
 from fusynth.data.schema import VIEWS, load_prepared
 from fusynth.data.splits import subjects_in_several_splits
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,6 +40,7 @@ class Summary:
     pixel_spacing_known: int
     head_circumference_known: int
     leaks: dict[str, list[str]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -78,6 +81,7 @@ class Summary:
             )
         else:
             lines.append("no subject appears in two splits")
+        lines += [f"WARNING: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -100,7 +104,7 @@ def summarize(dsd: datasets.DatasetDict, path: str | os.PathLike = "") -> Summar
     all_subjects, all_splits = [], []
     coverage: list[float] = []
     labels: set[int] = set()
-    synthetic = spacing = hc = n_mask = 0
+    synthetic = spacing = hc = n_mask = real_total = per_file = 0
     for split, ds in dsd.items():
         splits[split] = len(ds)
         meta = ds.select_columns(
@@ -112,6 +116,7 @@ def summarize(dsd: datasets.DatasetDict, path: str | os.PathLike = "") -> Summar
                 "synthetic",
                 "pixel_spacing_mm",
                 "head_circumference_mm",
+                "provenance",
             ]
         ).to_dict()
         views[split] = dict(sorted(Counter(VIEWS[v] for v in meta["view"]).items()))
@@ -123,6 +128,12 @@ def summarize(dsd: datasets.DatasetDict, path: str | os.PathLike = "") -> Summar
         hc += sum(v is not None for v in meta["head_circumference_mm"])
         all_subjects += meta["subject_id"]
         all_splits += [split] * len(ds)
+        for sid, syn, prov in zip(
+            meta["subject_id"], meta["synthetic"], meta["provenance"], strict=True
+        ):
+            if not syn:
+                real_total += 1
+                per_file += _source_stem(prov) == sid
         undecoded = ds.cast_column("image", datasets.Image(decode=False)).cast_column(
             "mask", datasets.Image(decode=False)
         )
@@ -155,6 +166,28 @@ def summarize(dsd: datasets.DatasetDict, path: str | os.PathLike = "") -> Summar
         pixel_spacing_known=spacing,
         head_circumference_known=hc,
         leaks=dict(subjects_in_several_splits(all_subjects, all_splits)),
+        warnings=[w for w in [per_file_subjects(real_total, per_file)] if w],
+    )
+
+
+def _source_stem(provenance: str | None) -> str | None:
+    """The file name (no suffix) a real sample was read from, when its provenance says."""
+    try:
+        source = json.loads(provenance or "{}").get("source")
+    except (ValueError, AttributeError):
+        return None
+    return Path(source).stem if isinstance(source, str) and source else None
+
+
+def per_file_subjects(n_real: int, n_per_file: int) -> str | None:
+    """The warning for a dataset whose every real image is its own subject (its
+    ``subject_id`` is its file name): prepared without ``--subject_regex``."""
+    if n_real < 2 or n_per_file < n_real:
+        return None
+    return (
+        f"each of the {n_real} real images is its own subject (subject_id = file name): "
+        "if a patient has several images, they may sit in different splits and scores "
+        "will be optimistic; re-prepare with --subject_regex to group files by patient"
     )
 
 
@@ -174,10 +207,19 @@ def overlay(image: np.ndarray, mask: np.ndarray | None, size: int) -> Image.Imag
     return canvas.resize((size, size), Image.Resampling.BILINEAR)
 
 
+#: What the colours of :func:`overlay` mean, for a figure's legend.
+MASK_LEGEND = (("mask (filled, translucent red)", "#ff0000"), ("mask outline", "#ffff00"))
+
+
 def montage(
-    dsd: datasets.DatasetDict, out: str | os.PathLike, per_view: int = 4, thumb: int = 128
+    dsd: datasets.DatasetDict,
+    out: str | os.PathLike,
+    per_view: int = 4,
+    thumb: int = 180,
+    name: str = "dataset",
 ) -> Path:
-    """Write a PNG grid: one row per view, ``per_view`` samples each, with mask overlays.
+    """Write a labelled PNG grid: one row per view, ``per_view`` samples each, with mask
+    overlays; each tile captioned with its view, split and subject.
 
     Samples are taken evenly across splits in stored order, so the picture is
     deterministic.
@@ -186,32 +228,53 @@ def montage(
         dsd: a prepared dataset.
         out: the PNG path (written atomically).
         per_view: samples per row.
-        thumb: thumbnail side in pixels.
+        thumb: tile side in pixels.
+        name: the dataset's name, in the title.
 
     Returns:
         ``out`` as a Path.
     """
+    from fusynth.core.gallery import Tile, image_grid
+
     picks: dict[int, list[tuple[str, int]]] = {}
     for split, ds in dsd.items():
         for i, v in enumerate(ds["view"]):
             picks.setdefault(v, []).append((split, i))
-    rows = sorted(picks)
-    label_h = 14
-    grid = Image.new("RGB", (per_view * thumb, max(1, len(rows)) * (thumb + label_h)), (20, 20, 20))
-    draw = ImageDraw.Draw(grid)
-    for r, view in enumerate(rows):
+    tiles: list[Tile] = []
+    any_mask = False
+    for view in sorted(picks):
         items = picks[view]
         step = max(1, len(items) // per_view)
-        for c, (split, i) in enumerate(items[::step][:per_view]):
+        chosen = items[::step][:per_view]
+        for split, i in chosen:
             row = dsd[split][i]
             image = decode_image(row["image"])
             mask = decode_image(row["mask"]) if row["mask"] is not None else None
-            x, y = c * thumb, r * (thumb + label_h)
-            grid.paste(overlay(image, mask, thumb), (x, y + label_h))
-            draw.text((x + 2, y + 1), f"{VIEWS[view]} {split}", fill=(230, 230, 230))
-    buf = io.BytesIO()
-    grid.save(buf, format="PNG")
-    return atomic_write_bytes(out, buf.getvalue())
+            any_mask = any_mask or mask is not None
+            h, w = image.shape
+            caption = f"{VIEWS[view]} · {split}\n{row['subject_id']} ({w}x{h})"
+            tiles.append(Tile(np.asarray(overlay(image, mask, thumb)), caption))
+        # pad the row so every view starts a new row
+        tiles += [Tile(None)] * (per_view - len(chosen))
+    n = sum(len(v) for v in picks.values())
+    if not tiles:
+        raise ValueError("montage: the dataset has no sample")
+    image_grid(
+        out,
+        _drop_blank_tail(tiles),
+        f"{name}: up to {per_view} of {n} samples per view, one row per view",
+        cols=per_view,
+        legend=MASK_LEGEND if any_mask else (),
+        footnote="caption: view · split, subject id (image size in pixels)",
+        tile_px=thumb,
+    )
+    return Path(out)
+
+
+def _drop_blank_tail(tiles: list[Any]) -> list[Any]:
+    while tiles and tiles[-1].image is None:
+        tiles = tiles[:-1]
+    return tiles
 
 
 def inspect_dataset(
@@ -228,5 +291,7 @@ def inspect_dataset(
     """
     dsd = load_prepared(path)
     summary = summarize(dsd, path)
+    for warning in summary.warnings:
+        log.warning(warning)
     target = Path(montage_path) if montage_path else Path(path) / "montage.png"
-    return summary, montage(dsd, target)
+    return summary, montage(dsd, target, name=Path(path).resolve().name)

@@ -144,6 +144,7 @@ def prepare(
     samples = FORMATS[fmt](src, options)
     if not samples:
         raise UserInputError(f"{src}: no samples found for format {fmt!r} (empty dataset)")
+    per_file = per_file_subjects_warning(fmt, options, len(samples))
     splits, notes = assign_splits(
         [s.subject_id for s in samples],
         [s.publisher_split for s in samples],
@@ -164,7 +165,31 @@ def prepare(
         del dsd
     for note in notes:
         log.info(note)
+    if per_file:
+        log.warning(per_file)
+        notes.insert(0, f"WARNING: {per_file}")
     return PrepareResult(out=out, counts=counts, notes=notes)
+
+
+#: Layouts whose subject is the file name unless ``--subject_regex`` says otherwise.
+STEM_SUBJECT_FORMATS = ("imagefolder", "pairs")
+
+
+def per_file_subjects_warning(fmt: str, options: ReaderOptions, n: int) -> str | None:
+    """The small-data trap of a layout without subjects: each file becomes its own
+    subject, so two frames of one patient can fall on both sides of a split.
+
+    Returns:
+        The warning, or None when subjects were given (or there is one file).
+    """
+    if fmt not in STEM_SUBJECT_FORMATS or options.subject_regex is not None or n < 2:
+        return None
+    return (
+        f"--format {fmt} without --subject_regex: each of the {n} files is its own subject, "
+        "so frames of one patient can land in both train and test and scores will be "
+        "optimistic; give --subject_regex (a regular expression whose first group is the "
+        "patient id in the file name, e.g. '^(P\\d+)_') when a patient has several images"
+    )
 
 
 def prepare_dicom(
@@ -192,7 +217,6 @@ def prepare_dicom(
     Returns:
         :class:`fusynth.data.prepare.PrepareResult`; its notes say where the salt is.
     """
-    import os
     import secrets
     from dataclasses import replace
 
@@ -216,8 +240,8 @@ def prepare_dicom(
     options = replace(options, dicom=replace(dopts, subject_salt=salt))
     result = prepare("dicom", src, out, options=options, **kwargs)
     if new_salt is not None:
-        atomic_write_bytes(salt_file, (new_salt + "\n").encode())
-        os.chmod(salt_file, 0o600)
+        # 0600 from the start, whatever the umask: the salt is a secret.
+        atomic_write_bytes(salt_file, (new_salt + "\n").encode(), mode=0o600)
         result.notes.append(
             f"subject salt written to {salt_file}: keep it private and out of anything you "
             "publish; re-preparing into the same OUT reuses it"

@@ -149,6 +149,18 @@ class ControlNetMethod(TrainMethod):
     def resolved(self) -> dict[str, Any]:
         return {"conditioning": self.config.conditioning}
 
+    def validation_captions(self, data: TrainingSet) -> list[str]:
+        """Per training mask: its conditioning picture, then the image drawn from it."""
+        c = self.config
+        k = min(c.num_validation_images, len(data.masks))
+        out = []
+        for i in range(k):
+            out += [
+                f"conditioning: training mask {i + 1}\n({c.conditioning})",
+                f'seed {c.seed + i}\n"{c.validation_prompt[0]}"',
+            ]
+        return out
+
     @property
     def grid_columns(self) -> int:
         return 2  # conditioning picture | generated image

@@ -44,7 +44,6 @@ from fusynth.core.loop import (
     write_config_json,
     write_run_config,
 )
-from fusynth.data.images import save_png, tile_images
 from fusynth.diffusion.base import BaseRef, SDComponents, load_components, resolve_base
 from fusynth.diffusion.config import TrainConfig
 from fusynth.diffusion.dataset import (
@@ -133,6 +132,17 @@ class TrainMethod:
     ) -> list[np.ndarray]:
         """Images generated with the models being trained (no second copy)."""
         raise NotImplementedError
+
+    def validation_captions(self, data: TrainingSet) -> list[str]:
+        """One caption per validation image, in :meth:`validation_images`' order: the
+        prompt and seed it was drawn with (see :func:`run_validation_pipeline`)."""
+        c = self.config
+        n = c.num_validation_images
+        return [
+            f'seed {c.seed + 1000 * p + i}\n"{prompt}"'
+            for p, prompt in enumerate(c.validation_prompt)
+            for i in range(n)
+        ]
 
     def resolved(self) -> dict[str, Any]:
         """Entries the resolved ``config.json`` adds or overrides."""
@@ -392,12 +402,38 @@ def _validate(accelerator, method, comps, modules, data, resolution, output_dir,
         images = method.validation_images(comps, modules, data, resolution)
         for k, m in modules.items():
             m.train(training[k])
-        grid = tile_images(images, cols=method.grid_columns)
-        save_png(output_dir / "validation" / f"step-{step:06d}.png", grid)
+        write_validation_grid(
+            output_dir / "validation" / f"step-{step:06d}.png",
+            images,
+            method.validation_captions(data),
+            method.grid_columns,
+            f"{method.name} validation samples at step {step}",
+        )
         if method.config.report_to == "tensorboard":
             tracker = accelerator.get_tracker("tensorboard", unwrap=True)
             tracker.add_images("validation", np.stack(images), step, dataformats="NHWC")
     accelerator.wait_for_everyone()
+
+
+def write_validation_grid(
+    path: Path, images: list[np.ndarray], captions: list[str], cols: int, title: str
+) -> list[str]:
+    """The validation grid of one step: each image captioned with its prompt and seed.
+
+    Returns:
+        The figure's labels (see :func:`fusynth.core.gallery.image_grid`).
+    """
+    from fusynth.core.gallery import Tile, image_grid
+
+    if len(captions) != len(images):  # a method whose captions do not line up: number them
+        captions = [f"image {i + 1}" for i in range(len(images))]
+    return image_grid(
+        path,
+        [Tile(im, cap) for im, cap in zip(images, captions, strict=True)],
+        title,
+        cols=cols,
+        footnote="drawn with the weights being trained; fixed seeds, so steps compare",
+    )
 
 
 def run_validation_pipeline(

@@ -314,7 +314,7 @@ def evaluate_segmentation(
             cache = EmbeddingCache(embedding_cache, sam, model_type)
         predictions = predict_masks(sam, seg.samples, jitters, rounds, seed, cache)
     shown = 0 if 0 in jitters else jitters[0]
-    examples = _Examples(n_examples)
+    examples = _Examples(n_examples, shown)
     results = []
     total = len(seg.samples) * sum(1 if j == 0 else rounds for j in jitters)
     for pred in tqdm(
@@ -462,42 +462,96 @@ def _write_boxplot(
     from fusynth.core.plots import box_plot
 
     groups = {f"{j} px": per_image_values(results, j, "dice", n) for j in jitters}
-    box_plot(path, groups, title, "Dice (per image)")
+    box_plot(
+        path,
+        groups,
+        f"{title} ({n} images; line: median, triangle: mean)",
+        "Dice (per image)",
+        "box prompt moved by up to" if title.startswith("Dice by box") else None,
+    )
 
 
 # ----------------------------------------------------------------------------- overlays
 
 
-class _Examples:
-    """The ``k`` lowest- and highest-Dice predictions seen, for the overlay figures."""
+#: What the colours of :func:`overlay_tile` mean, for the overlay figures' legend.
+OVERLAY_LEGEND = (
+    ("ground truth", "#00ff00"),
+    ("prediction", "#ff0000"),
+    ("box prompt", "#ffff00"),
+)
 
-    def __init__(self, k: int):
+
+class _Examples:
+    """The ``k`` lowest- and highest-Dice predictions seen, for the overlay figures.
+
+    Best and worst are drawn from different images whenever there are at least two:
+    with fewer than ``2 k`` images each figure shows half of them.
+    """
+
+    def __init__(self, k: int, jitter: int = 0):
         self.k = k
+        self.jitter = jitter
+        self.n = 0
         self.worst: list[tuple[float, Prediction]] = []
         self.best: list[tuple[float, Prediction]] = []
 
     def offer(self, dice: float, pred: Prediction) -> None:
-        """Keep ``pred`` if it is among the ``k`` worst or best so far."""
+        """Keep ``pred`` if it is among the ``k`` worst or ``2 k`` best so far (the
+        extra best ones replace any that are also among the worst)."""
         if self.k == 0:
             return
+        self.n += 1
+        dice = dice if math.isfinite(dice) else -1.0  # no Dice (empty truth) sorts worst
         self.worst = sorted([*self.worst, (dice, pred)], key=lambda t: (t[0], t[1].index))
         del self.worst[self.k :]
         self.best = sorted([*self.best, (dice, pred)], key=lambda t: (-t[0], t[1].index))
-        del self.best[self.k :]
+        del self.best[2 * self.k :]
+
+    def chosen(self) -> tuple[list[tuple[float, Prediction]], list[tuple[float, Prediction]]]:
+        """``(worst, best)``: as many as ``k`` each, no image in both (unless only one
+        image was offered)."""
+        m = min(self.k, self.n // 2) if self.n >= 2 else self.n
+        worst = self.worst[:m]
+        ids = {p.index for _, p in worst}
+        best = [t for t in self.best if t[1].index not in ids][:m] if self.n >= 2 else worst
+        return worst, best
 
     def write(self, folder: Path) -> None:
         """Write ``worst.png`` and ``best.png`` (nothing when ``k`` is 0)."""
-        from fusynth.data.images import save_png, tile_images
+        from fusynth.core.gallery import Tile, image_grid
 
-        for name, chosen in (("worst", self.worst), ("best", self.best)):
-            if chosen:
-                tiles = [overlay_tile(p, dice) for dice, p in chosen]
-                save_png(folder / f"{name}.png", tile_images(tiles, cols=min(4, len(tiles))))
+        worst, best = self.chosen()
+        for name, chosen, what in (
+            ("worst", worst, "Lowest"),
+            ("best", best, "Highest"),
+        ):
+            if not chosen:
+                continue
+            tiles = [
+                Tile(
+                    overlay_tile(p),
+                    f"{p.sample.key}\nDice {d:.3f}" if d >= 0 else f"{p.sample.key}\nno Dice",
+                )
+                for d, p in chosen
+            ]
+            image_grid(
+                folder / f"{name}.png",
+                tiles,
+                f"{what} Dice: {len(chosen)} of {self.n} images, box prompt jittered by "
+                f"{self.jitter} px",
+                cols=min(4, len(tiles)),
+                legend=OVERLAY_LEGEND,
+                legend_kind="line",
+                footnote="outlines of the ground-truth and predicted masks; caption: image, Dice",
+                tile_px=TILE,
+            )
 
 
 def overlay_tile(pred: Prediction, dice: float | None = None, size: int = TILE) -> np.ndarray:
     """The image fitted into a ``size`` square with the ground-truth outline (green), the
-    predicted outline (red) and the box (yellow); the Dice in the corner.
+    predicted outline (red) and the box (yellow); the Dice in the corner when given
+    (the overlay figures caption it instead, see :data:`OVERLAY_LEGEND`).
 
     Returns:
         ``[size, size, 3]`` uint8.

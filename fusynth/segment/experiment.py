@@ -321,6 +321,11 @@ def summarise(config: SegAugmentConfig, records: list[dict[str, Any]]) -> list[d
                     "n_real": k,
                     "n_synthetic": m,
                     "repeats": len(cell),
+                    # Beside every Dice: how many test images it rests on, and how many
+                    # predictions (all repeats) were empty (Dice 0, no distance).
+                    "n_test": max((c["n_images"] for c in cell), default=0),
+                    "predictions": sum(c["n_images"] for c in cell),
+                    "empty_predictions": sum(c["empty_predictions"] for c in cell),
                 }
                 for metric in TABLE_METRICS:
                     row[f"{metric}_mean"], row[f"{metric}_sd"] = mean_sd([c[metric] for c in cell])
@@ -333,13 +338,17 @@ def _markdown(config: SegAugmentConfig, table: list[dict[str, Any]]) -> str:
     digits = {"dice": 3}
     lines = [
         f"Segmenter: {config.segmenter_label}. Mean ± sd over {config.repeats} repeat(s); "
-        "metrics at native resolution.",
+        "metrics at native resolution. An empty prediction scores Dice 0 and has no "
+        "distance: many of them pull the Dice down and leave the distances to the rest.",
         "",
-        "| test set | real | synthetic | " + " | ".join(shown) + " |",
-        "|---|---:|---:|" + "---:|" * len(shown),
+        "| test set | real | synthetic | "
+        + " | ".join(shown)
+        + " | test images | empty predictions |",
+        "|---|---:|---:|" + "---:|" * (len(shown) + 2),
     ]
     for r in table:
         cells = [mean_sd_text(r[f"{m}_mean"], r[f"{m}_sd"], digits.get(m, 1)) for m in shown]
+        cells += [str(r["n_test"]), f"{r['empty_predictions']} of {r['predictions']}"]
         lines.append(
             f"| {r['test']} | {r['n_real']} | {r['n_synthetic']} | " + " | ".join(cells) + " |"
         )
@@ -365,13 +374,17 @@ def seg_augment(config: SegAugmentConfig) -> dict[str, Any]:
     table = summarise(config, records)
     atomic_write_bytes(out / "table.csv", csv_bytes(table))
     atomic_write_bytes(out / "table.md", _markdown(config, table).encode())
-    series = {}
+    series, notes = {}, {}
     for spec in config.test:
         name = spec_label(spec)
         for m in config.n_synthetic:
             rows = [r for r in table if r["test"] == name and r["n_synthetic"] == m]
-            label = f"{name}, {'real only' if m == 0 else f'+{m} synthetic'}"
+            n_test = max((r["n_test"] for r in rows), default=0)
+            label = f"{name} ({n_test} images), {'real only' if m == 0 else f'+{m} synthetic'}"
             series[label] = ([r["dice_mean"] for r in rows], [r["dice_sd"] for r in rows])
+            notes[label] = [
+                f"{r['empty_predictions']} empty" if r["empty_predictions"] else "" for r in rows
+            ]
     line_chart(
         out / "dice_vs_real.png",
         config.n_real,
@@ -379,6 +392,8 @@ def seg_augment(config: SegAugmentConfig) -> dict[str, Any]:
         title=f"{config.segmenter_label}: Dice against real training images, "
         "with and without synthetic pairs",
         xlabel="real training images",
-        ylabel="Dice (mean ± sd over repeats)",
+        ylabel=f"Dice (mean ± sd over {config.repeats} repeat(s))",
+        point_notes=notes,
+        footnote="'N empty': predictions with no foreground, over all repeats (Dice 0)",
     )
     return {"table": table, "out": out}

@@ -47,6 +47,7 @@ from fusynth.core.loop import (
     write_config_json,
     write_run_config,
 )
+from fusynth.core.traps import emit, small_validation
 from fusynth.data.schema import with_default_split
 from fusynth.segment.cache import EmbeddingCache, default_cache_root
 from fusynth.segment.data import (
@@ -211,6 +212,16 @@ def choose_training_data(config: SamFinetuneConfig, size: int) -> SamTrainingDat
         "num_synthetic": len(synthetic),
         "num_validation": len(validation),
         "skipped_empty_masks": real_set.skipped_empty,
+        "warnings": emit(
+            log,
+            [
+                small_validation(
+                    len(validation),
+                    val_spec,
+                    "its Dice is the one the card reports and runs are compared on",
+                )
+            ],
+        ),
     }
     return SamTrainingData(
         inputs=[sam_input(_frame(s, config, size), size) for s in samples],

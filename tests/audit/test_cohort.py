@@ -26,6 +26,7 @@ from fusynth.audit.cohort import (
 )
 from fusynth.cli.audit import add_audit_cohort_parser
 from fusynth.core.errors import UserInputError
+from fusynth.core.style import png_text
 from fusynth.data.schema import VIEWS
 from fusynth.data.transforms import square_resize
 from fusynth.data.views import load_view_set
@@ -203,7 +204,13 @@ def test_audit_flags_copies_and_not_noise(copies_cohort, phantom_prepared, capsy
 
     with Image.open(report / MONTAGE_FILE) as im:
         im.load()
-        assert im.size == (256, 3 * (128 + 14))
+        # Two tiles of at least 180 px a row, one row per pair.
+        assert im.width >= 2 * 180 and im.height >= 3 * 180
+    text = png_text(report / MONTAGE_FILE)
+    assert "nearest training image" in text["Title"]
+    for entry in ("flagged: SSIM >= 0.9 or cosine >= 0.95", "not flagged", "SSIM 1.000"):
+        assert entry in text["Description"]
+    assert copies[0]["synthetic"] in text["Description"]  # each pair names its sample
     assert [p["synthetic"] for p in memo["closest_pairs"]] == [r["synthetic"] for r in copies[:3]]
 
     first = [(report / name).read_bytes() for name in (AUDIT_FILE, MEMORIZATION_FILE)]

@@ -242,9 +242,24 @@ def test_evaluate_clustering_with_pixels_writes_every_file(
     scan4 = Counter(int(r["scan_k4"]) for r in rows)
     montages = sorted((out / "montages").glob("cluster-*.png"))
     assert [p.name for p in montages] == [f"cluster-{c:02d}.png" for c in sorted(scan4)]
+    from fusynth.core.style import png_text
+
     for p in montages:
         w, h = _decodes(p)
-        assert w <= 4 * 64 and h <= 4 * 64
+        assert w >= 2 * 180 and h >= 180  # tiles shown large enough to read
+        cluster = int(p.stem.split("-")[1])
+        entry = metrics["clusterings"]["scan_k4"]["clusters"][cluster]
+        text = png_text(p)
+        # The title names the cluster, its size and its majority view with its purity.
+        assert text["Title"].startswith(f"scan_k4, cluster {cluster}: {entry['size']} images")
+        views = entry["views"]
+        top = max(views.values())
+        assert f"purity {top / entry['size']:.0%}" in text["Title"]
+        assert any(f"majority view {v}" in text["Title"] for v, n in views.items() if n == top)
+        # What the frame colours mean, and what each tile is.
+        assert "frame: " in text["Description"] and (
+            " · real" in text["Description"] or " · synthetic" in text["Description"]
+        )
     assert len(list((out / "montages" / "overcluster").glob("cluster-*.png"))) >= 1
     assert _decodes(out / "embedding_2d.png")[0] > 500
 

@@ -74,6 +74,12 @@ def test_controlnet_pairs_from_real_masks(tiny_controlnet, phantom_prepared, tmp
             prov["head_circumference_px"] * spacing, rel=1e-4
         )
     assert (out / "previews" / "head.png").is_file()
+    from fusynth.core.style import png_text
+
+    text = png_text(out / "previews" / "head.png")
+    assert "synthetic image/mask pairs" in text["Title"]
+    assert f"mask: {phantom_prepared.name}:train" in text["Description"]  # where masks came from
+    assert "mask outline" in text["Description"]  # the overlay's colours are explained
 
 
 def test_controlnet_pairs_from_sampled_ellipses(tiny_controlnet, tmp_path):

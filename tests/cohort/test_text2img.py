@@ -93,6 +93,14 @@ def test_cohort_has_the_schema_counts_and_provenance(cohort, tiny_lora):
     assert (cohort / "previews" / "head.png").is_file() and (
         cohort / "previews" / "femur.png"
     ).is_file()
+    # Each preview says what it shows: view and counts, then each tile's seed and prompt.
+    from fusynth.core.style import png_text
+
+    heads = [i for i, row in enumerate(ds) if VIEWS[row["view"]] == "head"]
+    text = png_text(cohort / "previews" / "head.png")
+    assert text["Title"].startswith(f"head: first {min(16, len(heads))} of {len(heads)} synthetic")
+    first = json.loads(ds[heads[0]]["provenance"])
+    assert f'seed {first["seed"]} row {heads[0]} "{first["prompt"]}"' in text["Description"]
     assert not (cohort / "shards").exists()
 
 

@@ -62,3 +62,31 @@ def test_line_chart_refuses_mismatched_lengths(tmp_path):
     with pytest.raises(ValueError, match="'a'"):
         line_chart(tmp_path / "l.png", [1, 2], {"a": ([1.0], [0.1])}, "t", "x", "y")
     assert not (tmp_path / "l.png").exists()
+
+
+def test_figures_carry_their_labels(tmp_path):
+    from fusynth.core.style import png_text
+
+    matrix = [[3, 1], [2, 5]]
+    text = png_text(confusion_png(tmp_path / "c.png", matrix, ["head", "femur"], "Views, test"))
+    assert text["Title"] == "Views, test"
+    for label in ("predicted view", "true view (images)", "share of the true view"):
+        assert label in text["Description"].splitlines()
+    chart = line_chart(
+        tmp_path / "l.png",
+        [2, 4],
+        {"real only": ([0.5, 0.6], [0.1, 0.1]), "+4 synthetic": ([0.55, 0.7], [0.1, 0.1])},
+        "Dice against real images",
+        "real training images",
+        "Dice",
+        point_notes={"real only": ["", "2 empty"]},
+        footnote="'N empty': predictions with no foreground",
+    )
+    lines = png_text(chart)["Description"].splitlines()
+    assert {"real only", "+4 synthetic", "real training images", "Dice"} <= set(lines)
+    assert "'N empty': predictions with no foreground" in lines
+
+
+def test_line_chart_notes_must_match_x(tmp_path):
+    with pytest.raises(ValueError, match="1 notes for 2 x values"):
+        line_chart(tmp_path / "l.png", [1, 2], {"a": ([1, 2], [0, 0])}, "t", "x", "y", {"a": ["x"]})

@@ -139,6 +139,12 @@ def test_data_clean_writes_images_masks_montage_and_summary(tmp_path, capsys):
     with Image.open(out / "montage.png") as im:
         im.load()
         assert im.size[0] > 3 * 192 and im.size[1] > 2 * 192  # two rows, three columns
+    from fusynth.core.style import png_text
+
+    text = png_text(out / "montage.png")
+    assert text["Title"] == "Overlay removal: the 2 image(s) with the most marked pixels"
+    assert "inpainted (calipers, text)" in text["Description"]
+    assert "a.png before" in text["Description"]  # each row names its file
     summary = json.loads((out / "clean_summary.json").read_text())
     assert summary["n_images"] == 3 and summary["images_with_marks"] == 2
     flags = {r["file"]: r["marks_found"] for r in summary["images"]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -333,7 +334,14 @@ def test_salted_subjects_give_patient_level_splits_and_a_private_salt(tmp_path):
         for k in range(2):
             write_dicom(src / f"p{i}_{k}.dcm", noise(30 + 2 * i + k, 16, 16), patient_id=pid)
     out = tmp_path / "out"
-    assert prepare(src, out, "--view", "brain") == 0
+    old_umask = os.umask(0o022)
+    try:
+        assert prepare(src, out, "--view", "brain") == 0
+    finally:
+        os.umask(old_umask)
+    # The dataset follows the umask (readable by colleagues); the salt stays private.
+    assert stat.S_IMODE((out / "dataset_dict.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
     found = _subject_split(out)
     assert len(found) == len(PATIENT_IDS)  # two files of one patient: one subject
     assert all(len(splits) == 1 for splits in found.values())  # never across splits

@@ -71,6 +71,11 @@ def test_controlnet_output_loads_with_stock_diffusers(tiny_base, phantom_prepare
     config = json.loads((out / "config.json").read_text())
     assert config["method"] == "controlnet" and config["conditioning"] == "distance"
     assert (out / "validation" / "step-000002.png").is_file()
+    from fusynth.core.style import png_text
+
+    captions = png_text(out / "validation" / "step-000002.png")["Description"]
+    assert "conditioning: training mask 1 (distance)" in captions
+    assert 'seed 1 "an ultrasound image of the fetal head"' in captions
     card = (out / "README.md").read_text()
     assert "signed distance" in card and "Not for clinical use" in card
     controlnet = ControlNetModel.from_pretrained(str(out), subfolder="controlnet")

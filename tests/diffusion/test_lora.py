@@ -113,6 +113,21 @@ def test_output_folder_layout(trained):
     assert meta["unet.lora_alpha"] == 8.0 and meta["unet.r"] == 4
 
 
+def test_validation_grid_says_prompt_seed_and_step(trained):
+    from PIL import Image
+
+    from fusynth.core.style import png_text
+
+    grid = trained / "validation" / "step-000004.png"
+    with Image.open(grid) as im:
+        assert im.width >= 2 * 180 and im.height >= 180  # 32-px samples shown enlarged
+    text = png_text(grid)
+    assert text["Title"] == "lora validation samples at step 4"
+    # Two images of the one prompt, seeds 0 and 1 (seed + 1000 * prompt + image).
+    assert 'seed 0 "an ultrasound image of the fetal head"' in text["Description"]
+    assert 'seed 1 "an ultrasound image of the fetal head"' in text["Description"]
+
+
 def test_adapter_loads_with_stock_diffusers_and_peft(trained, tiny_base):
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from peft import PeftModel

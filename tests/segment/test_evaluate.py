@@ -106,7 +106,7 @@ def test_report_files_and_one_row_per_prediction(report, samples):
             im.load()
             assert im.width >= 200 and im.height >= 200
     with Image.open(out / "overlays/worst.png") as im:
-        assert im.size == (4 * 256, 256)
+        assert im.width >= 4 * 256 and im.height >= 256  # four 256-px tiles, captioned
     assert json.loads((out / "summary.json").read_text()) == summary
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp left
 

@@ -71,6 +71,27 @@ def test_experiment_writes_every_cell_a_table_and_a_chart(real, synthetic, tmp_p
     assert float(row["dice_sd"]) == pytest.approx(np.std(cell, ddof=1))
     with Image.open(out / "dice_vs_real.png") as im:
         assert im.size[0] > 300
+    # Beside every Dice: the test images it rests on and the empty predictions.
+    assert {(t["n_test"], t["predictions"]) for t in table} == {("3", "6")}
+    empty = {(t["n_real"], t["n_synthetic"]): int(t["empty_predictions"]) for t in table}
+    for (k, m), n in empty.items():
+        assert n == sum(
+            int(
+                json.loads((out / "cells" / f"k{k}-m{m}-r{r}" / "cell.json").read_text())[
+                    "metrics"
+                ]["real:test"]["empty_predictions"]
+            )
+            for r in (0, 1)
+        )
+    md = (out / "table.md").read_text()
+    assert "| test images | empty predictions |" in md
+    assert f"| 3 | {empty[('4', '4')]} of 6 |" in md
+    from fusynth.core.style import png_text
+
+    chart = png_text(out / "dice_vs_real.png")
+    assert "real:test (3 images), real only" in chart["Description"]
+    assert "real:test (3 images), +4 synthetic" in chart["Description"]
+    assert "empty" in chart["Description"]  # how to read the per-point notes
     # Each cell's model config shows what it trained on; the weights are gone by default.
     cfg = json.loads((out / "cells" / "k4-m4-r1" / "model" / "config.json").read_text())
     assert (cfg["num_real"], cfg["num_synthetic"], cfg["seed"]) == (4, 4, 1)
