@@ -15,6 +15,32 @@ from fusynth.cli.args import (
     report_experiment,
 )
 
+#: Flags of the arms and protocols (fusynth.core.protocols), read when given.
+PROTOCOL_KEYS = ("arms", "protocol", "pretrain_steps", "classical_copies", "n_boot")
+
+
+def add_protocol_flags(p: argparse.ArgumentParser) -> None:
+    """``--arms``, ``--protocol``, ``--pretrain_steps``, ``--classical_copies``, ``--n_boot``."""
+    from fusynth.core.protocols import ARMS, PROTOCOLS
+
+    p.add_argument(
+        "--arms",
+        help=f"comma-separated arms among {','.join(ARMS)} (real, and real+synthetic with "
+        "synthetic counts); real-only is always run",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        help="how synthetic arms use the cohort: mix, pretrain-finetune, synthetic-only (mix)",
+    )
+    p.add_argument(
+        "--pretrain_steps",
+        type=int,
+        help="pretrain-finetune: steps on synthetic data, out of --max_train_steps",
+    )
+    p.add_argument("--classical_copies", type=int, help="classical augmented copies per image (4)")
+    p.add_argument("--n_boot", type=int, help="bootstrap resamples of the paired tests (1000)")
+
 
 def _experiment_seg_augment(args: argparse.Namespace) -> int:
     from fusynth.cli.recipe import quiet_libraries
@@ -24,9 +50,9 @@ def _experiment_seg_augment(args: argparse.Namespace) -> int:
     config = SegAugmentConfig(
         n_real=parse_int_list(args.n_real, "--n_real"),
         n_synthetic=parse_int_list(args.n_synthetic, "--n_synthetic"),
-        **experiment_kwargs(args, FINETUNE_KEYS),
+        **experiment_kwargs(args, FINETUNE_KEYS + PROTOCOL_KEYS),
     )
-    return report_experiment(seg_augment(config), "results, table and chart")
+    return report_experiment(seg_augment(config), "results, tables and charts")
 
 
 def _experiment_cls_augment(args: argparse.Namespace) -> int:
@@ -39,7 +65,7 @@ def _experiment_cls_augment(args: argparse.Namespace) -> int:
         backbones=comma_list(args.backbones),
         n_synthetic_per_view=parse_int_list(args.n_synthetic_per_view, "--n_synthetic_per_view"),
         views=parse_view_list(args.views, "--views"),
-        **experiment_kwargs(args, TRAIN_KEYS),
+        **experiment_kwargs(args, TRAIN_KEYS + PROTOCOL_KEYS),
     )
     return report_experiment(cls_augment(config), "results and tables")
 
@@ -71,6 +97,7 @@ def add_commands(groups: Any) -> None:
     p.add_argument("--learning_rate", type=float, help="(1e-4 with --checkpoint, else 1e-3)")
     p.add_argument("--mixed_precision", help="no, fp16 or bf16 (accelerate's setting, else no)")
     p.add_argument("--embedding_cache", help="image embedding cache folder")
+    add_protocol_flags(p)
     p.set_defaults(func=_experiment_seg_augment)
     p = exp_cmds.add_parser(
         "cls-augment", help="view classifiers, real-only against real + synthetic, per backbone"
@@ -101,6 +128,7 @@ def add_commands(groups: Any) -> None:
         help="train without augmentation",
     )
     p.add_argument("--mixed_precision", help="no, fp16 or bf16 (accelerate's setting, else no)")
+    add_protocol_flags(p)
     p.set_defaults(func=_experiment_cls_augment)
     add_experiment_clip_augment_parser(exp_cmds, add_experiment_flags)
 

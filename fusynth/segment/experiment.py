@@ -1,19 +1,27 @@
 """The augmentation experiment: what do synthetic pairs add to a few real images?
 
-For every number of real training images K, number of synthetic pairs M and repeat r,
-fine-tune SAM on K real images (chosen by subject with seed ``seed + r``) plus M
-synthetic pairs, then evaluate it on each test set at native resolution. Both arms of a
-repeat (M = 0 and M > 0) use the same seed, hence the same real images, the same data
-order for the real part and the same box jitter. Validation is the real folder's
-validation split; test sets must share no subject with the real training pool.
+For every arm, number of real training images K, number of synthetic pairs M and
+repeat r, fine-tune SAM on K real images (chosen by subject with seed ``seed + r``) plus
+what the arm adds (``--arms``: classical copies, M synthetic pairs, both; the real-only
+arm is always there), used as ``--protocol`` says (mix, pretrain-finetune,
+synthetic-only: :mod:`fusynth.core.protocols`), then evaluate it on each test set at
+native resolution. All arms of a repeat use the same seed, hence the same real images,
+the same synthetic pairs and the same box jitter; so each arm is compared with real-only
+image by image (paired difference, subject-bootstrap interval, sign-flip p-value).
+Validation is the real folder's validation split; test sets must share no subject with
+the real training pool.
 
 Layout of ``OUT``::
 
     experiment.json          the request; a different one is refused
     cells/k5-m500-r0/        one cell: model/ (card, config, log) and eval-<test>/
-    results.csv              one row per cell and test set
-    table.csv, table.md      mean ± sd over repeats
-    dice_vs_real.png         Dice against real training images, with and without synthetic
+                             (classical arms add -classical, other protocols -<protocol>)
+    results.csv              one row per cell and test set (protocol and arm columns)
+    table.csv, table.md      mean ± sd over repeats, and the paired differences
+    differences.csv          each arm - real-only per test set, K and M: difference,
+                             95% CI, p-value, whether the CI crosses zero
+    dice_vs_real.png         Dice against real training images, per arm
+    dice_difference.png      Dice difference to real-only, with its interval
 
 A cell is done once its ``cell.json`` exists, so an interrupted experiment reruns only
 what is missing (a cell stopped mid-training resumes from its last checkpoint).
@@ -26,6 +34,7 @@ import dataclasses
 import json
 import logging
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +49,17 @@ from fusynth.core.experiment import (
     result_rows,
 )
 from fusynth.core.io import atomic_write_bytes
+from fusynth.core.protocols import (
+    REAL,
+    Arm,
+    arm_protocol,
+    cell_suffix,
+    check_protocol,
+    difference_chart,
+    markdown_rows,
+    paired_rows,
+    parse_arms,
+)
 from fusynth.core.stats import mean_sd
 from fusynth.data.schema import parse_data_spec, spec_label, with_default_split
 
@@ -49,6 +69,8 @@ log = logging.getLogger(__name__)
 CELL_METRICS = ("dice", "iou", "hd95_px", "assd_px", "hd95_mm", "assd_mm", "hc_abs_error_mm")
 #: Metrics in the table (mean ± sd over repeats).
 TABLE_METRICS = ("dice", "hd95_px", "hd95_mm", "hc_abs_error_mm")
+#: Per-image metrics compared with real-only, pairwise.
+PAIRED_METRICS = ("dice", "hc_abs_error_mm")
 #: Settings passed through to every cell's fine-tuning.
 FINETUNE_KEYS = (
     "model_type",
@@ -90,6 +112,11 @@ class SegAugmentConfig:
     learning_rate: float | None = None
     mixed_precision: str | None = None  # None: accelerate launch's, else "no"
     embedding_cache: str | None = None
+    arms: list[str] | None = None  # None: real, and real+synthetic with counts above 0
+    protocol: str = "mix"
+    pretrain_steps: int | None = None
+    classical_copies: int = 4
+    n_boot: int = 1000
     keep_models: bool = False
     overwrite: bool = False
 
@@ -106,18 +133,41 @@ class SegAugmentConfig:
             raise UserInputError("--test: give at least one test set DIR[:split]")
         self.n_real = sorted(set(self.n_real))
         self.n_synthetic = sorted(set(self.n_synthetic))
+        self.arms = parse_arms(self.arms, any(self.n_synthetic))
+        check_protocol(self.protocol, self.max_train_steps, self.pretrain_steps)
+        if self.classical_copies < 1:
+            raise UserInputError(
+                f"--classical_copies: must be at least 1, got {self.classical_copies}"
+            )
+        if self.n_boot < 1:
+            raise UserInputError(f"--n_boot: must be at least 1, got {self.n_boot}")
 
     def request(self) -> dict[str, Any]:
         """What determines the results (not where they go or whether to keep models)."""
+        from fusynth.data.augment import CLASSICAL
+
         d = dataclasses.asdict(self)
         for k in ("out", "keep_models", "overwrite", "embedding_cache"):
             d.pop(k)
+        if any(Arm(a).classical for a in self.arms):
+            d["classical"] = CLASSICAL.describe()  # the pipeline, recorded with the results
         return d
 
+    def cells(self) -> list[tuple[str, int, int, int]]:
+        """``(arm, K, M, repeat)`` of every cell; M is 0 for arms without synthetic data."""
+        ms = [m for m in self.n_synthetic if m > 0]
+        return [
+            (arm, k, m, r)
+            for r in range(self.repeats)
+            for k in self.n_real
+            for arm in self.arms
+            for m in (ms if Arm(arm).synthetic else [0])
+        ]
 
-def cell_name(k: int, m: int, r: int) -> str:
+
+def cell_name(k: int, m: int, r: int, arm: str = REAL, protocol: str = "mix") -> str:
     """Folder name of one cell."""
-    return f"k{k}-m{m}-r{r}"
+    return f"k{k}-m{m}{cell_suffix(arm, protocol)}-r{r}"
 
 
 def _check_inputs(config: SegAugmentConfig) -> None:
@@ -157,29 +207,34 @@ def _cell_metrics(per_image_csv: Path) -> dict[str, float]:
     return out
 
 
-def run_cell(config: SegAugmentConfig, out: Path, k: int, m: int, r: int) -> dict[str, Any]:
+def run_cell(
+    config: SegAugmentConfig, out: Path, k: int, m: int, r: int, arm: str = REAL
+) -> dict[str, Any]:
     """Train and evaluate one cell (or read it back when done)."""
     return cell(
-        out / "cells" / cell_name(k, m, r), lambda folder: _train_and_test(config, folder, k, m, r)
+        out / "cells" / cell_name(k, m, r, arm, config.protocol),
+        lambda folder: _train_and_test(config, folder, k, m, r, arm),
     )
 
 
-def _train_and_test(
-    config: SegAugmentConfig, folder: Path, k: int, m: int, r: int
-) -> dict[str, Any]:
+def _finetune_config(config: SegAugmentConfig, folder: Path, stage: Any, r: int) -> Any:
+    """The ``SamFinetuneConfig`` of one training stage of a cell."""
     from fusynth.core.loop import list_checkpoints
-    from fusynth.segment.evaluate import evaluate_segmentation
-    from fusynth.segment.finetune import SamFinetuneConfig, embedding_cache_root, finetune_sam
-    from fusynth.segment.sam import WEIGHTS_FILE
+    from fusynth.segment.finetune import SamFinetuneConfig
 
-    model_dir = folder / "model"
+    model_dir = folder / stage.name
     resume = "latest" if list_checkpoints(model_dir) else None
-    ft = SamFinetuneConfig(
-        **{key: getattr(config, key) for key in FINETUNE_KEYS},
-        train=f"{parse_data_spec(config.real)[0]}:train",
-        synthetic=config.synthetic if m else None,
-        n_real=k,
-        n_synthetic=m if m else None,
+    settings = {key: getattr(config, key) for key in FINETUNE_KEYS}
+    settings["max_train_steps"] = stage.max_train_steps
+    if stage.init:  # fine-tune what the pretraining stage wrote
+        settings["checkpoint"] = stage.init
+    return SamFinetuneConfig(
+        **settings,
+        train=stage.train,
+        synthetic=stage.synthetic,
+        n_real=stage.n_real,
+        n_synthetic=stage.n_synthetic,
+        validation=stage.validation,
         seed=config.seed + r,
         output_dir=str(model_dir),
         overwrite_output_dir=resume is None,
@@ -188,8 +243,22 @@ def _train_and_test(
         checkpointing_steps=200,
         checkpoints_total_limit=1,
     )
-    if not (model_dir / WEIGHTS_FILE).is_file():
-        finetune_sam(ft)
+
+
+def _train_and_test(
+    config: SegAugmentConfig, folder: Path, k: int, m: int, r: int, arm: str = REAL
+) -> dict[str, Any]:
+    from fusynth.segment.arms import cell_stages
+    from fusynth.segment.evaluate import evaluate_segmentation
+    from fusynth.segment.finetune import embedding_cache_root, finetune_sam
+    from fusynth.segment.sam import WEIGHTS_FILE
+
+    model_dir = folder / "model"
+    stages, trained_on = cell_stages(config, folder, arm, k, m, r)
+    for stage in stages:
+        if not (folder / stage.name / WEIGHTS_FILE).is_file():
+            finetune_sam(_finetune_config(config, folder, stage, r))
+    ft = _finetune_config(config, folder, stages[-1], r)
     metrics = {}
     for spec in config.test:
         name = spec_label(spec)
@@ -206,29 +275,52 @@ def _train_and_test(
         metrics[name] = _cell_metrics(eval_dir / "per_image.csv")
     train_log = json.loads((model_dir / "train_log.json").read_text())
     record = {
+        "protocol": trained_on["protocol"],
+        "arm": arm,
         "n_real": k,
         "n_synthetic": m,
+        "n_classical": trained_on["n_classical"],
         "repeat": r,
         "seed": config.seed + r,
         "steps": train_log["global_step"],
         "metrics": metrics,
     }
+    record["pretrain_steps"] = 0
+    if (folder / "pretrain").is_dir():
+        record["pretrain_steps"] = json.loads((folder / "pretrain" / "train_log.json").read_text())[
+            "global_step"
+        ]
+        record["steps"] += record["pretrain_steps"]  # the budget both arms share
+        drop_models(folder / "pretrain", WEIGHTS_FILE, config.keep_models)
+    for data in folder.glob("data-*"):  # the added samples: rebuilt from the seed on demand
+        shutil.rmtree(data)
     drop_models(model_dir, WEIGHTS_FILE, config.keep_models)
     return record
 
 
+def _arm_cells(config: SegAugmentConfig) -> list[tuple[str, int]]:
+    """``(arm, M)`` of every row of the table, real-only first."""
+    return sorted(
+        {(a, m) for a, _, m, _ in config.cells()}, key=lambda am: (config.arms.index(am[0]), am[1])
+    )
+
+
 def summarise(config: SegAugmentConfig, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and sd over repeats of each metric, per test set, K and M."""
+    """Mean and sd over repeats of each metric, per test set, K, arm and M."""
     rows = []
     for spec in config.test:
         name = spec_label(spec)
         for k in config.n_real:
-            for m in config.n_synthetic:
+            for arm, m in _arm_cells(config):
                 cell = [
-                    r["metrics"][name] for r in records if (r["n_real"], r["n_synthetic"]) == (k, m)
+                    r["metrics"][name]
+                    for r in records
+                    if (r["arm"], r["n_real"], r["n_synthetic"]) == (arm, k, m)
                 ]
                 row: dict[str, Any] = {
                     "test": name,
+                    "protocol": arm_protocol(arm, config.protocol),
+                    "arm": arm,
                     "n_real": k,
                     "n_synthetic": m,
                     "repeats": len(cell),
@@ -239,20 +331,89 @@ def summarise(config: SegAugmentConfig, records: list[dict[str, Any]]) -> list[d
     return rows
 
 
-def _markdown(config: SegAugmentConfig, table: list[dict[str, Any]]) -> str:
+def _per_image(out: Path, config: SegAugmentConfig):
+    """``(cell record, metric) -> {image: (subject, value)}`` from a cell's per_image.csv."""
+
+    def values(rec: dict[str, Any], metric: str) -> dict[str, tuple[str, float | None]]:
+        name = rec["_test"]
+        folder = (
+            out
+            / "cells"
+            / cell_name(
+                rec["n_real"], rec["n_synthetic"], rec["repeat"], rec["arm"], config.protocol
+            )
+        )
+        with (folder / f"eval-{name.replace(':', '-')}" / "per_image.csv").open() as fh:
+            return {
+                f"{r['key']}|{r['box_jitter']}|{r['round']}": (
+                    r["subject_id"],
+                    float(r[metric]) if r.get(metric) not in (None, "") else None,
+                )
+                for r in csv.DictReader(fh)
+            }
+
+    return values
+
+
+def differences(
+    config: SegAugmentConfig, out: Path, records: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Each arm against real-only with the same K, per test set and M: the paired
+    difference of each per-image metric (averaged over repeats), its subject-bootstrap
+    interval and sign-flip p-value."""
+    groups = []
+    for spec in config.test:
+        name = spec_label(spec)
+        for k in config.n_real:
+
+            def of(arm: str, m: int, name: str = name, k: int = k) -> list[dict[str, Any]]:
+                found = [
+                    {**r, "_test": name}
+                    for r in records
+                    if (r["arm"], r["n_real"], r["n_synthetic"]) == (arm, k, m)
+                ]
+                return sorted(found, key=lambda r: r["repeat"])
+
+            for arm, m in _arm_cells(config):
+                if arm == REAL:
+                    continue
+                row = {"test": name, "protocol": arm_protocol(arm, config.protocol), "arm": arm,
+                       "n_real": k, "n_synthetic": m}  # fmt: skip
+                groups.append({"row": row, "arm": of(arm, m), "real": of(REAL, 0)})
+    return paired_rows(groups, _per_image(out, config), PAIRED_METRICS, config.n_boot, config.seed)
+
+
+def _markdown(
+    config: SegAugmentConfig, table: list[dict[str, Any]], diffs: list[dict[str, Any]]
+) -> str:
     shown = [m for m in TABLE_METRICS if any(math.isfinite(r[f"{m}_mean"]) for r in table)]
     digits = {"dice": 3}
     lines = [
-        f"Mean ± sd over {config.repeats} repeat(s); metrics at native resolution.",
+        f"Mean ± sd over {config.repeats} repeat(s); metrics at native resolution; "
+        f"protocol: {config.protocol}.",
         "",
-        "| test set | real | synthetic | " + " | ".join(shown) + " |",
-        "|---|---:|---:|" + "---:|" * len(shown),
+        "| test set | arm | real | synthetic | " + " | ".join(shown) + " |",
+        "|---|---|---:|---:|" + "---:|" * len(shown),
     ]
     for r in table:
         cells = [mean_sd_text(r[f"{m}_mean"], r[f"{m}_sd"], digits.get(m, 1)) for m in shown]
         lines.append(
-            f"| {r['test']} | {r['n_real']} | {r['n_synthetic']} | " + " | ".join(cells) + " |"
+            f"| {r['test']} | {r['arm']} | {r['n_real']} | {r['n_synthetic']} | "
+            + " | ".join(cells)
+            + " |"
         )
+    if diffs:
+        lines += [
+            "",
+            "Paired difference to real-only (same test images and seeds; per-image values "
+            "averaged over repeats; 95% subject-bootstrap CI; two-sided sign-flip "
+            "permutation p over subjects). (ns): the CI crosses zero.",
+            "",
+            markdown_rows(
+                [d for d in diffs if d["n_images"]],
+                ("test", "protocol", "arm", "n_real", "n_synthetic"),
+            ).rstrip(),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -263,31 +424,55 @@ def seg_augment(config: SegAugmentConfig) -> dict[str, Any]:
     out = Path(config.out)
     _check_inputs(config)
     open_experiment(out, config.request(), config.overwrite)
-    cells = [
-        (k, m, r) for r in range(config.repeats) for k in config.n_real for m in config.n_synthetic
-    ]
+    cells = config.cells()
     records = []
-    for i, (k, m, r) in enumerate(cells, 1):
-        log.info("cell %d/%d: %d real + %d synthetic, repeat %d", i, len(cells), k, m, r)
-        records.append(run_cell(config, out, k, m, r))
+    for i, (arm, k, m, r) in enumerate(cells, 1):
+        log.info("cell %d/%d: %s, %d real + %d synthetic, repeat %d", i, len(cells), arm, k, m, r)
+        records.append(run_cell(config, out, k, m, r, arm))
     results = result_rows(records)
     atomic_write_bytes(out / "results.csv", csv_bytes(results))
     table = summarise(config, records)
+    diffs = differences(config, out, records)
     atomic_write_bytes(out / "table.csv", csv_bytes(table))
-    atomic_write_bytes(out / "table.md", _markdown(config, table).encode())
-    series = {}
+    if diffs:
+        atomic_write_bytes(out / "differences.csv", csv_bytes(diffs))
+    atomic_write_bytes(out / "table.md", _markdown(config, table, diffs).encode())
+    series, gaps = {}, {}
     for spec in config.test:
         name = spec_label(spec)
-        for m in config.n_synthetic:
-            rows = [r for r in table if r["test"] == name and r["n_synthetic"] == m]
-            label = f"{name}, {'real only' if m == 0 else f'+{m} synthetic'}"
+        for arm, m in _arm_cells(config):
+            rows = [r for r in table if (r["test"], r["arm"], r["n_synthetic"]) == (name, arm, m)]
+            label = f"{name}, {arm}" + (f" ({m})" if m else "")
             series[label] = ([r["dice_mean"] for r in rows], [r["dice_sd"] for r in rows])
+            if arm != REAL:
+                gaps[label] = [
+                    next(
+                        (
+                            d
+                            for d in diffs
+                            if d["metric"] == "dice"
+                            and (d["test"], d["arm"], d["n_real"], d["n_synthetic"])
+                            == (name, arm, k, m)
+                        ),
+                        None,
+                    )  # fmt: skip
+                    for k in config.n_real
+                ]
     line_chart(
         out / "dice_vs_real.png",
         config.n_real,
         series,
-        title="Dice against real training images, with and without synthetic pairs",
+        title="Dice against real training images, per arm",
         xlabel="real training images",
         ylabel="Dice (mean ± sd over repeats)",
     )
-    return {"table": table, "out": out}
+    if gaps:
+        difference_chart(
+            out / "dice_difference.png",
+            config.n_real,
+            gaps,
+            title="Dice difference to real-only (hollow: 95% CI crosses zero)",
+            xlabel="real training images",
+            ylabel="Dice − real-only Dice (paired)",
+        )
+    return {"table": table, "differences": diffs, "out": out}
