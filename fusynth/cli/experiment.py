@@ -40,6 +40,32 @@ def add_protocol_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--classical_copies", type=int, help="classical augmented copies per image (4)")
     p.add_argument("--n_boot", type=int, help="bootstrap resamples of the paired tests (1000)")
+    p.add_argument(
+        "--preset",
+        help="a published protocol as the request (fulora-2024, mask-guided-2024); flags "
+        "given override it",
+    )
+
+
+def _remember_defaults(p: argparse.ArgumentParser) -> None:
+    """Store the parser's defaults, so a preset can tell given flags from defaults."""
+    p.set_defaults(parser_defaults={a.dest: a.default for a in p._actions})
+
+
+def _with_preset(args: argparse.Namespace, kwargs: dict[str, Any], command: str) -> dict:
+    """``kwargs`` over ``--preset``'s request (flags the user gave win)."""
+    from fusynth.core.presets import load_preset, merge_preset
+
+    if not args.preset:
+        return kwargs
+    explicit = {
+        dest
+        for dest, default in args.parser_defaults.items()
+        if getattr(args, dest, default) != default
+    }
+    merged = merge_preset(load_preset(args.preset, command), kwargs, explicit)
+    merged["preset"] = args.preset
+    return merged
 
 
 def _experiment_seg_augment(args: argparse.Namespace) -> int:
@@ -47,11 +73,12 @@ def _experiment_seg_augment(args: argparse.Namespace) -> int:
     from fusynth.segment.experiment import FINETUNE_KEYS, SegAugmentConfig, seg_augment
 
     quiet_libraries()
-    config = SegAugmentConfig(
+    kwargs = dict(
         n_real=parse_int_list(args.n_real, "--n_real"),
         n_synthetic=parse_int_list(args.n_synthetic, "--n_synthetic"),
         **experiment_kwargs(args, FINETUNE_KEYS + PROTOCOL_KEYS),
     )
+    config = SegAugmentConfig(**_with_preset(args, kwargs, "seg-augment"))
     return report_experiment(seg_augment(config), "results, tables and charts")
 
 
@@ -61,12 +88,13 @@ def _experiment_cls_augment(args: argparse.Namespace) -> int:
     from fusynth.data.views import parse_view_list
 
     quiet_libraries()
-    config = ClsAugmentConfig(
+    kwargs = dict(
         backbones=comma_list(args.backbones),
         n_synthetic_per_view=parse_int_list(args.n_synthetic_per_view, "--n_synthetic_per_view"),
         views=parse_view_list(args.views, "--views"),
         **experiment_kwargs(args, TRAIN_KEYS + PROTOCOL_KEYS),
     )
+    config = ClsAugmentConfig(**_with_preset(args, kwargs, "cls-augment"))
     return report_experiment(cls_augment(config), "results and tables")
 
 
@@ -99,6 +127,7 @@ def add_commands(groups: Any) -> None:
     p.add_argument("--embedding_cache", help="image embedding cache folder")
     add_protocol_flags(p)
     p.set_defaults(func=_experiment_seg_augment)
+    _remember_defaults(p)
     p = exp_cmds.add_parser(
         "cls-augment", help="view classifiers, real-only against real + synthetic, per backbone"
     )
@@ -130,6 +159,7 @@ def add_commands(groups: Any) -> None:
     p.add_argument("--mixed_precision", help="no, fp16 or bf16 (accelerate's setting, else no)")
     add_protocol_flags(p)
     p.set_defaults(func=_experiment_cls_augment)
+    _remember_defaults(p)
     add_experiment_clip_augment_parser(exp_cmds, add_experiment_flags)
 
 

@@ -117,6 +117,7 @@ class SegAugmentConfig:
     pretrain_steps: int | None = None
     classical_copies: int = 4
     n_boot: int = 1000
+    preset: str | None = None  # recorded: the request came from this preset
     keep_models: bool = False
     overwrite: bool = False
 
