@@ -47,9 +47,44 @@ def add_protocol_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+class _DefaultStr(str):
+    """A default string, told apart from the same text given on the command line."""
+
+
+class _DefaultInt(int):
+    """A default int, told apart from the same number given on the command line."""
+
+
+class _DefaultFloat(float):
+    """A default float, told apart from the same number given on the command line."""
+
+
+_MARKERS = {str: _DefaultStr, int: _DefaultInt, float: _DefaultFloat}
+
+
 def _remember_defaults(p: argparse.ArgumentParser) -> None:
-    """Store the parser's defaults, so a preset can tell given flags from defaults."""
-    p.set_defaults(parser_defaults={a.dest: a.default for a in p._actions})
+    """Mark the parser's defaults, so a preset can tell given flags from defaults (even a
+    flag given with its default value, e.g. ``--backbones resnet18``)."""
+    defaults = {}
+    for a in p._actions:
+        marker = _MARKERS.get(type(a.default))
+        if marker is not None:
+            a.default = marker(a.default)
+        defaults[a.dest] = a.default
+    p.set_defaults(parser_defaults=defaults)
+
+
+def _given(args: argparse.Namespace) -> set[str]:
+    """The destinations of the flags given on the command line."""
+    given = set()
+    for dest, default in args.parser_defaults.items():
+        value = getattr(args, dest, default)
+        if isinstance(default, (_DefaultStr, _DefaultInt, _DefaultFloat)):
+            if value is not default:
+                given.add(dest)
+        elif value != default:
+            given.add(dest)
+    return given
 
 
 def _with_preset(args: argparse.Namespace, kwargs: dict[str, Any], command: str) -> dict:
@@ -58,12 +93,7 @@ def _with_preset(args: argparse.Namespace, kwargs: dict[str, Any], command: str)
 
     if not args.preset:
         return kwargs
-    explicit = {
-        dest
-        for dest, default in args.parser_defaults.items()
-        if getattr(args, dest, default) != default
-    }
-    merged = merge_preset(load_preset(args.preset, command), kwargs, explicit)
+    merged = merge_preset(load_preset(args.preset, command), kwargs, _given(args))
     merged["preset"] = args.preset
     return merged
 

@@ -51,3 +51,14 @@ def test_the_preset_reaches_the_checks_and_given_flags_win(tmp_path, capsys):
     assert request["repeats"] == 1 and request["train_parts"] == "decoder"
     assert main([*argv[:2], "--preset", "nope", *argv[4:]]) == 2
     assert "--preset: unknown preset 'nope'" in capsys.readouterr().err
+
+
+def test_a_flag_given_with_its_default_value_still_overrides_the_preset():
+    from fusynth.cli.experiment import _given
+    from fusynth.cli.main import build_parser
+
+    base = ["experiment", "cls-augment", "--preset", "fulora-2024", "--real", "r", "--test", "t",
+            "--out", "o"]  # fmt: skip
+    given = _given(build_parser().parse_args([*base, "--backbones", "resnet18", "--repeats", "3"]))
+    assert {"backbones", "repeats", "preset", "real", "test", "out"} <= given
+    assert not {"n_synthetic_per_view", "seed", "views"} & _given(build_parser().parse_args(base))
