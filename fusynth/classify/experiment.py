@@ -1,20 +1,27 @@
 """The classification experiment: real-only against real + synthetic, per backbone.
 
-For every backbone, number of synthetic images per view M and repeat r, train a view
-classifier on the real folder's train split (plus M synthetic images per view, seed
-``seed + r`` for both arms), validate on its validation split, and evaluate on each
-held-out test set with the standard metrics and FU-LoRA's legacy three. Layout of
-``OUT``: ``experiment.json``, ``cells/<backbone>-m<M>-r<R>/`` (the model card, config,
-log and one ``eval-<test>/`` per test set), ``results.csv``, ``table.csv`` and
+For every backbone, arm (``--arms``: real-only, always, plus classical copies, M
+synthetic images per view, or both), number of synthetic images per view M and repeat
+r, train a view classifier on the real folder's train split plus what the arm adds,
+used as ``--protocol`` says (mix, pretrain-finetune, synthetic-only:
+:mod:`fusynth.core.protocols`), with seed ``seed + r`` for every arm; validate on its
+validation split, and evaluate on each held-out test set with the standard metrics and
+FU-LoRA's legacy three. Layout of ``OUT``: ``experiment.json``,
+``cells/<backbone>-m<M>[-classical][-<protocol>]-r<R>/`` (the model card, config, log
+and one ``eval-<test>/`` per test set), ``results.csv`` (protocol and arm columns),
+``table.csv``, ``differences.csv`` (each arm's paired accuracy difference to real-only
+on the same test images: subject-bootstrap 95% CI and sign-flip p-value) and
 ``table.md`` (one table per backbone: mean ± sd over repeats, the 95% bootstrap interval
-of the first repeat, and the legacy triple beside).
+of the first repeat, and the legacy triple beside; then the paired differences).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import re
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +36,16 @@ from fusynth.core.experiment import (
     result_rows,
 )
 from fusynth.core.io import atomic_write_bytes
+from fusynth.core.protocols import (
+    REAL,
+    Arm,
+    arm_protocol,
+    cell_suffix,
+    check_protocol,
+    markdown_rows,
+    paired_rows,
+    parse_arms,
+)
 from fusynth.core.stats import mean_sd
 from fusynth.data.schema import parse_data_spec, spec_label, with_default_split
 
@@ -73,10 +90,17 @@ class ClsAugmentConfig:
     n_real_per_view: int | None = None
     augment: bool = True
     mixed_precision: str | None = None  # None: accelerate launch's, else "no"
+    arms: list[str] | None = None  # None: real, and real+synthetic with counts above 0
+    protocol: str = "mix"
+    pretrain_steps: int | None = None
+    classical_copies: int = 4
+    n_boot: int = 1000
+    preset: str | None = None  # recorded: the request came from this preset
     keep_models: bool = False
     overwrite: bool = False
 
     def __post_init__(self) -> None:
+        from fusynth.classify.arms import check_pretrain_backbones
         from fusynth.classify.backbones import parse_backbone
 
         if not self.backbones:
@@ -94,31 +118,81 @@ class ClsAugmentConfig:
         if not self.test:
             raise UserInputError("--test: give at least one test set DIR[:split]")
         self.n_synthetic_per_view = sorted(set(self.n_synthetic_per_view))
+        self.arms = parse_arms(self.arms, any(self.n_synthetic_per_view))
+        check_protocol(self.protocol, self.max_train_steps, self.pretrain_steps)
+        check_pretrain_backbones(self.backbones, self.protocol)
+        if self.classical_copies < 1:
+            raise UserInputError(
+                f"--classical_copies: must be at least 1, got {self.classical_copies}"
+            )
+        if self.n_boot < 1:
+            raise UserInputError(f"--n_boot: must be at least 1, got {self.n_boot}")
 
     def request(self) -> dict[str, Any]:
         """What determines the results."""
+        from fusynth.data.augment import CLASSICAL
+
         d = asdict(self)
         for k in ("out", "keep_models", "overwrite"):
             d.pop(k)
+        if any(Arm(a).classical for a in self.arms):
+            d["classical"] = CLASSICAL.describe()  # the pipeline, recorded with the results
         return d
 
+    def cells(self) -> list[tuple[str, str, int, int]]:
+        """``(backbone, arm, M, repeat)`` of every cell; M is 0 without synthetic data."""
+        ms = [m for m in self.n_synthetic_per_view if m > 0]
+        return [
+            (b, arm, m, r)
+            for r in range(self.repeats)
+            for b in self.backbones
+            for arm in self.arms
+            for m in (ms if Arm(arm).synthetic else [0])
+        ]
 
-def cell_name(backbone: str, m: int, r: int) -> str:
+    def arm_cells(self) -> list[tuple[str, int]]:
+        """``(arm, M)`` of every table row, real-only first."""
+        return sorted(
+            {(a, m) for _, a, m, _ in self.cells()}, key=lambda am: (self.arms.index(am[0]), am[1])
+        )
+
+
+def cell_name(backbone: str, m: int, r: int, arm: str = REAL, protocol: str = "mix") -> str:
     """Folder name of one cell (a backbone name made safe for a path)."""
-    return f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', backbone)}-m{m}-r{r}"
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", backbone)
+    return f"{safe}-m{m}{cell_suffix(arm, protocol)}-r{r}"
 
 
-def _train_config(config: ClsAugmentConfig, backbone: str, m: int, r: int, model_dir: Path) -> Any:
-    """The ``ClassifierTrainConfig`` of one cell (its checks run on creation)."""
+def _train_config(
+    config: ClsAugmentConfig, backbone: str, m: int, r: int, model_dir: Path, stage: Any = None
+) -> Any:
+    """The ``ClassifierTrainConfig`` of one cell, or of one ``stage`` of it (its checks run
+    on creation)."""
     from fusynth.classify.config import ClassifierTrainConfig
     from fusynth.core.loop import list_checkpoints
 
     resume = "latest" if list_checkpoints(model_dir) else None
+    settings = {k: getattr(config, k) for k in TRAIN_KEYS}
+    data = {
+        "train": f"{parse_data_spec(config.real)[0]}:train",
+        "synthetic": config.synthetic if m else None,
+        "n_synthetic_per_view": m if m else None,
+    }
+    if stage is not None:
+        data = {
+            "train": stage.train,
+            "synthetic": stage.synthetic,
+            "n_synthetic_per_view": stage.n_synthetic_per_view,
+            "validation": stage.validation,
+            "weights": stage.weights,
+        }
+        settings.update(
+            n_real_per_view=stage.n_real_per_view,
+            max_train_steps=stage.max_train_steps,
+            learning_rate=stage.learning_rate,
+        )
     return ClassifierTrainConfig(
         backbone=backbone,
-        train=f"{parse_data_spec(config.real)[0]}:train",
-        synthetic=config.synthetic if m else None,
-        n_synthetic_per_view=m if m else None,
         views=config.views,
         seed=config.seed + r,
         output_dir=str(model_dir),
@@ -126,7 +200,8 @@ def _train_config(config: ClsAugmentConfig, backbone: str, m: int, r: int, model
         resume_from_checkpoint=resume,
         checkpointing_steps=200,
         checkpoints_total_limit=1,
-        **{k: getattr(config, k) for k in TRAIN_KEYS},
+        **data,
+        **settings,
     )
 
 
@@ -157,14 +232,18 @@ def _check_inputs(config: ClsAugmentConfig, out: Path) -> None:
 
 
 def _train_and_test(
-    config: ClsAugmentConfig, folder: Path, backbone: str, m: int, r: int
+    config: ClsAugmentConfig, folder: Path, backbone: str, m: int, r: int, arm: str = REAL
 ) -> dict[str, Any]:
+    from fusynth.classify.arms import cell_stages
     from fusynth.classify.evaluate import evaluate_classification
     from fusynth.classify.train import WEIGHTS_FILE, train_classifier
 
     model_dir = folder / "model"
-    if not (model_dir / WEIGHTS_FILE).is_file():
-        train_classifier(_train_config(config, backbone, m, r, model_dir))
+    real_config = _train_config(config, backbone, 0, r, folder / "real-check")
+    stages, trained_on = cell_stages(config, folder, backbone, arm, m, r, real_config)
+    for stage in stages:
+        if not (folder / stage.name / WEIGHTS_FILE).is_file():
+            train_classifier(_train_config(config, backbone, m, r, folder / stage.name, stage))
     metrics = {}
     for spec in config.test:
         name = spec_label(spec)
@@ -186,12 +265,24 @@ def _train_and_test(
         }
     drop_models(model_dir, WEIGHTS_FILE, config.keep_models)
     train_log = json.loads((model_dir / "train_log.json").read_text())
+    pretrain_steps = 0
+    if (folder / "pretrain").is_dir():
+        pretrain_steps = json.loads((folder / "pretrain" / "train_log.json").read_text())[
+            "global_step"
+        ]
+        drop_models(folder / "pretrain", WEIGHTS_FILE, config.keep_models)
+    for data in folder.glob("data-*"):  # the added images: rebuilt from the seed on demand
+        shutil.rmtree(data)
     return {
         "backbone": backbone,
+        "protocol": trained_on["protocol"],
+        "arm": arm,
         "n_synthetic_per_view": m,
+        "n_classical": trained_on["n_classical"],
         "repeat": r,
         "seed": config.seed + r,
-        "steps": train_log["global_step"],
+        "steps": train_log["global_step"] + pretrain_steps,  # the budget every arm shares
+        "pretrain_steps": pretrain_steps,
         "metrics": metrics,
     }
 
@@ -206,18 +297,21 @@ def summarise(config: ClsAugmentConfig, records: list[dict[str, Any]]) -> list[d
     for backbone in config.backbones:
         for spec in config.test:
             name = spec_label(spec)
-            for m in config.n_synthetic_per_view:
+            for arm, m in config.arm_cells():
                 cells = sorted(
                     (
                         rec
                         for rec in records
-                        if (rec["backbone"], rec["n_synthetic_per_view"]) == (backbone, m)
+                        if (rec["backbone"], rec["arm"], rec["n_synthetic_per_view"])
+                        == (backbone, arm, m)
                     ),
                     key=lambda rec: rec["repeat"],
                 )
                 row: dict[str, Any] = {
                     "backbone": backbone,
                     "test": name,
+                    "protocol": arm_protocol(arm, config.protocol),
+                    "arm": arm,
                     "n_synthetic_per_view": m,
                     "repeats": len(cells),
                 }
@@ -234,23 +328,83 @@ def summarise(config: ClsAugmentConfig, records: list[dict[str, Any]]) -> list[d
     return rows
 
 
-def _markdown(config: ClsAugmentConfig, table: list[dict[str, Any]]) -> str:
+def _markdown(
+    config: ClsAugmentConfig, table: list[dict[str, Any]], diffs: list[dict[str, Any]]
+) -> str:
     lines = [f"Mean ± sd over {config.repeats} repeat(s); accuracy CI: repeat 0, bootstrap 95%."]
-    head = "| test set | synthetic/view | " + " | ".join(METRICS) + " | accuracy CI | "
+    head = "| test set | arm | synthetic/view | " + " | ".join(METRICS) + " | accuracy CI | "
     head += " | ".join(f"legacy {k}" for k in LEGACY) + " |"
     for backbone in config.backbones:
-        lines += ["", f"### {backbone}", "", head, "|---|---:|" + "---:|" * (len(METRICS) + 4)]
+        lines += ["", f"### {backbone}", "", head, "|---|---|---:|" + "---:|" * (len(METRICS) + 4)]
         for r in (r for r in table if r["backbone"] == backbone):
             values = [mean_sd_text(r[f"{m}_mean"], r[f"{m}_sd"], 3) for m in METRICS]
             lo, hi = r["accuracy_ci_low"], r["accuracy_ci_high"]
             ci = f"[{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else "n/a"
             legacy = [mean_sd_text(r[f"{m}_mean"], r[f"{m}_sd"], 3) for m in LEGACY]
             lines.append(
-                f"| {r['test']} | {r['n_synthetic_per_view']} | "
+                f"| {r['test']} | {r['arm']} | {r['n_synthetic_per_view']} | "
                 + " | ".join([*values, ci, *legacy])
                 + " |"
             )
+    if diffs:
+        lines += [
+            "",
+            "Paired accuracy difference to real-only (same test images and seeds; per-image "
+            "correctness averaged over repeats; 95% subject-bootstrap CI; two-sided "
+            "sign-flip permutation p over subjects). (ns): the CI crosses zero.",
+            "",
+            markdown_rows(
+                [d for d in diffs if d["n_images"]],
+                ("backbone", "test", "protocol", "arm", "n_synthetic_per_view"),
+            ).rstrip(),
+        ]
     return "\n".join(lines) + "\n"
+
+
+def _correct(out: Path, config: ClsAugmentConfig):
+    """``(cell record, "accuracy") -> {image: (subject, 1.0 if right else 0.0)}``."""
+
+    def values(rec: dict[str, Any], metric: str) -> dict[str, tuple[str, float | None]]:
+        folder = out / "cells" / cell_name(
+            rec["backbone"], rec["n_synthetic_per_view"], rec["repeat"], rec["arm"],
+            config.protocol,
+        )  # fmt: skip
+        path = folder / f"eval-{rec['_test'].replace(':', '-')}" / "predictions.csv"
+        with path.open() as fh:
+            return {
+                r["key"]: (r["subject_id"], float(r["true_view"] == r["predicted_view"]))
+                for r in csv.DictReader(fh)
+            }
+
+    return values
+
+
+def differences(
+    config: ClsAugmentConfig, out: Path, records: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Each arm against real-only, per backbone, test set and M: paired accuracy
+    difference, subject-bootstrap interval and sign-flip p-value."""
+    groups = []
+    for backbone in config.backbones:
+        for spec in config.test:
+            name = spec_label(spec)
+
+            def of(arm: str, m: int, b: str = backbone, name: str = name) -> list[dict]:
+                found = [
+                    {**rec, "_test": name}
+                    for rec in records
+                    if (rec["backbone"], rec["arm"], rec["n_synthetic_per_view"]) == (b, arm, m)
+                ]
+                return sorted(found, key=lambda rec: rec["repeat"])
+
+            for arm, m in config.arm_cells():
+                if arm == REAL:
+                    continue
+                row = {"backbone": backbone, "test": name,
+                       "protocol": arm_protocol(arm, config.protocol), "arm": arm,
+                       "n_synthetic_per_view": m}  # fmt: skip
+                groups.append({"row": row, "arm": of(arm, m), "real": of(REAL, 0)})
+    return paired_rows(groups, _correct(out, config), ("accuracy",), config.n_boot, config.seed)
 
 
 def cls_augment(config: ClsAugmentConfig) -> dict[str, Any]:
@@ -258,20 +412,21 @@ def cls_augment(config: ClsAugmentConfig) -> dict[str, Any]:
     out = Path(config.out)
     _check_inputs(config, out)
     open_experiment(out, config.request(), config.overwrite)
-    cells = [
-        (b, m, r)
-        for r in range(config.repeats)
-        for b in config.backbones
-        for m in config.n_synthetic_per_view
-    ]
+    cells = config.cells()
     records = []
-    for i, (b, m, r) in enumerate(cells, 1):
-        log.info("cell %d/%d: %s, %d synthetic per view, repeat %d", i, len(cells), b, m, r)
-        folder = out / "cells" / cell_name(b, m, r)
-        records.append(cell(folder, lambda f, b=b, m=m, r=r: _train_and_test(config, f, b, m, r)))
+    for i, (b, arm, m, r) in enumerate(cells, 1):
+        log.info("cell %d/%d: %s, %s, %d synthetic per view, repeat %d", i, len(cells), b, arm,
+                 m, r)  # fmt: skip
+        folder = out / "cells" / cell_name(b, m, r, arm, config.protocol)
+        records.append(
+            cell(folder, lambda f, b=b, m=m, r=r, a=arm: _train_and_test(config, f, b, m, r, a))
+        )
     results = result_rows(records, value=_value)
     atomic_write_bytes(out / "results.csv", csv_bytes(results))
     table = summarise(config, records)
+    diffs = differences(config, out, records)
     atomic_write_bytes(out / "table.csv", csv_bytes(table))
-    atomic_write_bytes(out / "table.md", _markdown(config, table).encode())
-    return {"table": table, "out": out}
+    if diffs:
+        atomic_write_bytes(out / "differences.csv", csv_bytes(diffs))
+    atomic_write_bytes(out / "table.md", _markdown(config, table, diffs).encode())
+    return {"table": table, "differences": diffs, "out": out}

@@ -15,18 +15,99 @@ from fusynth.cli.args import (
     report_experiment,
 )
 
+#: Flags of the arms and protocols (fusynth.core.protocols), read when given.
+PROTOCOL_KEYS = ("arms", "protocol", "pretrain_steps", "classical_copies", "n_boot")
+
+
+def add_protocol_flags(p: argparse.ArgumentParser) -> None:
+    """``--arms``, ``--protocol``, ``--pretrain_steps``, ``--classical_copies``, ``--n_boot``."""
+    from fusynth.core.protocols import ARMS, PROTOCOLS
+
+    p.add_argument(
+        "--arms",
+        help=f"comma-separated arms among {','.join(ARMS)} (real, and real+synthetic with "
+        "synthetic counts); real-only is always run",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        help="how synthetic arms use the cohort: mix, pretrain-finetune, synthetic-only (mix)",
+    )
+    p.add_argument(
+        "--pretrain_steps",
+        type=int,
+        help="pretrain-finetune: steps on synthetic data, out of --max_train_steps",
+    )
+    p.add_argument("--classical_copies", type=int, help="classical augmented copies per image (4)")
+    p.add_argument("--n_boot", type=int, help="bootstrap resamples of the paired tests (1000)")
+    p.add_argument(
+        "--preset",
+        help="a published protocol as the request (fulora-2024); flags given override it",
+    )
+
+
+class _DefaultStr(str):
+    """A default string, told apart from the same text given on the command line."""
+
+
+class _DefaultInt(int):
+    """A default int, told apart from the same number given on the command line."""
+
+
+class _DefaultFloat(float):
+    """A default float, told apart from the same number given on the command line."""
+
+
+_MARKERS = {str: _DefaultStr, int: _DefaultInt, float: _DefaultFloat}
+
+
+def _remember_defaults(p: argparse.ArgumentParser) -> None:
+    """Mark the parser's defaults, so a preset can tell given flags from defaults (even a
+    flag given with its default value, e.g. ``--backbones resnet18``)."""
+    defaults = {}
+    for a in p._actions:
+        marker = _MARKERS.get(type(a.default))
+        if marker is not None:
+            a.default = marker(a.default)
+        defaults[a.dest] = a.default
+    p.set_defaults(parser_defaults=defaults)
+
+
+def _given(args: argparse.Namespace) -> set[str]:
+    """The destinations of the flags given on the command line."""
+    given = set()
+    for dest, default in args.parser_defaults.items():
+        value = getattr(args, dest, default)
+        if isinstance(default, (_DefaultStr, _DefaultInt, _DefaultFloat)):
+            if value is not default:
+                given.add(dest)
+        elif value != default:
+            given.add(dest)
+    return given
+
+
+def _with_preset(args: argparse.Namespace, kwargs: dict[str, Any], command: str) -> dict:
+    """``kwargs`` over ``--preset``'s request (flags the user gave win)."""
+    from fusynth.core.presets import load_preset, merge_preset
+
+    if not args.preset:
+        return kwargs
+    merged = merge_preset(load_preset(args.preset, command), kwargs, _given(args))
+    merged["preset"] = args.preset
+    return merged
+
 
 def _experiment_seg_augment(args: argparse.Namespace) -> int:
     from fusynth.cli.recipe import quiet_libraries
     from fusynth.segment.experiment import SEG_AUGMENT_KEYS, SegAugmentConfig, seg_augment
 
     quiet_libraries()
-    config = SegAugmentConfig(
+    kwargs = dict(
         n_real=parse_int_list(args.n_real, "--n_real"),
         n_synthetic=parse_int_list(args.n_synthetic, "--n_synthetic"),
         **experiment_kwargs(args, SEG_AUGMENT_KEYS),
     )
-    return report_experiment(seg_augment(config), "results, table and chart")
+    return report_experiment(seg_augment(SegAugmentConfig(**kwargs)), "results, table and chart")
 
 
 def _experiment_cls_augment(args: argparse.Namespace) -> int:
@@ -35,12 +116,13 @@ def _experiment_cls_augment(args: argparse.Namespace) -> int:
     from fusynth.data.views import parse_view_list
 
     quiet_libraries()
-    config = ClsAugmentConfig(
+    kwargs = dict(
         backbones=comma_list(args.backbones),
         n_synthetic_per_view=parse_int_list(args.n_synthetic_per_view, "--n_synthetic_per_view"),
         views=parse_view_list(args.views, "--views"),
-        **experiment_kwargs(args, TRAIN_KEYS),
+        **experiment_kwargs(args, TRAIN_KEYS + PROTOCOL_KEYS),
     )
+    config = ClsAugmentConfig(**_with_preset(args, kwargs, "cls-augment"))
     return report_experiment(cls_augment(config), "results and tables")
 
 
@@ -105,7 +187,9 @@ def add_commands(groups: Any) -> None:
         help="train without augmentation",
     )
     p.add_argument("--mixed_precision", help="no, fp16 or bf16 (accelerate's setting, else no)")
+    add_protocol_flags(p)
     p.set_defaults(func=_experiment_cls_augment)
+    _remember_defaults(p)
     add_experiment_clip_augment_parser(exp_cmds, add_experiment_flags)
 
 

@@ -101,6 +101,16 @@ def add_commands(groups: Any) -> None:
         "fitted to the adapter's training masks (controlnet: required; packed: guides img2img)",
     )
     p.add_argument("--group", help="ellipse masks: draw from one group only (e.g. trimester 2)")
+    p.add_argument(
+        "--hc_mm",
+        help="ellipse masks: head circumference in mm, one value or LOW,HIGH (uniform); the "
+        "pairs' HC is then known by construction",
+    )
+    p.add_argument(
+        "--hc_pixel_spacing_mm",
+        type=float,
+        help="with --hc_mm: mm per pixel of the generated frames",
+    )
     p.add_argument("--prompt", help="prompt (default: the adapter's training caption)")
     p.add_argument(
         "--lora_scale",

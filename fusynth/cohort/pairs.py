@@ -67,6 +67,8 @@ class PairsRequest(SamplingRequest):
     max_residual: float = 0.15
     max_attempts: int = 4
     group: str | None = None
+    hc_mm: str | None = None  # "LO,HI" (uniform) or one value: ellipse heads of that HC
+    hc_pixel_spacing_mm: float | None = None  # mm per pixel of the generated frames
     positive_fields: ClassVar[tuple[str, ...]] = ("max_attempts",)
 
     def __post_init__(self) -> None:
@@ -89,6 +91,28 @@ class PairsRequest(SamplingRequest):
             )
         if not 0 < self.threshold < 256:
             raise UserInputError(f"--threshold: must be in 1..255, got {self.threshold}")
+        if self.hc_mm is not None:
+            self.hc_range()
+            if self.masks_from != ELLIPSE:
+                raise UserInputError("--hc_mm: draws ellipse heads; give --masks_from ellipse")
+            if not (self.hc_pixel_spacing_mm and self.hc_pixel_spacing_mm > 0):
+                raise UserInputError(
+                    "--hc_pixel_spacing_mm: --hc_mm needs the mm per pixel of the generated frames"
+                )
+        elif self.hc_pixel_spacing_mm is not None:
+            raise UserInputError("--hc_pixel_spacing_mm: only with --hc_mm")
+
+    def hc_range(self) -> tuple[float, float] | None:
+        """``--hc_mm`` as ``(low, high)`` in mm (equal for one value), or None."""
+        if self.hc_mm is None:
+            return None
+        try:
+            parts = [float(x) for x in str(self.hc_mm).split(",")]
+        except ValueError:
+            parts = []
+        if len(parts) not in (1, 2) or min(parts) <= 0 or parts[0] > parts[-1]:
+            raise UserInputError(f"--hc_mm: give MM or LOW,HIGH in mm, got {self.hc_mm!r}")
+        return parts[0], parts[-1]
 
 
 def adapter_config(req: PairsRequest) -> TrainedAdapter:
@@ -135,6 +159,8 @@ class MaskSource:
         cohort_seed: int,
         group: str | None,
         train_data: str | None,
+        hc_range: tuple[float, float] | None = None,
+        hc_spacing: float | None = None,
     ):
         from fusynth.data.ellipse_prior import fit_ellipse_prior
 
@@ -142,6 +168,7 @@ class MaskSource:
         self.cohort_seed = cohort_seed
         self.spec = spec
         self.group = group
+        self.hc_range, self.hc_spacing = hc_range, hc_spacing
         if spec == ELLIPSE:
             if not train_data:
                 raise UserInputError(
@@ -164,6 +191,8 @@ class MaskSource:
                 "masks_from": ELLIPSE,
                 "ellipse_prior": json.loads(self.prior.to_json()),
             }
+            if hc_range is not None:
+                self.fingerprint.update(hc_mm=list(hc_range), hc_pixel_spacing_mm=hc_spacing)
         else:
             self.masks, _, self.spacing = _dataset_masks(spec, "--masks_from")
             self.fingerprint = {"masks_from": spec, "n_source_masks": len(self.masks)}
@@ -179,7 +208,14 @@ class MaskSource:
                 names = sorted(self.weights)
                 p = np.array([self.weights[g] for g in names], dtype=float)
                 group = names[rng.choice(len(names), p=p / p.sum())]
-            mask, ell = self.prior.sample(rng, (self.resolution, self.resolution), group)
+            shape = (self.resolution, self.resolution)
+            if self.hc_range is not None:  # a head of an HC known by construction
+                hc = float(rng.uniform(*self.hc_range))
+                mask, ell = self.prior.sample_hc(rng, shape, hc, self.hc_spacing, group)
+                prov = {"mask_source": ELLIPSE, "mask_group": group, "mask_ellipse": list(ell),
+                        "hc_mm_requested": hc}  # fmt: skip
+                return mask, prov, self.hc_spacing
+            mask, ell = self.prior.sample(rng, shape, group)
             return (
                 mask,
                 {"mask_source": ELLIPSE, "mask_group": group, "mask_ellipse": list(ell)},
@@ -285,7 +321,15 @@ def generate_pairs(req: PairsRequest) -> CohortResult:
     resolution = req.resolution or int(cfg.resolution or (64 if ref.smoke else 512))
     prompt = req.prompt or cfg.first_caption() or DEFAULT_PAIR_PROMPT
     source = (
-        MaskSource(req.masks_from, resolution, req.seed, req.group, cfg.train_data)
+        MaskSource(
+            req.masks_from,
+            resolution,
+            req.seed,
+            req.group,
+            cfg.train_data,
+            req.hc_range(),
+            req.hc_pixel_spacing_mm,
+        )
         if req.masks_from
         else None
     )

@@ -87,6 +87,52 @@ class EllipsePrior:
                     return mask, ell
         raise RuntimeError("the ellipse prior keeps drawing heads outside the frame")
 
+    def sample_hc(
+        self,
+        rng: np.random.Generator,
+        shape: tuple[int, int],
+        hc_mm: float,
+        spacing_mm: float,
+        group: str | None = None,
+    ) -> tuple[np.ndarray, Ellipse]:
+        """Draw a head whose circumference is ``hc_mm`` at ``spacing_mm`` per pixel.
+
+        Position, orientation and aspect ratio come from the prior (:meth:`sample`); the
+        size is set so that the ellipse's Ramanujan perimeter times the spacing is the
+        asked HC, so a pair made from the mask has an HC known by construction. Heads
+        that would leave the frame are redrawn.
+
+        Raises:
+            UserInputError: a non-positive HC or spacing, or an HC too large for the frame
+                at that spacing.
+        """
+        from fusynth.data.geometry import ramanujan_perimeter
+
+        if not (hc_mm > 0 and spacing_mm > 0):
+            raise UserInputError(
+                f"--hc_mm/--pixel_spacing_mm: must be positive, got {hc_mm} and {spacing_mm}"
+            )
+        h, w = shape
+        target = hc_mm / spacing_mm  # perimeter in pixels
+        for _ in range(100):
+            _, ell = self.sample(rng, shape, group)
+            k = target / ramanujan_perimeter(ell.a, ell.b)
+            ell = Ellipse(cx=ell.cx, cy=ell.cy, a=ell.a * k, b=ell.b * k, angle=ell.angle)
+            # Whole head inside the frame: the bounding box of the rotated ellipse.
+            c, s_ = math.cos(ell.angle), math.sin(ell.angle)
+            half_w = math.hypot(ell.a * c, ell.b * s_)
+            half_h = math.hypot(ell.a * s_, ell.b * c)
+            if half_w * 2 > w or half_h * 2 > h:
+                continue
+            cx = min(max(ell.cx, half_w), w - 1 - half_w)
+            cy = min(max(ell.cy, half_h), h - 1 - half_h)
+            ell = Ellipse(cx=cx, cy=cy, a=ell.a, b=ell.b, angle=ell.angle)
+            return ellipse_mask(shape, ell).astype(np.uint8), ell
+        raise UserInputError(
+            f"--hc_mm: a head of {hc_mm} mm at {spacing_mm} mm/pixel ({target:.0f} px around) "
+            f"does not fit a {w}x{h} frame"
+        )
+
     def to_json(self) -> str:
         """Serialise (for ``provenance`` and for reuse)."""
         return json.dumps(

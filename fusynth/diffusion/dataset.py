@@ -58,24 +58,56 @@ class TrainingSet:
 
 
 def caption_for(
-    view: str, provenance: dict[str, Any], template: str, table: dict | None, where: str
+    view: str,
+    provenance: dict[str, Any],
+    template: str,
+    table: dict | None,
+    where: str,
+    row: dict[str, Any] | None = None,
 ) -> str:
     """A sample's caption: from ``--captions`` (``view: caption``) or the template, whose
-    ``{view}`` and ``{trimester}`` come from the sample."""
+    ``{view}`` and ``{trimester}`` come from the sample and any other field from its
+    schema column in ``row`` with a format spec if wanted (clinical-report-style
+    prompts: ``"fetal head, HC {head_circumference_mm:.0f} mm"``).
+
+    Raises:
+        UserInputError: a field that is no schema column, or a sample without its value.
+    """
+    import string
+
     if table is not None:
         if view not in table:
             raise UserInputError(
                 f"{where}: no caption for view {view!r} (found: {', '.join(map(str, table))})"
             )
         template = str(table[view])
-    fields = {"view": view}
-    if "{trimester}" in template:
+    fields: dict[str, Any] = {"view": view}
+    if "{trimester" in template:
         trimester = provenance.get("trimester")
         if trimester is None:
             raise UserInputError(
                 f"--caption_template: uses {{trimester}} but a {view!r} sample has no trimester in its provenance"
             )
         fields["trimester"] = _TRIMESTER_WORDS.get(int(trimester), f"trimester {trimester}")
+    try:
+        names = {f for _, f, _, _ in string.Formatter().parse(template) if f}
+    except ValueError as exc:
+        raise UserInputError(
+            f"--caption_template: {template!r} is not a valid template ({exc})"
+        ) from exc
+    for name in sorted(names - set(fields)):
+        usable = sorted(k for k in (row or {}) if k not in ("image", "mask", "provenance"))
+        if row is None or name not in usable:
+            raise UserInputError(
+                f"--caption_template: {{{name}}} is not a schema column "
+                f"(use view, trimester{''.join(', ' + k for k in usable if k != 'view')})"
+            )
+        if row[name] is None:
+            raise UserInputError(
+                f"--caption_template: uses {{{name}}} but a {view!r} sample "
+                f"({row.get('subject_id')}) has no {name}"
+            )
+        fields[name] = row[name]
     return template.format(**fields)
 
 
@@ -159,7 +191,7 @@ def load_training_set(
         stack = [channels[c] for c in packing] if packing else [img] * 3
         pixels[i] = np.stack(stack).astype(np.float32) / 127.5 - 1.0
         caption = caption_for(
-            view, prov, config.caption_template, table, config.captions or "--captions"
+            view, prov, config.caption_template, table, config.captions or "--captions", row
         )
         if caption not in captions:
             captions.append(caption)

@@ -261,3 +261,29 @@ def test_masks_from_a_dataset_without_masks(tiny_controlnet, phantom_prepared, t
         == 2
     )
     assert "has no masks" in capsys.readouterr().err
+
+
+def test_pairs_with_an_hc_known_by_construction_and_sam_hc_error(tiny_controlnet, tmp_path):
+    """Heads drawn for an HC asked in mm; SAM's HC error is measured against it."""
+    from fusynth.segment.evaluate import evaluate_segmentation
+    from fusynth.segment.finetune import SamFinetuneConfig, finetune_sam
+
+    out = tmp_path / "hc"
+    argv = _cn(tiny_controlnet, out, "--n", "3", "--masks-from", "ellipse",
+               "--hc_mm", "120,180", "--hc_pixel_spacing_mm", "2.0")  # fmt: skip
+    assert main(argv) == 0
+    for row in _rows(out):
+        asked = json.loads(row["provenance"])["hc_mm_requested"]
+        assert 120 <= asked <= 180 and row["pixel_spacing_mm"] == 2.0
+        assert row["head_circumference_mm"] == pytest.approx(asked, rel=0.05)  # the mask's HC
+    model = finetune_sam(
+        SamFinetuneConfig(
+            train=f"{out}", validation="none", output_dir=str(tmp_path / "m"), max_train_steps=1
+        )  # fmt: skip
+    ).output_dir
+    evaluate_segmentation(model, f"{out}:train", tmp_path / "eval", seed=0)
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["by_jitter"]["0"]["dice"]["n"] == 3
+    # The HC error is measured (it is None without a known HC in mm).
+    assert summary["by_jitter"]["0"]["hc_abs_error_mm"]["n"] >= 1
+    assert main([*argv[:-2], "--hc_pixel_spacing_mm", "0"]) == 2
