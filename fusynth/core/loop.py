@@ -29,7 +29,12 @@ import torch
 
 from fusynth.core.artifacts import CHECKPOINT_STATE, TRAIN_LOG
 from fusynth.core.errors import UserInputError, suggest
-from fusynth.core.io import check_foreign, write_marker
+from fusynth.core.io import (
+    canonical_safetensors,
+    check_foreign,
+    remove_stale_temps,
+    write_marker,
+)
 
 STATE_FILE = CHECKPOINT_STATE
 
@@ -127,6 +132,7 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_weights(tmp)
+    canonical_safetensors(tmp)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     if train_log is not None:
@@ -328,6 +334,7 @@ def replace_outputs(output_dir: Path, write: Callable[[Path], None]) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     write(tmp)
+    canonical_safetensors(tmp)  # the same run gives the same bytes
     for item in tmp.iterdir():
         target = output_dir / item.name
         if target.is_dir():
@@ -352,6 +359,7 @@ def write_run_config(
     if not accelerator.is_main_process:
         return
     output_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(output_dir)  # what a killed run left half-written
     write_marker(output_dir, f"training-run ({project})")
     write_config_json(output_dir, run_config)
     if report_to != "none":
