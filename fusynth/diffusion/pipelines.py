@@ -100,7 +100,9 @@ def read_lora(pipe: Any, weights: Path, flag: str = "--lora") -> tuple[dict, dic
     return tensors, header
 
 
-def check_lora_matches(pipe: Any, weights: Path | dict, flag: str = "--lora") -> None:
+def check_lora_matches(
+    pipe: Any, weights: Path | dict, flag: str = "--lora", source: Path | None = None
+) -> None:
     """Check that every module a LoRA targets exists in the base, with matching sizes.
 
     Linear and convolution targets are checked alike (kohya's 1x1-conv ``proj_in`` and
@@ -111,13 +113,16 @@ def check_lora_matches(pipe: Any, weights: Path | dict, flag: str = "--lora") ->
     Args:
         pipe: the pipeline the LoRA goes into.
         weights: the LoRA file (either layout), or tensors from :func:`read_lora`.
+        source: the file ``weights`` was read from, named in errors.
 
     Raises:
         UserInputError: naming the first module that does not fit.
     """
     from fusynth.diffusion.kohya import _DIFFUSERS_KEY
 
-    label = "the LoRA" if isinstance(weights, dict) else str(weights)
+    label = str(source) if source is not None else "the LoRA"
+    if not isinstance(weights, dict):
+        label = str(weights)
     tensors = weights if isinstance(weights, dict) else read_lora(pipe, Path(weights), flag)[0]
     modules = {
         "unet": dict(pipe.unet.named_modules()),
@@ -171,7 +176,7 @@ def load_lora(pipe: Any, weights: Path, scale: float = 1.0, flag: str = "--lora"
     from fusynth.core.io import atomic_write_bytes
 
     tensors, header = read_lora(pipe, weights, flag)
-    check_lora_matches(pipe, tensors, flag)
+    check_lora_matches(pipe, tensors, flag, source=weights)
     with tempfile.TemporaryDirectory(prefix="fusynth-lora-") as tmp:
         # through a file: diffusers reads the per-module alphas from its header only
         data = save({k: v.contiguous() for k, v in tensors.items()}, header)
