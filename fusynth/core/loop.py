@@ -291,6 +291,7 @@ def start_run(config: Any, weights_file: str, **accelerator_kwargs: Any):
         ),
         **accelerator_kwargs,
     )
+    accelerator.wait_for_everyone()  # every process has looked at the folders
     if fresh_staging and accelerator.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)  # no stale checkpoints to resume from
         staging.mkdir(parents=True)
