@@ -68,12 +68,12 @@ def _commands(tiny_base, tiny_lora, tiny_controlnet, phantom_prepared, tmp_path)
     cli = ["-m", "fusynth.cli"]
     recipes = ROOT / "recipes"
     cohort = ["--steps", "2", "--shard_size", "2", "--batch_size", "2", "--seed", "3"]
-    train = ["--max_train_steps", "3", "--checkpointing_steps", "1", "--train_batch_size", "2"]
+    train = ["--max_train_steps", "2", "--checkpointing_steps", "1", "--train_batch_size", "2"]
     return {
         "text2img": Command(
             lambda out: [
                 *cli, "generate", "text2img", "--base", str(tiny_base), "--lora", str(tiny_lora),
-                "--views", "head:3,femur:2", "--resolution", "32", *cohort, "--out", str(out),
+                "--views", "head:2,femur:1", "--resolution", "32", *cohort, "--out", str(out),
             ],
             _cohort_bytes,
             ".final.tmp-",
@@ -82,7 +82,7 @@ def _commands(tiny_base, tiny_lora, tiny_controlnet, phantom_prepared, tmp_path)
         "pairs": Command(
             lambda out: [
                 *cli, "generate", "pairs", "--method", "controlnet", "--adapter",
-                str(tiny_controlnet), "--masks_from", "ellipse", "--n", "4", *cohort,
+                str(tiny_controlnet), "--masks_from", "ellipse", "--n", "3", *cohort,
                 "--out", str(out),
             ],
             _cohort_bytes,
