@@ -198,6 +198,28 @@ CASES = [
 ]
 
 
+def _record(fill: dict[str, str], runner: str, argv: str, rc: int, err: str) -> None:
+    """Append the case and what it printed to ``$FUSYNTH_BAD_INPUT_RECORD`` (JSON lines),
+    with the fixtures' paths put back as their names: what scripts/bad_input_table.py
+    turns into the README's table."""
+    record = os.environ.get("FUSYNTH_BAD_INPUT_RECORD")
+    if not record:
+        return
+    import json
+
+    names = {"T": "", "P": "DATA", "B": "BASE", "L": "LORA", "S": "SAM"}
+    line = "\n".join(x for x in err.splitlines() if "error:" in x) or err.strip()
+    for key in sorted(fill, key=lambda k: -len(fill[k])):
+        line = line.replace(fill[key] + "/", names[key] + "/" if names[key] else "")
+        line = line.replace(fill[key], names[key] or ".")
+    command = "fusynth" if runner == "fusynth" else f"recipes/{runner}.py"
+    argv = argv.replace("{T}/", "")
+    for key, name in names.items():
+        argv = argv.replace("{" + key + "}", name)
+    with open(record, "a") as fh:
+        fh.write(json.dumps({"command": f"{command} {argv}", "exit": rc, "line": line}) + "\n")
+
+
 @pytest.mark.parametrize(
     ("runner", "argv", "needle"), CASES, ids=[f"{r}: {a}" for r, a, _ in CASES]
 )
@@ -208,6 +230,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(world, capsys, runner, 
     before = _snapshot(*world["roots"])
     rc = main(args) if runner == "fusynth" else run_recipe(runner, *args)
     err = capsys.readouterr().err
+    _record(fill, runner, argv, rc, err)
     assert rc == 2, err
     assert "Traceback" not in err, err
     errors = [line for line in err.splitlines() if "error:" in line]

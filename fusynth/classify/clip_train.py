@@ -68,6 +68,8 @@ from fusynth.core.loop import (
     checkpoint_if_due,
     choice,
     epoch_order,
+    final_dir,
+    finish_run,
     make_lr_scheduler,
     positive,
     replace_outputs,
@@ -497,15 +499,11 @@ def train_clip(config: ClipTrainConfig) -> ClipTrainResult:
             run.optimizer,
             run.lr_scheduler,
         )
-    bar.close()
-    elapsed = time.perf_counter() - started
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        _save_final(run, run_config, step)
-    acc.wait_for_everyone()
-    acc.end_training()
+    elapsed = finish_run(
+        acc, bar, started, lambda: _save_final(run, run_config, step), run.output_dir
+    )
     return ClipTrainResult(
-        run.output_dir, step, seen / elapsed if elapsed > 0 else 0.0, list(run.losses)
+        final_dir(run.output_dir), step, seen / elapsed if elapsed > 0 else 0.0, list(run.losses)
     )
 
 

@@ -50,6 +50,7 @@ from fusynth.core.loop import (
     check_run_dir,
     checkpoint_if_due,
     epoch_order,
+    final_dir,
     finish_run,
     make_lr_scheduler,
     replace_outputs,
@@ -412,9 +413,9 @@ def train_classifier(config: ClassifierTrainConfig) -> ClassifierTrainResult:
         final = progress.best_state if progress.best_state is not None else _cpu_state(run.model)
         _save_final(run.output_dir, final, run.spec, run_config, global_step, progress)
 
-    elapsed = finish_run(acc, bar, started, save_final)
+    elapsed = finish_run(acc, bar, started, save_final, run.output_dir)
     return ClassifierTrainResult(
-        run.output_dir,
+        final_dir(run.output_dir),
         global_step,
         seen / elapsed if elapsed > 0 else 0.0,
         progress.losses,

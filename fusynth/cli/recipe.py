@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from fusynth.core.config import resolve_config
@@ -43,15 +45,28 @@ def run_recipe(
     Returns 0 on success, 2 on bad input (one line naming the flag or file; a traceback
     only with ``--debug``).
     """
+    if "--check" not in parser._option_string_actions:
+        parser.add_argument(
+            "--check",
+            action="store_true",
+            help="check the flags, the config and the input and output paths, then exit "
+            "(0: fine, 2: the one line says what is wrong) without loading a model or "
+            "data: run it before accelerate launch",
+        )
     try:
         given = vars(parser.parse_args(argv))
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
     debug = given.pop("debug", False)
+    check = given.pop("check", False)
     logging.basicConfig(level=logging.INFO, format="fusynth: %(message)s", stream=sys.stderr)
-    quiet_libraries()
     try:
         config = resolve_config(config_cls, given, given.pop("config", None))
+        if check:
+            check_recipe(config)
+            print(f"fusynth: --check: the flags and config of {parser.prog} are valid")
+            return 0
+        quiet_libraries()
         run(config)
     except (UserInputError, OSError) as exc:
         error = exc if isinstance(exc, UserInputError) else as_user_error(exc)
@@ -60,6 +75,68 @@ def run_recipe(
         print(f"fusynth: error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+#: Config fields that name a prepared dataset or cohort ``DIR[:split]``.
+DATA_FIELDS = ("train_data", "train", "validation", "synthetic")
+#: Config fields that name a local file or folder (never a Hub id).
+PATH_FIELDS = ("checkpoint", "original_config", "captions")
+
+
+def check_data_spec(spec: str, flag: str) -> None:
+    """Check a ``DIR[:split]`` without loading it: the folder exists and, when it is a
+    prepared dataset, has the named split (read from its ``dataset_dict.json``).
+
+    Raises:
+        UserInputError: naming ``flag``, the folder and the splits there are.
+    """
+    head, sep, tail = str(spec).rpartition(":")
+    folder, split = Path(spec), None
+    if sep and head and not folder.exists():
+        folder, split = Path(head), tail
+    if not folder.exists():
+        raise UserInputError(f"{flag}: {folder} does not exist")
+    index = folder / "dataset_dict.json"
+    if split and index.is_file():
+        splits = json.loads(index.read_text()).get("splits", [])
+        if split not in splits:
+            raise UserInputError(
+                f"{flag}: {folder} has no split {split!r} (splits: {', '.join(splits) or 'none'})"
+            )
+
+
+def check_recipe(config: Any) -> None:
+    """What ``--check`` verifies beyond the config's own checks (done when it was built),
+    with nothing loaded and nothing written: the data folders and their splits, local
+    files, and the output folder (not foreign; resumable or replaceable as asked).
+
+    Raises:
+        UserInputError: the first problem, naming its flag.
+    """
+    from fusynth.core.io import check_foreign
+    from fusynth.core.loop import find_resume_checkpoint, list_checkpoints, staging_dir
+
+    for name in DATA_FIELDS:
+        spec = getattr(config, name, None)
+        if isinstance(spec, str) and spec and spec != "none":
+            check_data_spec(spec, f"--{name}")
+    for name in PATH_FIELDS:
+        value = getattr(config, name, None)
+        if isinstance(value, str) and value and not Path(value).exists():
+            raise UserInputError(f"--{name}: {value} does not exist")
+    out = Path(config.output_dir)
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--output_dir: {out} exists and is not a folder")
+    check_foreign(out, "--output_dir")
+    resume, overwrite = config.resume_from_checkpoint, config.overwrite_output_dir
+    holds_run = out.is_dir() and (list_checkpoints(out) or any(out.glob("*.safetensors")))
+    if resume is None and not overwrite and holds_run:
+        raise UserInputError(
+            f"--output_dir: {out} already holds a run; resume it with "
+            "--resume_from_checkpoint latest or pass --overwrite_output_dir"
+        )
+    if resume is not None and not (overwrite and staging_dir(out).is_dir()):
+        find_resume_checkpoint(resume, out)
 
 
 def run_training_recipe(

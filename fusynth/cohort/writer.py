@@ -32,7 +32,13 @@ import numpy as np
 
 from fusynth.core.artifacts import REQUEST_FILE, STATS_FILE
 from fusynth.core.errors import UserInputError
-from fusynth.core.io import atomic_write_bytes, check_foreign, make_temp_dir, write_marker
+from fusynth.core.io import (
+    atomic_write_bytes,
+    check_foreign,
+    make_temp_dir,
+    remove_stale_temps,
+    write_marker,
+)
 from fusynth.data.schema import FEATURES, save_prepared
 
 T = TypeVar("T")
@@ -145,7 +151,11 @@ class CohortWriter:
         return "new"
 
     def setup(self, state: str) -> None:
-        """Main process only: clear a replaced cohort, record the request."""
+        """Main process only: clear a replaced cohort, record the request (and tidy a
+        finished one that a kill stopped before it removed its shards)."""
+        if state == "done":
+            remove_stale_temps(self.out)
+            shutil.rmtree(self.out / "shards", ignore_errors=True)
         if state == "replace":
             shutil.rmtree(self.out)
         if state in ("new", "replace", "resume"):
@@ -216,6 +226,7 @@ class CohortWriter:
                 "adapter longer"
             )
         train = datasets.concatenate_datasets(parts)
+        remove_stale_temps(self.out)  # what a killed finalize left; ours comes next
         tmp = make_temp_dir(".final.tmp-", self.out)
         save_prepared(datasets.DatasetDict({"train": train}), tmp)
         del parts, train
@@ -321,6 +332,8 @@ def open_cohort(
     writer = CohortWriter(out, request, n=n, shard_size=shard_size, overwrite=overwrite)
     status = writer.check()
     if status == "done":
+        if state.is_main_process:
+            writer.setup(status)  # only tidies what a kill after the final write left
         return None, None
     loaded = load() if load is not None else None
     # Every process must have read ``out`` before the main one changes it: a process that

@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -182,6 +183,47 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = 
             os.unlink(tmp)
         raise
     return path
+
+
+def canonical_safetensors(folder: str | os.PathLike) -> None:
+    """Rewrite the header of every ``.safetensors`` file under ``folder`` with sorted keys.
+
+    safetensors writes its ``__metadata__`` entries in a hash order that changes from
+    process to process, so two identical trainings gave files equal tensor for tensor but
+    not byte for byte. The header keeps its length (it is padded with spaces, as
+    safetensors pads it), so offsets and loaders are unaffected.
+    """
+    for path in sorted(Path(folder).rglob("*.safetensors")):
+        with path.open("r+b") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(size))
+            data = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+            if len(data) <= size:
+                fh.seek(8)
+                fh.write(data.ljust(size, b" "))
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[str]:
+    """Delete what an interrupted run left half-written in ``folder``: the temporary
+    siblings of :func:`atomic_write_bytes` (``.NAME.tmp-*``) and of whole folders
+    (``.NAME.tmp``, ``.final.tmp-*``). Only the process that owns ``folder`` may call it.
+
+    Returns:
+        The names removed.
+    """
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for item in folder.iterdir():
+        if item.name.startswith(".") and re.search(r"\.tmp(-[^/]*)?$", item.name):
+            if item.is_dir() and not item.is_symlink():
+                shutil.rmtree(item, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    item.unlink()
+            removed.append(item.name)
+    return sorted(removed)
 
 
 def folder_sha256(path: str | os.PathLike) -> str:

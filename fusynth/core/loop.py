@@ -4,7 +4,13 @@ makes resume exact, and ``checkpoint-N`` folders.
 * All randomness of a micro-batch is drawn from a generator seeded by ``(seed,
   micro-step, process)`` and the data order of an epoch by ``(seed, epoch)``, so resuming
   from ``checkpoint-k`` reproduces an uninterrupted run exactly.
-* A checkpoint folder is complete once its ``training_state.json`` exists.
+* A checkpoint folder is complete once its ``training_state.json`` exists. It carries
+  the run's log so far (``train_log.json``), so the log a resumed run writes is the whole
+  run's, not only the steps since the resume.
+* ``--overwrite_output_dir`` never deletes the old run first: the new one is written into
+  a marked sibling ``.NAME.fusynth-new/`` and swapped in only when it is complete
+  (:func:`finish_run`). An interrupted overwrite leaves the old folder whole; the same
+  command with ``--resume_from_checkpoint latest`` continues it.
 """
 
 from __future__ import annotations
@@ -21,11 +27,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from fusynth.core.artifacts import CHECKPOINT_STATE
+from fusynth.core.artifacts import CHECKPOINT_STATE, TRAIN_LOG
 from fusynth.core.errors import UserInputError, suggest
-from fusynth.core.io import check_foreign, write_marker
+from fusynth.core.io import (
+    canonical_safetensors,
+    check_foreign,
+    remove_stale_temps,
+    write_marker,
+)
 
 STATE_FILE = CHECKPOINT_STATE
+
+#: What a run's log is: named series (``losses``, ``validation``, ...), each a list that
+#: grows as the run goes; written with the step as ``train_log.json``.
+TrainLog = dict[str, list[Any]]
+
+log = logging.getLogger("fusynth")
 
 
 def choice(value: str, choices: tuple[str, ...], flag: str) -> str:
@@ -101,9 +118,11 @@ def save_checkpoint(
     optimizer: Any,
     scheduler: Any,
     total_limit: int | None = None,
+    train_log: TrainLog | None = None,
 ) -> None:
-    """Write ``checkpoint-N`` atomically: trained weights, optimizer, LR scheduler and the
-    settings a resume must match; keep at most ``total_limit`` checkpoints."""
+    """Write ``checkpoint-N`` atomically: trained weights, optimizer, LR scheduler, the
+    settings a resume must match and the run's log so far (``train_log``); keep at most
+    ``total_limit`` checkpoints."""
     output_dir = folder.parent
     if total_limit is not None:
         existing = list_checkpoints(output_dir)
@@ -113,8 +132,11 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_weights(tmp)
+    canonical_safetensors(tmp)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    if train_log is not None:
+        write_train_log(tmp, step, train_log)
     (tmp / STATE_FILE).write_text(json.dumps({"global_step": step, **resume_state}, indent=2))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
@@ -126,8 +148,12 @@ def load_checkpoint(
     load_weights: Callable[[Path], None],
     optimizer: Any,
     scheduler: Any,
+    train_log: TrainLog | None = None,
 ) -> int:
     """Restore a checkpoint after checking its settings match this run; returns its step.
+
+    Each series of ``train_log`` is replaced, in place, by the checkpoint's (a checkpoint
+    written before checkpoints carried the log leaves them empty, with a warning).
 
     Raises:
         UserInputError: a setting differs, naming the flag and both values.
@@ -142,7 +168,37 @@ def load_checkpoint(
     load_weights(folder)
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    if train_log is not None:
+        read_train_log(folder, train_log)
     return int(state["global_step"])
+
+
+def write_train_log(folder: Path, step: int, train_log: TrainLog) -> Path:
+    """Write ``folder/train_log.json``: the step and every series of ``train_log``."""
+    path = Path(folder) / TRAIN_LOG
+    path.write_text(json.dumps({"global_step": step, **train_log}, indent=1))
+    return path
+
+
+def read_train_log(folder: Path, train_log: TrainLog) -> None:
+    """Fill ``train_log``'s series, in place, from a checkpoint's ``train_log.json``."""
+    path = Path(folder) / TRAIN_LOG
+    if not path.is_file():
+        log.warning(
+            "%s holds no %s (written by an older fusynth): the run's %s will start at this "
+            "checkpoint",
+            folder,
+            TRAIN_LOG,
+            TRAIN_LOG,
+        )
+        data: dict[str, Any] = {}
+    else:
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as exc:
+            raise UserInputError(f"--resume_from_checkpoint: {path} is not valid JSON") from exc
+    for key, series in train_log.items():
+        series[:] = list(data.get(key, []))
 
 
 # ----------------------------------------------------------------------------- a run's folder
@@ -165,18 +221,45 @@ def check_run_dir(config: Any, weights_file: str) -> Path:
             f"--output_dir: {out} already holds a run; resume it with "
             "--resume_from_checkpoint latest or pass --overwrite_output_dir"
         )
+    if staging_dir(out).is_dir() and not config.overwrite_output_dir:
+        log.warning(
+            "%s holds an interrupted --overwrite_output_dir run; continue it with "
+            "--overwrite_output_dir --resume_from_checkpoint latest",
+            staging_dir(out),
+        )
     return out
 
 
+def staging_dir(output_dir: Path) -> Path:
+    """Where ``--overwrite_output_dir`` trains before the swap: ``.NAME.fusynth-new``."""
+    return output_dir.parent / f".{output_dir.name}.fusynth-new"
+
+
+def final_dir(output_dir: Path) -> Path:
+    """The folder a run ends up in: ``output_dir``, or for its staging sibling
+    (:func:`staging_dir`) the folder it replaces."""
+    m = re.fullmatch(r"\.(.+)\.fusynth-new", output_dir.name)
+    return output_dir.parent / m.group(1) if m else output_dir
+
+
+def _holds_anything(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
+
+
 def start_run(config: Any, weights_file: str, **accelerator_kwargs: Any):
-    """Check the output folder and the resume point, build the Accelerator, and clear
-    the folder when the run starts over.
+    """Check the output folder and the resume point, and build the Accelerator.
+
+    With ``--overwrite_output_dir`` over a folder that holds something, the run writes
+    into :func:`staging_dir` instead (a fresh one, or with ``--resume_from_checkpoint``
+    the one an interrupted overwrite left, resumed from its latest checkpoint or started
+    over when it has none); :func:`finish_run` swaps it in when the run is complete.
 
     ``config`` needs ``output_dir``, ``resume_from_checkpoint``, ``overwrite_output_dir``,
     ``mixed_precision`` and ``report_to``.
 
     Returns:
-        ``(accelerator, output_dir, resume)``: ``resume`` is the checkpoint folder or None.
+        ``(accelerator, output_dir, resume)``: ``output_dir`` is where the run writes
+        (the staging folder when overwriting), ``resume`` the checkpoint folder or None.
     """
     from accelerate.utils import ProjectConfiguration
 
@@ -185,9 +268,21 @@ def start_run(config: Any, weights_file: str, **accelerator_kwargs: Any):
     output_dir = check_run_dir(config, weights_file)
     if config.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise UserInputError("--mixed_precision fp16 needs a CUDA GPU; use bf16 or no on a CPU")
-    resume = None
-    if config.resume_from_checkpoint is not None:
+    resume, fresh_staging = None, False
+    staging = staging_dir(output_dir)
+    check_foreign(staging, "--output_dir")
+    if config.overwrite_output_dir and staging.is_dir() and config.resume_from_checkpoint:
+        # An interrupted overwrite: continue it, never the old run it replaces.
+        output_dir = staging
+        if config.resume_from_checkpoint != "latest" or list_checkpoints(staging):
+            resume = find_resume_checkpoint(config.resume_from_checkpoint, staging)
+        else:
+            log.info("%s holds no checkpoint yet: the overwrite starts over", staging)
+            fresh_staging = True
+    elif config.resume_from_checkpoint is not None:
         resume = find_resume_checkpoint(config.resume_from_checkpoint, output_dir)
+    elif config.overwrite_output_dir and _holds_anything(output_dir):
+        output_dir, fresh_staging = staging, True
     accelerator = make_accelerator(
         mixed_precision=config.mixed_precision,
         log_with=None if config.report_to == "none" else config.report_to,
@@ -196,10 +291,34 @@ def start_run(config: Any, weights_file: str, **accelerator_kwargs: Any):
         ),
         **accelerator_kwargs,
     )
-    if config.overwrite_output_dir and resume is None and accelerator.is_main_process:
-        shutil.rmtree(output_dir, ignore_errors=True)  # no stale checkpoints to resume from
+    accelerator.wait_for_everyone()  # every process has looked at the folders
+    if fresh_staging and accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)  # no stale checkpoints to resume from
+        staging.mkdir(parents=True)
+        write_marker(staging, "training-run (being written)")
     accelerator.wait_for_everyone()
     return accelerator, output_dir, resume
+
+
+def swap_in(output_dir: Path) -> Path:
+    """Put a complete run written in its staging folder in place of the old one.
+
+    The old folder is renamed aside before the new one takes its name, so at every
+    moment one complete run is there under a fusynth name; then it is deleted.
+
+    Returns:
+        The final folder (``output_dir`` itself when it is not a staging folder).
+    """
+    final = final_dir(output_dir)
+    if final == output_dir:
+        return final
+    old = final.parent / f".{final.name}.fusynth-old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(output_dir, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
 
 
 def tracker_config(run_config: dict[str, Any]) -> dict[str, Any]:
@@ -216,6 +335,7 @@ def replace_outputs(output_dir: Path, write: Callable[[Path], None]) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     write(tmp)
+    canonical_safetensors(tmp)  # the same run gives the same bytes
     for item in tmp.iterdir():
         target = output_dir / item.name
         if target.is_dir():
@@ -240,6 +360,7 @@ def write_run_config(
     if not accelerator.is_main_process:
         return
     output_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(output_dir)  # what a killed run left half-written
     write_marker(output_dir, f"training-run ({project})")
     write_config_json(output_dir, run_config)
     if report_to != "none":
@@ -312,12 +433,14 @@ def resume_run(
     load_weights: Callable[[Path], None],
     optimizer: Any,
     scheduler: Any,
+    train_log: TrainLog | None = None,
 ) -> int:
-    """The step to start from: 0, or that of the restored checkpoint ``resume``."""
+    """The step to start from: 0, or that of the restored checkpoint ``resume`` (whose
+    log so far then fills ``train_log``)."""
     if resume is None:
         return 0
-    step = load_checkpoint(resume, resume_state, load_weights, optimizer, scheduler)
-    logging.getLogger("fusynth").info("resumed from %s at step %d", resume, step)
+    step = load_checkpoint(resume, resume_state, load_weights, optimizer, scheduler, train_log)
+    log.info("resumed from %s at step %d", resume, step)
     return step
 
 
@@ -331,9 +454,11 @@ def checkpoint_if_due(
     save_weights: Callable[[Path], None],
     optimizer: Any,
     scheduler: Any,
+    train_log: TrainLog | None = None,
 ) -> None:
     """Every ``--checkpointing_steps`` steps and after the last one (``step ==
-    max_steps``), the main process writes ``checkpoint-N``; every process waits for it.
+    max_steps``), the main process writes ``checkpoint-N`` (with ``train_log`` so far);
+    every process waits for it.
 
     ``max_steps`` may still be a bool, ``True`` on the last step: the earlier form of
     this argument, which ``fusynth.classify.train`` passes until it moves to ``max_steps``.
@@ -350,19 +475,28 @@ def checkpoint_if_due(
             optimizer,
             scheduler,
             config.checkpoints_total_limit,
+            train_log,
         )
     accelerator.wait_for_everyone()
 
 
-def finish_run(accelerator: Any, bar: Any, started: float, save_final: Callable[[], None]) -> float:
+def finish_run(
+    accelerator: Any,
+    bar: Any,
+    started: float,
+    save_final: Callable[[], None],
+    output_dir: Path | None = None,
+) -> float:
     """End every training loop the same way: close the progress bar, let the main process
-    write the final folder while the others wait, and end the trackers.
+    write the final folder while the others wait (and swap it in, when ``output_dir``
+    is a staging folder), and end the trackers.
 
     Args:
         accelerator: the run's Accelerator.
         bar: the run's tqdm progress bar.
         started: ``time.perf_counter()`` when the steps began.
         save_final: writes the final output folder (called on the main process only).
+        output_dir: where the run wrote, as :func:`start_run` returned it.
 
     Returns:
         Seconds from ``started`` to the last step.
@@ -374,6 +508,8 @@ def finish_run(accelerator: Any, bar: Any, started: float, save_final: Callable[
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_final()
+        if output_dir is not None:
+            swap_in(output_dir)  # open tracker files move with the folder
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return elapsed

@@ -19,7 +19,6 @@ differently from a plain diffusers script:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -35,6 +34,7 @@ from fusynth.core.loop import (
     check_run_dir,
     checkpoint_if_due,
     epoch_order,
+    final_dir,
     finish_run,
     make_lr_scheduler,
     replace_outputs,
@@ -43,6 +43,7 @@ from fusynth.core.loop import (
     step_generator,
     write_config_json,
     write_run_config,
+    write_train_log,
 )
 from fusynth.diffusion.base import BaseRef, SDComponents, load_components, resolve_base
 from fusynth.diffusion.config import TrainConfig
@@ -266,8 +267,14 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
     trained = {k: accelerator.unwrap_model(v) for k, v in prepared.items()}
 
     resume_state = _resume_state(config, method, resolution)  # what a checkpoint must match
+    losses: list[float] = []  # the whole run's: a resume restores the checkpoint's
     global_step = resume_run(
-        resume, resume_state, lambda f: method.load_weights(f, trained), optimizer, lr_scheduler
+        resume,
+        resume_state,
+        lambda f: method.load_weights(f, trained),
+        optimizer,
+        lr_scheduler,
+        {"losses": losses},
     )
     run_config = _run_config(config, method, ref, resolution, data, processes)
     write_run_config(
@@ -280,7 +287,6 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
     prediction_type = sched.config.prediction_type
     unet = prepared.get("unet", comps.unet)
     device = accelerator.device
-    losses: list[float] = []
     micro = global_step * config.gradient_accumulation_steps
     seen, started = 0, time.perf_counter()
     bar = tqdm(
@@ -371,6 +377,7 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
             lambda tmp: method.save_weights(tmp, trained),
             optimizer,
             lr_scheduler,
+            {"losses": losses},
         )
         if config.validation_prompt and (
             global_step % config.validation_steps == 0 or global_step == max_steps
@@ -390,8 +397,11 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
         bar,
         started,
         lambda: _save_final(output_dir, method, trained, run_config, ref, global_step, losses),
+        output_dir,
     )
-    return TrainResult(output_dir, global_step, seen / elapsed if elapsed > 0 else 0.0, losses, ref)
+    return TrainResult(
+        final_dir(output_dir), global_step, seen / elapsed if elapsed > 0 else 0.0, losses, ref
+    )
 
 
 def _validate(accelerator, method, comps, modules, data, resolution, output_dir, step) -> None:
@@ -497,9 +507,7 @@ def _save_final(output_dir, method, modules, run_config, ref, step, losses) -> N
         method.save_weights(tmp, modules)
         method.save_extras(tmp, modules, ref)
         write_config_json(tmp, run_config)
-        (tmp / "train_log.json").write_text(
-            json.dumps({"global_step": step, "losses": losses}, indent=1)
-        )
+        write_train_log(tmp, step, {"losses": losses})
         (tmp / "README.md").write_text(method.render_card(run_config, step, sample))
 
     replace_outputs(output_dir, write)

@@ -37,6 +37,7 @@ from fusynth.core.loop import (
     checkpoint_if_due,
     choice,
     epoch_order,
+    final_dir,
     finish_run,
     make_lr_scheduler,
     positive,
@@ -46,6 +47,7 @@ from fusynth.core.loop import (
     step_generator,
     write_config_json,
     write_run_config,
+    write_train_log,
 )
 from fusynth.core.traps import emit, small_validation
 from fusynth.data.schema import with_default_split
@@ -436,14 +438,16 @@ def finetune_sam(config: SamFinetuneConfig) -> SamTrainResult:
     lr_scheduler = make_lr_scheduler(config, optimizer, max_steps)
     prepared, optimizer = accelerator.prepare(model, optimizer)
     resume_state = {k: getattr(config, k) for k in RESUME_KEYS}
+    # The whole run's log: a resume restores the checkpoint's, checkpoints carry it.
+    losses: list[float] = []
+    val_history: list[dict[str, float]] = []
+    train_log = {"losses": losses, "validation": val_history}
     global_step = resume_run(
-        resume, resume_state, lambda f: _load_trained(f, sam), optimizer, lr_scheduler
+        resume, resume_state, lambda f: _load_trained(f, sam), optimizer, lr_scheduler, train_log
     )
     run_config = _run_config(config, model_type, size, base_info, data, processes, max_steps)
     write_run_config(accelerator, run_config, output_dir, "fusynth-sam", config.report_to)
 
-    losses: list[float] = []
-    val_history: list[dict[str, float]] = []
     micro = global_step * config.gradient_accumulation_steps
     seen, started = 0, time.perf_counter()
     bar = tqdm(
@@ -518,6 +522,7 @@ def finetune_sam(config: SamFinetuneConfig) -> SamTrainResult:
             lambda tmp: _save_trained(tmp, sam),
             optimizer,
             lr_scheduler,
+            train_log,
         )
     elapsed = finish_run(
         accelerator,
@@ -526,9 +531,10 @@ def finetune_sam(config: SamFinetuneConfig) -> SamTrainResult:
         lambda: _save_final(
             output_dir, sam, model_type, run_config, global_step, losses, val_history
         ),
+        output_dir,
     )
     return SamTrainResult(
-        output_dir,
+        final_dir(output_dir),
         global_step,
         seen / elapsed if elapsed > 0 else 0.0,
         losses,
@@ -579,8 +585,7 @@ def _save_final(output_dir, sam, model_type, run_config, step, losses, val_histo
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(sam_config, indent=2))
         write_config_json(tmp, run_config)
-        log = {"global_step": step, "losses": losses, "validation": val_history}
-        (tmp / "train_log.json").write_text(json.dumps(log, indent=1))
+        write_train_log(tmp, step, {"losses": losses, "validation": val_history})
         (tmp / "README.md").write_text(render_sam_card(run_config, step, val_history))
 
     replace_outputs(output_dir, write)

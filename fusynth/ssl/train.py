@@ -25,6 +25,7 @@ from fusynth.core.loop import (
     check_run_settings,
     checkpoint_if_due,
     epoch_order,
+    final_dir,
     finish_run,
     make_lr_scheduler,
     replace_outputs,
@@ -33,6 +34,7 @@ from fusynth.core.loop import (
     step_generator,
     write_config_json,
     write_run_config,
+    write_train_log,
 )
 from fusynth.data.schema import with_default_split
 from fusynth.data.views import ViewSet, load_view_set
@@ -197,8 +199,12 @@ def train_ssl(config: SslConfig) -> SslTrainResult:
     lr_scheduler = make_lr_scheduler(config, optimizer, max_steps)
     prepared, optimizer = accelerator.prepare(model, optimizer)
     resume_state = {k: getattr(config, k) for k in RESUME_KEYS}
+    # The whole run's log: a resume restores the checkpoint's, checkpoints carry it.
+    losses: list[float] = []
+    top1: list[float] = []
+    train_log = {"losses": losses, "positive_top1": top1}
     global_step = resume_run(
-        resume, resume_state, lambda f: _load_model(f, model), optimizer, lr_scheduler
+        resume, resume_state, lambda f: _load_model(f, model), optimizer, lr_scheduler, train_log
     )
     run_config = _run_config(config, data, batch, processes, max_steps)
     if accelerator.is_main_process:
@@ -211,8 +217,6 @@ def train_ssl(config: SslConfig) -> SslTrainResult:
         )
     write_run_config(accelerator, run_config, output_dir, "fusynth-ssl", config.report_to)
 
-    losses: list[float] = []
-    top1: list[float] = []
     seen, started = 0, time.perf_counter()
     bar = tqdm(
         total=max_steps,
@@ -261,15 +265,17 @@ def train_ssl(config: SslConfig) -> SslTrainResult:
             lambda tmp: _save_model(tmp, model),
             optimizer,
             lr_scheduler,
+            train_log,
         )
     elapsed = finish_run(
         accelerator,
         bar,
         started,
         lambda: _save_final(output_dir, model, run_config, global_step, losses, top1),
+        output_dir,
     )
     return SslTrainResult(
-        output_dir, global_step, seen / elapsed if elapsed > 0 else 0.0, losses, top1
+        final_dir(output_dir), global_step, seen / elapsed if elapsed > 0 else 0.0, losses, top1
     )
 
 
@@ -317,8 +323,7 @@ def _save_final(output_dir, model, run_config, step, losses, top1) -> None:
         save_file(state, str(tmp / ENCODER_FILE))
         (tmp / SSL_CONFIG_FILE).write_text(json.dumps(ssl_config(run_config), indent=2) + "\n")
         write_config_json(tmp, run_config)
-        log = {"global_step": step, "losses": losses, "positive_top1": top1}
-        (tmp / "train_log.json").write_text(json.dumps(log, indent=1))
+        write_train_log(tmp, step, {"losses": losses, "positive_top1": top1})
         (tmp / "README.md").write_text(render_ssl_card(run_config, step, losses))
 
     replace_outputs(output_dir, write)

@@ -105,6 +105,8 @@ def test_resume_gives_the_same_model_and_log(phantom_prepared, tmp_path):
     )
     assert resumed.losses == straight.losses
     assert resumed.validation == straight.validation
+    log = (resumed.output_dir / "train_log.json").read_text()
+    assert log == (straight.output_dir / "train_log.json").read_text()
     a = load_file(str(straight.output_dir / "model.safetensors"))
     b = load_file(str(resumed.output_dir / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -200,6 +200,10 @@ def test_resume_is_exact(tiny_base, phantom_prepared, tmp_path):
         assert torch.equal(a[key], b[key]), key
     c = load_file(str(full / "checkpoint-3" / "pytorch_lora_weights.safetensors"))
     assert any(not torch.equal(a[k], c[k]) for k in a)  # steps 4-6 did change the weights
+    # The resumed run's log is the whole run's, not only steps 4-6.
+    log = (resumed / "train_log.json").read_text()
+    assert log == (full / "train_log.json").read_text()
+    assert len(json.loads(log)["losses"]) == 6
 
 
 def test_frozen_encoders_run_once(tiny_base, phantom_prepared, tmp_path, monkeypatch):

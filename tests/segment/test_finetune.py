@@ -231,10 +231,83 @@ def test_resume_gives_the_same_weights(heads, tmp_path):
     resumed = finetune_sam(
         _config(heads, tmp_path / "r", cache, box_jitter=5, resume_from_checkpoint="latest")
     )
-    assert resumed.losses == straight.losses[2:]
+    # The checkpoint carries the log so far: the resumed run's log is the whole run's.
+    assert resumed.losses == straight.losses and len(straight.losses) == 4
+    log = json.loads((resumed.output_dir / "train_log.json").read_text())
+    assert log["losses"] == straight.losses
+    # The 2-step run validated at its last step; that stays in the log, as it happened.
+    assert [v["step"] for v in log["validation"]] == [2, 4]
     a = load_file(str(straight.output_dir / "model.safetensors"))
     b = load_file(str(resumed.output_dir / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def test_an_interrupted_overwrite_keeps_the_old_run_whole(heads, tmp_path, monkeypatch):
+    import fusynth.core.loop as loop
+
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    finetune_sam(_config(heads, out, cache, max_train_steps=2, seed=1))
+    old = _files(out)
+    straight = finetune_sam(_config(heads, tmp_path / "s", cache, box_jitter=5))
+
+    # The overwrite is stopped right after its checkpoint-2, as a kill would stop it.
+    real = loop.save_checkpoint
+
+    def stop_after_2(folder, step, *args, **kwargs):
+        real(folder, step, *args, **kwargs)
+        if step == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_checkpoint", stop_after_2)
+    with pytest.raises(KeyboardInterrupt):
+        finetune_sam(_config(heads, out, cache, box_jitter=5, overwrite_output_dir=True))
+    monkeypatch.undo()
+    assert _files(out) == old  # the old run is whole, byte for byte
+    staging = tmp_path / ".run.fusynth-new"
+    assert (staging / "checkpoint-2" / "training_state.json").is_file()
+    assert (staging / ".fusynth.json").is_file()
+
+    # The same command with --resume_from_checkpoint latest continues the overwrite.
+    again = _config(
+        heads, out, cache, box_jitter=5, overwrite_output_dir=True, resume_from_checkpoint="latest"
+    )
+    resumed = finetune_sam(again)
+    assert resumed.output_dir == out and not staging.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    assert resumed.losses == straight.losses
+    a = load_file(str(straight.output_dir / "model.safetensors"))
+    b = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert {p.name for p in out.glob("checkpoint-*")} == {"checkpoint-2", "checkpoint-4"}
+    assert json.loads((out / "config.json").read_text())["seed"] == 0  # the new run's
+
+
+def test_an_overwrite_stopped_before_a_checkpoint_starts_over(heads, tmp_path, monkeypatch):
+    import fusynth.segment.finetune as finetune
+
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    finetune_sam(_config(heads, out, cache, max_train_steps=2, seed=1))
+    old = _files(out)
+    monkeypatch.setattr(finetune, "write_run_config", _raise_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        finetune_sam(_config(heads, out, cache, overwrite_output_dir=True))
+    monkeypatch.undo()
+    assert _files(out) == old
+    staging = tmp_path / ".run.fusynth-new"
+    assert staging.is_dir() and not list(staging.glob("checkpoint-*"))
+    again = _config(heads, out, cache, overwrite_output_dir=True, resume_from_checkpoint="latest")
+    assert finetune_sam(again).global_step == 4 and not staging.exists()
+    assert json.loads((out / "train_log.json").read_text())["global_step"] == 4
+
+
+def _raise_interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
 
 
 def test_decoder_and_prompt_training_changes_the_prompt_encoder(heads, tmp_path):
