@@ -111,5 +111,5 @@ def test_every_downstream_command_runs_on_the_real_samples(real_data, tmp_path, 
                  "--synthetic", str(cohort), "--n_synthetic_per_view", "0,2", "--repeats", "1",
                  "--resolution", "32", "--max_train_steps", "2", "--train_batch_size", "8",
                  "--out", str(exp)]) == 0  # fmt: skip
-    assert "| african:test | 2 |" in (exp / "table.md").read_text()
+    assert "| african:test | real+synthetic | 2 |" in (exp / "table.md").read_text()
     capsys.readouterr()

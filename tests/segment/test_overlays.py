@@ -9,7 +9,8 @@ from PIL import Image
 from fusynth.core.style import png_text
 from fusynth.data.geometry import Ellipse, ellipse_mask
 from fusynth.segment.data import SegSample
-from fusynth.segment.evaluate import Prediction, _Examples
+from fusynth.segment.evaluate import Prediction
+from fusynth.segment.overlays import _Examples
 
 
 def _prediction(i: int) -> Prediction:
