@@ -108,7 +108,7 @@ def generate_text2img(req: Text2ImgRequest) -> CohortResult:
     import torch
 
     from fusynth.core.distributed import partial_state
-    from fusynth.diffusion.base import resolve_base
+    from fusynth.diffusion.base import base_geometry, resolve_base
     from fusynth.diffusion.pipelines import (
         adapter_fingerprint,
         base_fingerprint,
@@ -120,7 +120,7 @@ def generate_text2img(req: Text2ImgRequest) -> CohortResult:
     ref = resolve_base(
         req.base, req.revision, req.variant, flag="--base", original_config=req.original_config
     )
-    resolution = req.resolution or (64 if ref.smoke else 512)
+    resolution = req.resolution or base_geometry(ref, "--base").resolution
     if req.lora is not None:
         from fusynth.diffusion.pipelines import lora_file
 

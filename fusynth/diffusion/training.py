@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fusynth.core.errors import UserInputError
 from fusynth.core.loop import (
     check_run_dir,
     checkpoint_if_due,
@@ -45,7 +46,14 @@ from fusynth.core.loop import (
     write_run_config,
 )
 from fusynth.data.images import save_png, tile_images
-from fusynth.diffusion.base import BaseRef, SDComponents, load_components, resolve_base
+from fusynth.diffusion.base import (
+    BaseGeometry,
+    BaseRef,
+    SDComponents,
+    base_geometry,
+    load_components,
+    resolve_base,
+)
 from fusynth.diffusion.config import TrainConfig
 from fusynth.diffusion.dataset import (
     TrainingSet,
@@ -91,6 +99,13 @@ class TrainMethod:
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
+
+    def check_base(self, geometry: BaseGeometry) -> None:
+        """Refuse a base this method cannot train on, before any data is read.
+
+        Raises:
+            UserInputError: naming the flag.
+        """
 
     def attach(
         self, comps: SDComponents, data: TrainingSet, weight_dtype: torch.dtype
@@ -189,7 +204,15 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
         config.variant,
         original_config=config.original_config,
     )
-    resolution = config.resolution or (64 if ref.smoke else 512)
+    # Configs only: an unsupported base (SDXL, ...) is refused before any data is read.
+    geometry = base_geometry(ref)
+    method.check_base(geometry)
+    resolution = config.resolution or geometry.resolution
+    if resolution % geometry.vae_scale_factor:
+        raise UserInputError(
+            f"--resolution: must be divisible by {geometry.vae_scale_factor} (the base's VAE "
+            f"downsamples {geometry.vae_scale_factor}x), got {resolution}"
+        )
     accelerator, output_dir, resume = start_run(
         config,
         method.weights_file,
