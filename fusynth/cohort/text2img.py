@@ -126,6 +126,15 @@ def generate_text2img(req: Text2ImgRequest) -> CohortResult:
 
         lora_file(req.lora)  # fail before the (slow) base load
     prompts = resolve_prompts(req)
+    from fusynth.diffusion.config import TrainedAdapter
+
+    # How the adapter was trained conditions generation too (clip skip, v-prediction).
+    trained = TrainedAdapter.read(req.lora, "--lora") if req.lora else TrainedAdapter()
+    trained_with = {
+        k: v
+        for k, v in (("clip_skip", trained.clip_skip), ("prediction_type", trained.prediction_type))
+        if v is not None
+    }
     request = {
         **base_fingerprint(ref),
         **adapter_fingerprint(req.lora),
@@ -139,6 +148,7 @@ def generate_text2img(req: Text2ImgRequest) -> CohortResult:
         "resolution": resolution,
         "batch_size": req.batch_size,
         "seed": req.seed,
+        **trained_with,
     }
     n = sum(req.views.values())
     device = state.device
@@ -157,6 +167,7 @@ def generate_text2img(req: Text2ImgRequest) -> CohortResult:
             req.lora_scale,
             device=device,
             dtype=torch.float16 if device.type == "cuda" else torch.float32,
+            prediction_type=trained.prediction_type,
         ),
     )
     if writer is None:
@@ -195,6 +206,7 @@ def generate_text2img(req: Text2ImgRequest) -> CohortResult:
                 steps=req.steps,
                 guidance=req.guidance,
                 resolution=resolution,
+                clip_skip=trained.clip_skip,
             )
             for i, seed, prompt, image in zip(batch, seeds, batch_prompts, images, strict=True):
                 prov = {

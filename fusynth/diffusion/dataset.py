@@ -214,7 +214,35 @@ def tokenize(tokenizer: Any, captions: list[str]) -> torch.Tensor:
     ).input_ids
 
 
+def text_embeddings(
+    text_encoder: Any, ids: torch.Tensor, clip_skip: int | None = None
+) -> torch.Tensor:
+    """The UNet's text conditioning, as diffusers' pipelines compute it: the last hidden
+    state, or with ``clip_skip`` the output of ``clip_skip`` layers before the last,
+    passed through the final layer norm (A1111's "clip skip 2" is ``clip_skip=1``).
+
+    ``text_encoder`` may be wrapped (DDP): its forward is what runs, so gradients sync.
+    """
+    if not clip_skip:
+        return text_encoder(ids)[0]
+    hidden = text_encoder(ids, output_hidden_states=True).hidden_states[-(clip_skip + 1)]
+    inner = getattr(text_encoder, "module", text_encoder)
+    # transformers 5 dropped CLIPTextModel.text_model (where diffusers' pipelines look)
+    return getattr(inner, "text_model", inner).final_layer_norm(hidden)
+
+
 @torch.no_grad()
-def encode_captions(text_encoder: Any, ids: torch.Tensor) -> torch.Tensor:
+def prompt_embeds_for(pipe: Any, prompts: list[str], clip_skip: int) -> torch.Tensor:
+    """A pipeline's ``prompt_embeds`` for ``prompts`` with ``clip_skip``, computed here
+    rather than by the pipeline's own ``clip_skip`` (which reads ``text_model``, gone in
+    transformers 5). As in diffusers, negative prompts keep the last layer."""
+    ids = tokenize(pipe.tokenizer, prompts).to(pipe.text_encoder.device)
+    return text_embeddings(pipe.text_encoder, ids, clip_skip).to(pipe.unet.dtype)
+
+
+@torch.no_grad()
+def encode_captions(
+    text_encoder: Any, ids: torch.Tensor, clip_skip: int | None = None
+) -> torch.Tensor:
     """Run the frozen text encoder once per caption: ``[V, 77, D]``."""
-    return text_encoder(ids.to(text_encoder.device))[0].float().cpu()
+    return text_embeddings(text_encoder, ids.to(text_encoder.device), clip_skip).float().cpu()

@@ -60,6 +60,7 @@ from fusynth.diffusion.dataset import (
     encode_captions,
     encode_images,
     load_training_set,
+    text_embeddings,
     tokenize,
 )
 
@@ -73,6 +74,8 @@ RESUME_KEYS = (
     "gradient_accumulation_steps",
     "resolution",
     "random_flip",
+    "prediction_type",
+    "clip_skip",
 )
 
 
@@ -221,7 +224,20 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         accelerator.mixed_precision, torch.float32
     )
+    if config.allow_tf32 and torch.cuda.is_available():
+        # diffusers' --allow_tf32: faster fp32 matmuls on Ampere+ at ~fp16 mantissa
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     comps = load_components(ref)
+    if config.prediction_type is not None:
+        # as diffusers' examples do: the training target follows the noise scheduler
+        comps.noise_scheduler.register_to_config(prediction_type=config.prediction_type)
+    layers = comps.text_encoder.config.num_hidden_layers
+    if config.clip_skip is not None and config.clip_skip >= layers:
+        raise UserInputError(
+            f"--clip_skip: the base's text encoder has {layers} layers; {config.clip_skip} "
+            "would skip them all"
+        )
     data = load_training_set(
         config, resolution, packing=method.packing, need_masks=method.needs_masks
     )
@@ -246,7 +262,7 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
     modules = method.attach(comps, data, weight_dtype)
     embeddings = None
     if "text_encoder" not in modules:
-        embeddings = encode_captions(comps.text_encoder, token_ids)
+        embeddings = encode_captions(comps.text_encoder, token_ids, config.clip_skip)
     comps.unet.to(accelerator.device, dtype=weight_dtype)
     comps.text_encoder.to(dtype=weight_dtype)
     cast_training_params(list(modules.values()), dtype=torch.float32)  # trained weights stay fp32
@@ -256,12 +272,7 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
                 module.gradient_checkpointing_enable()
             else:
                 module.enable_gradient_checkpointing()
-    optimizer = torch.optim.AdamW(
-        method.param_groups(modules),
-        betas=(config.adam_beta1, config.adam_beta2),
-        weight_decay=config.adam_weight_decay,
-        eps=config.adam_epsilon,
-    )
+    optimizer = make_optimizer(config, method.param_groups(modules))
 
     processes, process = accelerator.num_processes, accelerator.process_index
     n = len(data.pixels)
@@ -283,6 +294,7 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
         resume, resume_state, lambda f: method.load_weights(f, trained), optimizer, lr_scheduler
     )
     run_config = _run_config(config, method, ref, resolution, data, processes)
+    run_config["prediction_type"] = comps.noise_scheduler.config.prediction_type
     write_run_config(
         accelerator, run_config, output_dir, f"fusynth-{method.name}", config.report_to
     )
@@ -332,7 +344,11 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
         target = noise if prediction_type == "epsilon" else sched.get_velocity(x0, noise, timesteps)
         with accelerator.accumulate(*prepared.values()):
             if "text_encoder" in prepared:
-                cond = prepared["text_encoder"](token_ids[data.caption_index[idx]].to(device))[0]
+                cond = text_embeddings(
+                    prepared["text_encoder"],
+                    token_ids[data.caption_index[idx]].to(device),
+                    config.clip_skip,
+                )
             else:
                 cond = embeddings[data.caption_index[idx]].to(device, weight_dtype)
             noisy_in, t_in = noisy.to(device, weight_dtype), timesteps.to(device)
@@ -386,7 +402,7 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
             lr_scheduler,
         )
         if config.validation_prompt and (
-            global_step % config.validation_steps == 0 or global_step == max_steps
+            _validation_due(config, global_step, steps_per_epoch) or global_step == max_steps
         ):
             _validate(
                 accelerator,
@@ -405,6 +421,35 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
         lambda: _save_final(output_dir, method, trained, run_config, ref, global_step, losses),
     )
     return TrainResult(output_dir, global_step, seen / elapsed if elapsed > 0 else 0.0, losses, ref)
+
+
+def _validation_due(config: TrainConfig, global_step: int, steps_per_epoch: int) -> bool:
+    """Every ``--validation_epochs`` epochs when given (diffusers' LoRA example), else
+    every ``--validation_steps`` optimizer steps."""
+    if config.validation_epochs is not None:
+        if global_step % steps_per_epoch:
+            return False
+        return (global_step // steps_per_epoch) % config.validation_epochs == 0
+    return global_step % config.validation_steps == 0
+
+
+def make_optimizer(config: TrainConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """AdamW, or bitsandbytes' AdamW8bit with ``--use_8bit_adam`` (FU-LoRA's optimizer:
+    8-bit moment states, a quarter of AdamW's optimizer memory)."""
+    cls: Any = torch.optim.AdamW
+    if config.use_8bit_adam:
+        from fusynth.diffusion.config import check_8bit_adam
+
+        check_8bit_adam()
+        import bitsandbytes as bnb
+
+        cls = bnb.optim.AdamW8bit
+    return cls(
+        groups,
+        betas=(config.adam_beta1, config.adam_beta2),
+        weight_decay=config.adam_weight_decay,
+        eps=config.adam_epsilon,
+    )
 
 
 def _validate(accelerator, method, comps, modules, data, resolution, output_dir, step) -> None:
@@ -431,11 +476,17 @@ def run_validation_pipeline(
 
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
+    clip_skip = kwargs.pop("clip_skip", None)
     out = []
     for p, prompt in enumerate(prompts):
         gens = [torch.Generator().manual_seed(seed + 1000 * p + i) for i in range(n)]
+        text: dict[str, Any] = {"prompt": [prompt] * n}
+        if clip_skip:
+            from fusynth.diffusion.dataset import prompt_embeds_for
+
+            text = {"prompt_embeds": prompt_embeds_for(pipe, [prompt] * n, clip_skip)}
         images = pipe(
-            [prompt] * n,
+            **text,
             num_inference_steps=steps,
             height=resolution,
             width=resolution,
