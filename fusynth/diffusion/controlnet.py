@@ -124,9 +124,9 @@ class ControlNetMethod(TrainMethod):
                 comps.unet, conditioning_embedding_out_channels=channels
             )
         controlnet.to(comps.vae.device, dtype=torch.float32)
-        # Conditioning pictures, like latents, are made once (mirrored too for flips).
-        cond = conditioning_tensor(data.masks, c.conditioning)
-        self.cond = torch.stack([cond, torch.flip(cond, dims=[-1])], dim=1)
+        # Conditioning pictures are made per batch from the cached masks (on disk):
+        # a few ms each, and no [N, 3, R, R] float copy of the data set in memory.
+        self.masks = data.masks
         return {"controlnet": controlnet}
 
     def param_groups(self, modules: dict[str, Any]) -> list[dict[str, Any]]:
@@ -138,7 +138,10 @@ class ControlNetMethod(TrainMethod):
         ]
 
     def unet_kwargs(self, modules, noisy, timesteps, cond, idx, variant) -> dict[str, Any]:
-        image = self.cond[idx, variant].to(noisy.device, noisy.dtype)
+        cond_pics = conditioning_tensor(self.masks[idx.numpy()], self.config.conditioning)
+        flipped = variant.bool()
+        cond_pics[flipped] = torch.flip(cond_pics[flipped], dims=[-1])
+        image = cond_pics.to(noisy.device, noisy.dtype)
         down, mid = modules["controlnet"](
             noisy, timesteps, encoder_hidden_states=cond, controlnet_cond=image, return_dict=False
         )

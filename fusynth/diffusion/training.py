@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import math
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,8 +58,8 @@ from fusynth.diffusion.base import (
 from fusynth.diffusion.config import TrainConfig
 from fusynth.diffusion.dataset import (
     TrainingSet,
+    cache_latents,
     encode_captions,
-    encode_images,
     load_training_set,
     text_embeddings,
     tokenize,
@@ -246,13 +247,20 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
     comps.vae.to(accelerator.device, dtype=torch.float32)
     comps.text_encoder.to(accelerator.device, dtype=torch.float32)
 
-    # The frozen encoders run once here, never inside the loop.
-    latents = encode_images(comps.vae, data.pixels, flip=config.random_flip)
+    # The frozen encoders run once here, never inside the loop; latents go to disk.
+    cache_dir = tempfile.TemporaryDirectory(prefix="fusynth-latents-")
+    latents = cache_latents(
+        comps.vae,
+        data,
+        flip=config.random_flip,
+        folder=cache_dir.name,
+        num_workers=config.dataloader_num_workers,
+    )
     token_ids = tokenize(comps.tokenizer, data.captions)
     if accelerator.is_main_process:
         log.info(
             "training on %d images (%d subjects; views %s) from %s at %d px",
-            len(data.pixels),
+            len(data),
             data.n_subjects,
             ", ".join(data.views),
             data.source,
@@ -275,7 +283,7 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
     optimizer = make_optimizer(config, method.param_groups(modules))
 
     processes, process = accelerator.num_processes, accelerator.process_index
-    n = len(data.pixels)
+    n = len(data)
     per_process = len(epoch_order(n, config.seed, 0, process, processes))
     batches_per_epoch = math.ceil(per_process / config.train_batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
@@ -420,6 +428,9 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
         started,
         lambda: _save_final(output_dir, method, trained, run_config, ref, global_step, losses),
     )
+    del latents
+    data.masks = None
+    cache_dir.cleanup()
     return TrainResult(output_dir, global_step, seen / elapsed if elapsed > 0 else 0.0, losses, ref)
 
 
@@ -512,7 +523,7 @@ def _run_config(
         views=data.views,
         captions_by_view=data.captions_by_view,
         train_data=data.source,
-        num_train_images=len(data.pixels),
+        num_train_images=len(data),
         num_train_subjects=data.n_subjects,
         num_processes=processes,
         fusynth_version=__version__,
