@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="peft LoRA of this rank on the encoder attention (0: off)",
     )
+    g.add_argument(
+        "--gradient_checkpointing",
+        action="store_true",
+        help="recompute encoder block activations in backward (--train_parts all or "
+        "--encoder_lora_rank): far less memory, one more encoder forward",
+    )
     g = p.add_argument_group("data")
     add_segmentation_data_flags(g)
     g.add_argument(

@@ -15,6 +15,7 @@ import sys
 
 from fusynth.cli.args import Parser
 from fusynth.cli.recipe import add_common_flags, run_training_recipe
+from fusynth.diffusion.lora import LORA_TARGETS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lora_dropout", type=float, help="(0.0)")
     g.add_argument(
         "--train_text_encoder", action="store_true", help="also train a text encoder LoRA"
+    )
+    g.add_argument(
+        "--lora_targets",
+        choices=LORA_TARGETS,
+        help="attention only; + the transformer blocks' proj_in/proj_out/ff; all: + the text "
+        "encoder MLP with --train_text_encoder (attn)",
     )
     g.add_argument(
         "--text_encoder_lr", type=float, help="text encoder LoRA learning rate (= --learning_rate)"

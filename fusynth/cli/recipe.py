@@ -14,7 +14,7 @@ from fusynth.core.config import resolve_config
 from fusynth.core.errors import UserInputError
 from fusynth.core.io import as_user_error
 from fusynth.core.loop import MIXED_PRECISION, REPORT_TO
-from fusynth.diffusion.config import LR_SCHEDULERS
+from fusynth.diffusion.config import LR_SCHEDULERS, PREDICTION_TYPES
 
 
 def quiet_libraries() -> None:
@@ -243,11 +243,34 @@ def add_common_flags(
         help="(accelerate launch's --mixed_precision or config, else no)",
     )
     g.add_argument("--gradient_checkpointing", action="store_true")
+    g.add_argument(
+        "--use_8bit_adam", action="store_true", help="bitsandbytes' AdamW8bit (needs bitsandbytes)"
+    )
+    g.add_argument("--allow_tf32", action="store_true", help="TF32 matmuls on Ampere+ GPUs")
+    g.add_argument(
+        "--dataloader_num_workers",
+        type=int,
+        help="processes decoding training images while their latents are cached (0)",
+    )
+    g.add_argument(
+        "--prediction_type",
+        choices=PREDICTION_TYPES,
+        help="what the UNet learns to predict (the base scheduler's)",
+    )
+    g.add_argument(
+        "--clip_skip",
+        type=int,
+        help="text encoder layers to skip from the end, as diffusers' clip_skip (A1111's "
+        "clip skip 2 is 1); recorded so generation uses the same (none)",
+    )
     g.add_argument("--seed", type=int, help="(0)")
     g = p.add_argument_group("checkpoints, validation, output")
     add_run_flags(g, default_output)
     g.add_argument("--validation_prompt", action="append", help="repeatable")
     g.add_argument("--validation_steps", type=int, help="(100)")
+    g.add_argument(
+        "--validation_epochs", type=int, help="validate every N epochs instead of N steps"
+    )
     g.add_argument("--num_validation_images", type=int, help="per prompt (4)")
     g.add_argument(
         "--validation_inference_steps", type=int, help="sampler steps for validation (20)"

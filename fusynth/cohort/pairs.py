@@ -298,7 +298,7 @@ def generate_pairs(req: PairsRequest) -> CohortResult:
     from fusynth.core.distributed import partial_state
     from fusynth.core.io import folder_sha256
     from fusynth.data.masks import conditioning_image, extract_head_mask
-    from fusynth.diffusion.base import resolve_base
+    from fusynth.diffusion.base import base_geometry, resolve_base
     from fusynth.diffusion.pipelines import (
         adapter_fingerprint,
         base_fingerprint,
@@ -318,7 +318,7 @@ def generate_pairs(req: PairsRequest) -> CohortResult:
         flag="--base",
         original_config=req.original_config or (None if req.base else cfg.original_config),
     )
-    resolution = req.resolution or int(cfg.resolution or (64 if ref.smoke else 512))
+    resolution = req.resolution or int(cfg.resolution or base_geometry(ref, "--base").resolution)
     prompt = req.prompt or cfg.first_caption() or DEFAULT_PAIR_PROMPT
     source = (
         MaskSource(

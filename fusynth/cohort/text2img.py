@@ -109,7 +109,7 @@ def generate_text2img(req: Text2ImgRequest) -> CohortResult:
     import torch
 
     from fusynth.core.distributed import partial_state
-    from fusynth.diffusion.base import resolve_base
+    from fusynth.diffusion.base import base_geometry, resolve_base
     from fusynth.diffusion.pipelines import (
         adapter_fingerprint,
         base_fingerprint,
@@ -121,12 +121,21 @@ def generate_text2img(req: Text2ImgRequest) -> CohortResult:
     ref = resolve_base(
         req.base, req.revision, req.variant, flag="--base", original_config=req.original_config
     )
-    resolution = req.resolution or (64 if ref.smoke else 512)
+    resolution = req.resolution or base_geometry(ref, "--base").resolution
     if req.lora is not None:
         from fusynth.diffusion.pipelines import lora_file
 
         lora_file(req.lora)  # fail before the (slow) base load
     prompts = resolve_prompts(req)
+    from fusynth.diffusion.config import TrainedAdapter
+
+    # How the adapter was trained conditions generation too (clip skip, v-prediction).
+    trained = TrainedAdapter.read(req.lora, "--lora") if req.lora else TrainedAdapter()
+    trained_with = {
+        k: v
+        for k, v in (("clip_skip", trained.clip_skip), ("prediction_type", trained.prediction_type))
+        if v is not None
+    }
     request = {
         **base_fingerprint(ref),
         **adapter_fingerprint(req.lora),
@@ -140,6 +149,7 @@ def generate_text2img(req: Text2ImgRequest) -> CohortResult:
         "resolution": resolution,
         "batch_size": req.batch_size,
         "seed": req.seed,
+        **trained_with,
     }
     n = sum(req.views.values())
     device = state.device
@@ -158,6 +168,7 @@ def generate_text2img(req: Text2ImgRequest) -> CohortResult:
             req.lora_scale,
             device=device,
             dtype=torch.float16 if device.type == "cuda" else torch.float32,
+            prediction_type=trained.prediction_type,
         ),
     )
     if writer is None:
@@ -196,6 +207,7 @@ def generate_text2img(req: Text2ImgRequest) -> CohortResult:
                 steps=req.steps,
                 guidance=req.guidance,
                 resolution=resolution,
+                clip_skip=trained.clip_skip,
             )
             for i, seed, prompt, image in zip(batch, seeds, batch_prompts, images, strict=True):
                 prov = {

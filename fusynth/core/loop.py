@@ -371,7 +371,7 @@ def write_run_config(
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 MIXED_PRECISION = ("no", "fp16", "bf16")
-REPORT_TO = ("none", "tensorboard")
+REPORT_TO = ("none", "tensorboard", "wandb")
 
 
 def launcher_mixed_precision() -> str:
@@ -406,6 +406,14 @@ def check_run_settings(
         config.mixed_precision = launcher_mixed_precision()
     choice(config.mixed_precision, MIXED_PRECISION, "--mixed_precision")
     choice(config.report_to, REPORT_TO, "--report_to")
+    if config.report_to == "wandb":
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise UserInputError(
+                "--report_to wandb: the wandb package is not installed "
+                "(pip install 'fusynth[wandb]'), or use --report_to tensorboard"
+            )
     for name in ("train_batch_size", "num_train_epochs", "checkpointing_steps", *positive_fields):
         positive(getattr(config, name), f"--{name}")
     for name in ("lr_warmup_steps", *non_negative_fields):

@@ -83,6 +83,7 @@ def resolve_base(
                 f"{flag}: {path} is not a diffusers model folder (no model_index.json) "
                 "nor a single-file .safetensors/.ckpt checkpoint"
             )
+        check_supported_folder(path, flag)
         smoke = is_smoke_model(path)
         if smoke:
             log.warning("using the %s", SMOKE_NOTE)
@@ -92,6 +93,105 @@ def resolve_base(
     if len(parts) != 2 or not all(parts) or str(name_or_path).startswith((".", "~")):
         raise UserInputError(f"{flag}: {name_or_path} is neither a folder nor a hub id (org/name)")
     return BaseRef(str(name_or_path), revision, variant)
+
+
+def _read_json(path: Path, flag: str) -> dict[str, Any]:
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserInputError(f"{flag}: cannot read {path} ({exc})") from exc
+    if not isinstance(data, dict):
+        raise UserInputError(f"{flag}: {path} does not hold a JSON object")
+    return data
+
+
+def unsupported_reason(
+    model_index: dict[str, Any], unet_config: dict[str, Any] | None
+) -> str | None:
+    """Why a base is not an SD 1.x/2.x model fusynth can train on, or None.
+
+    SDXL is told apart by its second text encoder (``text_encoder_2``) or its UNet's
+    ``addition_embed_type`` (time and text-embedding conditioning that SD 1.x/2.x UNets
+    do not take); other families (SD3, Flux, ...) have no ``unet`` at all.
+    """
+    cls = str(model_index.get("_class_name", ""))
+    if (
+        "text_encoder_2" in model_index
+        or "XL" in cls
+        or (unet_config is not None and unet_config.get("addition_embed_type"))
+    ):
+        return (
+            f"an SDXL base ({cls or 'text_encoder_2'}); fusynth trains and generates with "
+            "SD 1.x/2.x bases only (SDXL needs pooled text embeddings and size conditioning)"
+        )
+    if model_index and "unet" not in model_index:
+        return f"a {cls or 'non-UNet'} base without a unet; fusynth supports SD 1.x/2.x bases only"
+    if unet_config is not None and unet_config.get("_class_name", "UNet2DConditionModel") != (
+        "UNet2DConditionModel"
+    ):
+        return f"its unet is a {unet_config['_class_name']}, not an SD 1.x/2.x UNet2DConditionModel"
+    return None
+
+
+def check_supported_folder(path: Path, flag: str = FLAG) -> None:
+    """Refuse, in one line and before anything is loaded, a diffusers folder that is not
+    an SD 1.x/2.x base (SDXL, SD3, ...).
+
+    Raises:
+        UserInputError: naming the flag, the folder and what it is.
+    """
+    index = _read_json(path / "model_index.json", flag)
+    unet_cfg = path / "unet" / "config.json"
+    unet = _read_json(unet_cfg, flag) if unet_cfg.is_file() else None
+    reason = unsupported_reason(index, unet)
+    if reason:
+        raise UserInputError(f"{flag}: {path} is {reason}")
+
+
+@dataclass(frozen=True)
+class BaseGeometry:
+    """The sizes a base was built for, read from its configs (no weights loaded)."""
+
+    #: The UNet's native latent side (``unet.config.sample_size``).
+    sample_size: int
+    #: How many pixels one latent covers: ``2 ** (len(vae.block_out_channels) - 1)``.
+    vae_scale_factor: int
+
+    @property
+    def resolution(self) -> int:
+        """The base's native image side, as diffusers' pipelines default to it."""
+        return self.sample_size * self.vae_scale_factor
+
+
+def base_geometry(ref: BaseRef, flag: str = FLAG) -> BaseGeometry:
+    """Read the UNet and VAE configs of ``ref`` (a config download for a hub id) and
+    refuse unsupported bases before any weights or data are loaded.
+
+    Raises:
+        UserInputError: unreadable configs or an unsupported base, naming the flag.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    def config(cls: Any, sub: str) -> dict[str, Any]:
+        try:
+            return dict(cls.load_config(ref.name_or_path, subfolder=sub, revision=ref.revision))
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserInputError(
+                f"{flag}: cannot read the {sub} config of {ref.name_or_path} ({first})"
+            ) from exc
+
+    unet = config(UNet2DConditionModel, "unet")
+    reason = unsupported_reason({}, unet)
+    if reason:
+        raise UserInputError(f"{flag}: {ref.source} is {reason}")
+    vae = config(AutoencoderKL, "vae")
+    sample = unet.get("sample_size") or 64
+    if isinstance(sample, (list, tuple)):
+        sample = sample[0]
+    return BaseGeometry(int(sample), 2 ** (len(vae.get("block_out_channels", (0,) * 4)) - 1))
 
 
 def _from_pretrained(

@@ -10,6 +10,7 @@ from fusynth.core.errors import UserInputError, suggest
 from fusynth.core.loop import LR_SCHEDULERS as LOOP_LR_SCHEDULERS
 from fusynth.core.loop import (
     check_run_settings,
+    choice,
     positive,
 )
 from fusynth.data.schema import VIEWS
@@ -17,6 +18,7 @@ from fusynth.data.schema import VIEWS
 #: fusynth.core.loop's schedulers plus two more of diffusers'.
 LR_SCHEDULERS = (*LOOP_LR_SCHEDULERS, "cosine_with_restarts", "polynomial")
 DEFAULT_CAPTION = "an ultrasound image of the fetal {view}"
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 @dataclass
@@ -54,11 +56,17 @@ class TrainConfig:
     noise_offset: float = 0.0
     mixed_precision: str | None = None  # None: accelerate launch's, else "no"
     gradient_checkpointing: bool = False
+    use_8bit_adam: bool = False  # bitsandbytes' AdamW8bit
+    allow_tf32: bool = False  # TF32 matmuls on Ampere+ GPUs
+    dataloader_num_workers: int = 0  # processes decoding images while latents are cached
+    prediction_type: str | None = None  # None: the base scheduler's
+    clip_skip: int | None = None  # text encoder layers skipped from the end (diffusers')
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = None
     resume_from_checkpoint: str | None = None
     validation_prompt: list[str] = field(default_factory=list)
     validation_steps: int = 100
+    validation_epochs: int | None = None  # validate every N epochs instead of N steps
     num_validation_images: int = 4
     validation_inference_steps: int = 20
     seed: int = 0
@@ -98,6 +106,31 @@ class TrainConfig:
         )
         if self.snr_gamma is not None:
             positive(self.snr_gamma, "--snr_gamma")
+        positive(self.dataloader_num_workers, "--dataloader_num_workers", allow_zero=True)
+        if self.validation_epochs is not None:
+            positive(self.validation_epochs, "--validation_epochs")
+        if self.clip_skip is not None:
+            positive(self.clip_skip, "--clip_skip", allow_zero=True)
+        if self.prediction_type is not None:
+            choice(self.prediction_type, PREDICTION_TYPES, "--prediction_type")
+        if self.use_8bit_adam:
+            check_8bit_adam()
+
+
+def check_8bit_adam() -> None:
+    """Refuse ``--use_8bit_adam`` in one line where bitsandbytes does not import.
+
+    Raises:
+        UserInputError: naming the flag and the package.
+    """
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as exc:  # ImportError, or a native library that fails to load
+        raise UserInputError(
+            "--use_8bit_adam: needs bitsandbytes, which does not import here "
+            f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
+            "pip install bitsandbytes, or drop the flag"
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -123,6 +156,10 @@ class TrainedAdapter:
     train_data: str | None = None
     #: The configs of a single-file base (``--original_config``).
     original_config: str | None = None
+    #: Text encoder layers skipped from the end in training (diffusers' ``clip_skip``).
+    clip_skip: int | None = None
+    #: What the UNet was trained to predict (``epsilon`` or ``v_prediction``).
+    prediction_type: str | None = None
 
     #: run-config key -> field (the keys ``diffusion.training`` writes).
     KEYS = {
@@ -134,6 +171,8 @@ class TrainedAdapter:
         "conditioning": "conditioning",
         "train_data": "train_data",
         "original_config": "original_config",
+        "clip_skip": "clip_skip",
+        "prediction_type": "prediction_type",
     }
 
     @classmethod

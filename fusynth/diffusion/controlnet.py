@@ -19,7 +19,7 @@ import torch
 from fusynth.core.errors import UserInputError
 from fusynth.core.loop import choice, positive
 from fusynth.data.masks import conditioning_image
-from fusynth.diffusion.base import SDComponents
+from fusynth.diffusion.base import BaseGeometry, SDComponents
 from fusynth.diffusion.config import TrainConfig
 from fusynth.diffusion.dataset import TrainingSet
 from fusynth.diffusion.training import TrainMethod, TrainResult, run_validation_pipeline, train
@@ -45,6 +45,29 @@ class ControlNetTrainConfig(TrainConfig):
         positive(self.conditioning_scale, "--conditioning_scale", allow_zero=True)
 
 
+#: diffusers' ControlNet conditioning embedding: one stride-2 stage per step after the first.
+_EMBEDDING_CHANNELS = (16, 32, 96, 256)
+
+
+def conditioning_embedding_channels(vae_scale_factor: int) -> tuple[int, ...]:
+    """Channels of a ControlNet conditioning embedding that downsamples the conditioning
+    picture exactly as the base's VAE downsamples images (diffusers' default is 8x).
+
+    Raises:
+        UserInputError: a scale factor that is not a power of two.
+    """
+    f = int(vae_scale_factor)
+    if f < 1 or f & (f - 1):
+        raise UserInputError(
+            f"--pretrained_model_name_or_path: the base's VAE downsamples {f}x; a ControlNet "
+            "needs a power of two"
+        )
+    n = f.bit_length()  # 1x -> 1 stage, 2x -> 2, 8x -> 4
+    return _EMBEDDING_CHANNELS[:n] + (_EMBEDDING_CHANNELS[-1],) * max(
+        0, n - len(_EMBEDDING_CHANNELS)
+    )
+
+
 def conditioning_tensor(masks: np.ndarray, kind: str) -> torch.Tensor:
     """``[N, 3, R, R]`` float32 in ``[0, 1]``: the conditioning picture of each mask."""
     pics = np.stack([conditioning_image(m, kind) for m in masks]).astype(np.float32) / 255.0
@@ -60,6 +83,28 @@ class ControlNetMethod(TrainMethod):
     needs_masks = True
     config: ControlNetTrainConfig
 
+    def check_base(self, geometry: BaseGeometry) -> None:
+        """Size the conditioning embedding from the base's VAE; a given ControlNet must
+        already downsample by that factor."""
+        self.embedding_channels = conditioning_embedding_channels(geometry.vae_scale_factor)
+        path = self.config.controlnet_model_name_or_path
+        if path:
+            from diffusers import ControlNetModel
+
+            try:
+                cfg = ControlNetModel.load_config(path)
+            except (OSError, ValueError) as exc:
+                raise UserInputError(
+                    f"--controlnet_model_name_or_path: cannot read the config of {path} ({exc})"
+                ) from exc
+            have = len(cfg.get("conditioning_embedding_out_channels") or _EMBEDDING_CHANNELS)
+            if 2 ** (have - 1) != geometry.vae_scale_factor:
+                raise UserInputError(
+                    f"--controlnet_model_name_or_path: {path} downsamples its conditioning "
+                    f"{2 ** (have - 1)}x but the base's VAE downsamples "
+                    f"{geometry.vae_scale_factor}x"
+                )
+
     def attach(
         self, comps: SDComponents, data: TrainingSet, weight_dtype: torch.dtype
     ) -> dict[str, Any]:
@@ -74,11 +119,14 @@ class ControlNetMethod(TrainMethod):
                     f"--controlnet_model_name_or_path: cannot load {c.controlnet_model_name_or_path} ({exc})"
                 ) from exc
         else:
-            controlnet = ControlNetModel.from_unet(comps.unet)
+            channels = getattr(self, "embedding_channels", None) or _EMBEDDING_CHANNELS
+            controlnet = ControlNetModel.from_unet(
+                comps.unet, conditioning_embedding_out_channels=channels
+            )
         controlnet.to(comps.vae.device, dtype=torch.float32)
-        # Conditioning pictures, like latents, are made once (mirrored too for flips).
-        cond = conditioning_tensor(data.masks, c.conditioning)
-        self.cond = torch.stack([cond, torch.flip(cond, dims=[-1])], dim=1)
+        # Conditioning pictures are made per batch from the cached masks (on disk):
+        # a few ms each, and no [N, 3, R, R] float copy of the data set in memory.
+        self.masks = data.masks
         return {"controlnet": controlnet}
 
     def param_groups(self, modules: dict[str, Any]) -> list[dict[str, Any]]:
@@ -90,7 +138,10 @@ class ControlNetMethod(TrainMethod):
         ]
 
     def unet_kwargs(self, modules, noisy, timesteps, cond, idx, variant) -> dict[str, Any]:
-        image = self.cond[idx, variant].to(noisy.device, noisy.dtype)
+        cond_pics = conditioning_tensor(self.masks[idx.numpy()], self.config.conditioning)
+        flipped = variant.bool()
+        cond_pics[flipped] = torch.flip(cond_pics[flipped], dims=[-1])
+        image = cond_pics.to(noisy.device, noisy.dtype)
         down, mid = modules["controlnet"](
             noisy, timesteps, encoder_hidden_states=cond, controlnet_cond=image, return_dict=False
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,18 +44,75 @@ def parse_packing(spec: str | None) -> tuple[str, str, str] | None:
     return parts  # type: ignore[return-value]
 
 
+class TrainingImages(torch.utils.data.Dataset):
+    """The training pictures, decoded one at a time (memory flat in the dataset size).
+
+    Item ``i`` is ``{"pixels": [3, R, R] float32 in [-1, 1], "mask": [R, R] uint8 0/1}``
+    (an empty mask when masks are not needed). Picklable, so a ``DataLoader`` can decode
+    in worker processes.
+    """
+
+    def __init__(
+        self,
+        ds: Any,
+        resolution: int,
+        center_crop: bool,
+        packing: tuple[str, str, str] | None,
+        need_masks: bool,
+    ) -> None:
+        self.ds = ds
+        self.resolution = resolution
+        self.center_crop = center_crop
+        self.packing = packing
+        self.need_masks = need_masks
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        from PIL import Image
+
+        from fusynth.data.images import decode_image
+        from fusynth.data.transforms import square_resize
+
+        row = self.ds[int(i)]
+        r = self.resolution
+        img = square_resize(decode_image(row["image"]), r, center_crop=self.center_crop)
+        channels = {"image": img}
+        mask = np.zeros((0, 0), dtype=np.uint8)
+        if self.need_masks:
+            raw = decode_image(row["mask"])
+            resized = square_resize(raw, r, self.center_crop, resample=Image.Resampling.NEAREST)
+            mask = (resized > 0).astype(np.uint8)
+            channels["mask"] = mask * 255
+        stack = [channels[c] for c in self.packing] if self.packing else [img] * 3
+        pixels = np.stack(stack).astype(np.float32) / 127.5 - 1.0
+        return {"pixels": torch.from_numpy(pixels), "mask": torch.from_numpy(mask)}
+
+
 @dataclass
 class TrainingSet:
-    """Training images as model inputs, with their views and captions."""
+    """The training images (decoded on demand), with their views and captions."""
 
-    pixels: torch.Tensor  # [N, 3, R, R] float32 in [-1, 1]
-    masks: np.ndarray | None  # [N, R, R] uint8 0/1 filled masks, when the method needs them
+    images: TrainingImages
     caption_index: torch.Tensor  # [N] int64 index into ``captions``
     captions: list[str]  # distinct captions
     captions_by_view: dict[str, str | list[str]]
     views: list[str]
     n_subjects: int
     source: str
+    #: ``[N, R, R]`` uint8 0/1 filled masks, when the method needs them: filled in by
+    #: :func:`cache_latents` (on disk, like the latents).
+    masks: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def pixels(self) -> torch.Tensor:
+        """Every picture at once, ``[N, 3, R, R]``: for comparisons with the streamed
+        path (benchmarks); training never holds them all."""
+        return torch.stack([self.images[i]["pixels"] for i in range(len(self.images))])
 
 
 def caption_for(
@@ -129,13 +187,8 @@ def load_training_set(
     Raises:
         UserInputError: missing data, views, masks, or masks that are outlines.
     """
-    from PIL import Image
-
     from fusynth.core.config import load_yaml_mapping
-    from fusynth.data.images import decode_image
-    from fusynth.data.masks import is_outline
     from fusynth.data.schema import load_split, parse_data_spec
-    from fusynth.data.transforms import square_resize
 
     if config.train_data is None:
         from fusynth.data.phantom_cohort import default_dataset
@@ -160,36 +213,18 @@ def load_training_set(
     packing = parse_packing(packing)
     need_masks = need_masks or packing is not None
     flag = "--packing" if packing is not None else "--train_data"
-    masks = np.zeros((len(ds), resolution, resolution), dtype=np.uint8) if need_masks else None
+    if need_masks:
+        _check_masks(ds, spec, flag)
     table = load_yaml_mapping(config.captions, "--captions") if config.captions else None
-    pixels = np.empty((len(ds), 3, resolution, resolution), dtype=np.float32)
     caption_index = np.empty(len(ds), dtype=np.int64)
     captions: list[str] = []
     by_view: dict[str, list[str]] = {}
-    for i, row in enumerate(ds):
+    # Only the small columns (a caption template may name any): images are decoded
+    # later, a batch at a time.
+    small = ds.remove_columns([c for c in ("image", "mask") if c in ds.column_names])
+    for i, row in enumerate(small):
         view = VIEWS[row["view"]]
         prov = json.loads(row["provenance"] or "{}")
-        img = square_resize(decode_image(row["image"]), resolution, center_crop=config.center_crop)
-        channels = {"image": img}
-        if masks is not None:
-            if row["mask"] is None:
-                raise UserInputError(
-                    f"{flag}: {spec} sample {i} ({row['subject_id']}) has no mask; this training "
-                    "needs a dataset with masks (e.g. prepared from HC18)"
-                )
-            raw = decode_image(row["mask"])
-            if is_outline(raw):
-                raise UserInputError(
-                    f"{flag}: {spec} sample {i} ({row['subject_id']}) has an outline, not a filled "
-                    "mask; prepare the data with --mask_kind outline so masks are filled"
-                )
-            mask = square_resize(
-                raw, resolution, config.center_crop, resample=Image.Resampling.NEAREST
-            )
-            masks[i] = mask > 0
-            channels["mask"] = masks[i] * 255
-        stack = [channels[c] for c in packing] if packing else [img] * 3
-        pixels[i] = np.stack(stack).astype(np.float32) / 127.5 - 1.0
         caption = caption_for(
             view, prov, config.caption_template, table, config.captions or "--captions", row
         )
@@ -199,8 +234,7 @@ def load_training_set(
         if caption not in by_view.setdefault(view, []):
             by_view[view].append(caption)
     return TrainingSet(
-        pixels=torch.from_numpy(pixels),
-        masks=masks,
+        images=TrainingImages(ds, resolution, config.center_crop, packing, need_masks),
         caption_index=torch.from_numpy(caption_index),
         captions=captions,
         captions_by_view={v: (c[0] if len(c) == 1 else c) for v, c in by_view.items()},
@@ -210,12 +244,89 @@ def load_training_set(
     )
 
 
+def _check_masks(ds: Any, spec: str, flag: str) -> None:
+    """Every sample has a filled mask (one mask decoded at a time), before any model loads."""
+    from fusynth.data.images import decode_image
+    from fusynth.data.masks import is_outline
+
+    rows = ds.select_columns(["mask", "subject_id"])
+    for i, row in enumerate(rows):
+        if row["mask"] is None:
+            raise UserInputError(
+                f"{flag}: {spec} sample {i} ({row['subject_id']}) has no mask; this training "
+                "needs a dataset with masks (e.g. prepared from HC18)"
+            )
+        if is_outline(decode_image(row["mask"])):
+            raise UserInputError(
+                f"{flag}: {spec} sample {i} ({row['subject_id']}) has an outline, not a filled "
+                "mask; prepare the data with --mask_kind outline so masks are filled"
+            )
+
+
 @dataclass
 class LatentCache:
-    """Latent distributions of every training image (and its mirror image)."""
+    """Latent distributions of every training image (and its mirror image); from
+    :func:`cache_latents` the tensors are views of files on disk (``np.memmap``), so
+    indexing a batch reads only that batch."""
 
     mean: torch.Tensor  # [N, F, C, h, w]; F = 2 with random_flip, else 1
     std: torch.Tensor
+
+
+@torch.no_grad()
+def cache_latents(
+    vae: Any,
+    data: TrainingSet,
+    flip: bool,
+    folder: str | Path,
+    num_workers: int = 0,
+    batch: int = 8,
+) -> LatentCache:
+    """Stream the training pictures through the frozen VAE encoder once (and once
+    mirrored), writing latent means and stds (and the masks, when needed) to files in
+    ``folder``; memory stays flat in the dataset size.
+
+    Args:
+        vae: the frozen ``AutoencoderKL`` (its device and dtype are used).
+        data: the training set; its ``masks`` are set to the on-disk mask array.
+        flip: also encode the mirror images (``--random_flip``).
+        folder: an existing, empty folder for the cache files.
+        num_workers: ``DataLoader`` processes decoding images (``--dataloader_num_workers``).
+        batch: images per VAE call (the same batching as :func:`encode_images`, so the
+            latents are bit-identical).
+    """
+    folder = Path(folder)
+    n, variants = len(data), 2 if flip else 1
+    loader = torch.utils.data.DataLoader(
+        data.images, batch_size=batch, shuffle=False, num_workers=num_workers
+    )
+    mean = std = masks = None
+    dtype, device = vae.dtype, vae.device
+    start = 0
+    for item in loader:
+        pixels = item["pixels"]
+        k = len(pixels)
+        for f in range(variants):
+            x = torch.flip(pixels, dims=[-1]) if f else pixels
+            dist = vae.encode(x.to(device, dtype)).latent_dist
+            m, s = dist.mean.float().cpu().numpy(), dist.std.float().cpu().numpy()
+            if mean is None:
+                shape = (n, variants, *m.shape[1:])
+                mean = np.lib.format.open_memmap(folder / "mean.npy", "w+", np.float32, shape)
+                std = np.lib.format.open_memmap(folder / "std.npy", "w+", np.float32, shape)
+            mean[start : start + k, f] = m
+            std[start : start + k, f] = s
+        if data.images.need_masks:
+            if masks is None:
+                r = data.images.resolution
+                masks = np.lib.format.open_memmap(folder / "masks.npy", "w+", np.uint8, (n, r, r))
+            masks[start : start + k] = item["mask"].numpy()
+        start += k
+    for array in (mean, std, masks):
+        if array is not None:
+            array.flush()
+    data.masks = masks
+    return LatentCache(mean=torch.from_numpy(mean), std=torch.from_numpy(std))
 
 
 @torch.no_grad()
@@ -246,7 +357,35 @@ def tokenize(tokenizer: Any, captions: list[str]) -> torch.Tensor:
     ).input_ids
 
 
+def text_embeddings(
+    text_encoder: Any, ids: torch.Tensor, clip_skip: int | None = None
+) -> torch.Tensor:
+    """The UNet's text conditioning, as diffusers' pipelines compute it: the last hidden
+    state, or with ``clip_skip`` the output of ``clip_skip`` layers before the last,
+    passed through the final layer norm (A1111's "clip skip 2" is ``clip_skip=1``).
+
+    ``text_encoder`` may be wrapped (DDP): its forward is what runs, so gradients sync.
+    """
+    if not clip_skip:
+        return text_encoder(ids)[0]
+    hidden = text_encoder(ids, output_hidden_states=True).hidden_states[-(clip_skip + 1)]
+    inner = getattr(text_encoder, "module", text_encoder)
+    # transformers 5 dropped CLIPTextModel.text_model (where diffusers' pipelines look)
+    return getattr(inner, "text_model", inner).final_layer_norm(hidden)
+
+
 @torch.no_grad()
-def encode_captions(text_encoder: Any, ids: torch.Tensor) -> torch.Tensor:
+def prompt_embeds_for(pipe: Any, prompts: list[str], clip_skip: int) -> torch.Tensor:
+    """A pipeline's ``prompt_embeds`` for ``prompts`` with ``clip_skip``, computed here
+    rather than by the pipeline's own ``clip_skip`` (which reads ``text_model``, gone in
+    transformers 5). As in diffusers, negative prompts keep the last layer."""
+    ids = tokenize(pipe.tokenizer, prompts).to(pipe.text_encoder.device)
+    return text_embeddings(pipe.text_encoder, ids, clip_skip).to(pipe.unet.dtype)
+
+
+@torch.no_grad()
+def encode_captions(
+    text_encoder: Any, ids: torch.Tensor, clip_skip: int | None = None
+) -> torch.Tensor:
     """Run the frozen text encoder once per caption: ``[V, 77, D]``."""
-    return text_encoder(ids.to(text_encoder.device))[0].float().cpu()
+    return text_embeddings(text_encoder, ids.to(text_encoder.device), clip_skip).float().cpu()

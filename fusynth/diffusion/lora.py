@@ -19,7 +19,7 @@ import torch
 
 from fusynth.core.artifacts import LORA_WEIGHTS
 from fusynth.core.errors import UserInputError
-from fusynth.core.loop import positive
+from fusynth.core.loop import choice, positive
 from fusynth.diffusion.base import BaseRef, SDComponents
 from fusynth.diffusion.config import TrainConfig
 from fusynth.diffusion.dataset import (
@@ -42,6 +42,19 @@ __all__ = [
 
 UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+#: The rest of each UNet transformer block: its input/output projections (1x1 convs in
+#: SD 1.x, linear in SD 2.x) and the GEGLU feed-forward; what kohya's LoRA also covers.
+UNET_FF_TARGETS = ["proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
+#: The text encoder's MLP (``--lora_targets all`` with ``--train_text_encoder``).
+TEXT_MLP_TARGETS = ["fc1", "fc2"]
+LORA_TARGETS = ("attn", "attn+ff", "all")
+
+
+def lora_target_modules(targets: str, text_encoder: bool) -> list[str]:
+    """peft ``target_modules`` for ``--lora_targets`` (UNet, or the text encoder)."""
+    if text_encoder:
+        return TEXT_TARGETS + (TEXT_MLP_TARGETS if targets == "all" else [])
+    return UNET_TARGETS + (UNET_FF_TARGETS if targets in ("attn+ff", "all") else [])
 
 
 @dataclass
@@ -55,9 +68,11 @@ class LoraTrainConfig(TrainConfig):
     lora_alpha: float | None = None
     lora_dropout: float = 0.0
     train_text_encoder: bool = False
+    lora_targets: str = "attn"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        choice(self.lora_targets, LORA_TARGETS, "--lora_targets")
         parse_packing(self.packing)
         positive(self.rank, "--rank")
         if self.text_encoder_lr is not None:
@@ -164,7 +179,7 @@ class LoraMethod(TrainMethod):
 
     name = "lora"
     weights_file = LORA_WEIGHTS
-    resume_keys = ("rank", "lora_alpha", "train_text_encoder", "packing")
+    resume_keys = ("rank", "lora_alpha", "train_text_encoder", "packing", "lora_targets")
     config: LoraTrainConfig
 
     def __init__(self, config: LoraTrainConfig) -> None:
@@ -186,10 +201,13 @@ class LoraMethod(TrainMethod):
     def attach(
         self, comps: SDComponents, data: TrainingSet, weight_dtype: torch.dtype
     ) -> dict[str, Any]:
-        comps.unet.add_adapter(self._lora(UNET_TARGETS))
+        targets = self.config.lora_targets
+        comps.unet.add_adapter(self._lora(lora_target_modules(targets, text_encoder=False)))
         modules = {"unet": comps.unet}
         if self.config.train_text_encoder:
-            comps.text_encoder.add_adapter(self._lora(TEXT_TARGETS))
+            comps.text_encoder.add_adapter(
+                self._lora(lora_target_modules(targets, text_encoder=True))
+            )
             modules["text_encoder"] = comps.text_encoder
         return modules
 
@@ -249,6 +267,7 @@ class LoraMethod(TrainMethod):
             c.seed,
             resolution,
             c.validation_inference_steps,
+            clip_skip=c.clip_skip,
         )
 
     def resolved(self) -> dict[str, Any]:

@@ -218,8 +218,10 @@ def load_pipeline(
     lora_scale: float = 1.0,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    prediction_type: str | None = None,
 ) -> Any:
-    """A ``StableDiffusionPipeline`` with the named sampler and, optionally, a LoRA.
+    """A ``StableDiffusionPipeline`` with the named sampler and, optionally, a LoRA
+    (and the ``prediction_type`` it was trained with, when not the base's).
 
     Raises:
         UserInputError: unknown scheduler, unloadable base, missing or mismatched LoRA.
@@ -229,6 +231,10 @@ def load_pipeline(
     check_scheduler(scheduler)
     pipe = _pretrained_pipeline(StableDiffusionPipeline, ref, dtype)
     _set_scheduler(pipe, scheduler)
+    if prediction_type is not None:
+        pipe.scheduler = pipe.scheduler.__class__.from_config(
+            pipe.scheduler.config, prediction_type=prediction_type
+        )
     if lora is not None:
         load_lora(pipe, lora_file(lora), lora_scale)
     pipe.set_progress_bar_config(disable=True)
@@ -289,9 +295,15 @@ def generate_rgb(
     device = pipe.device if pipe.device.type != "mps" else "cpu"
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     size = {"height": resolution, "width": resolution} if resolution else {}
+    clip_skip = kwargs.pop("clip_skip", None)
+    if clip_skip:
+        from fusynth.diffusion.dataset import prompt_embeds_for
+
+        kwargs["prompt_embeds"] = prompt_embeds_for(pipe, list(prompts), clip_skip)
+        prompts = None
     out = pipe(
         prompts,
-        negative_prompt=[negative_prompt] * len(prompts) if negative_prompt else None,
+        negative_prompt=[negative_prompt] * len(seeds) if negative_prompt else None,
         num_inference_steps=steps,
         guidance_scale=guidance,
         generator=generators,
@@ -319,8 +331,10 @@ def generate_images(
     steps: int,
     guidance: float,
     resolution: int,
+    clip_skip: int | None = None,
 ) -> list[np.ndarray]:
-    """As :func:`generate_rgb`, returned as ``[H, W]`` uint8 grayscale (luma)."""
+    """As :func:`generate_rgb`, returned as ``[H, W]`` uint8 grayscale (luma);
+    ``clip_skip`` as the adapter was trained (diffusers' pipeline argument)."""
     rgb = generate_rgb(
         pipe,
         prompts,
@@ -329,6 +343,7 @@ def generate_images(
         steps=steps,
         guidance=guidance,
         resolution=resolution,
+        **({"clip_skip": clip_skip} if clip_skip else {}),
     )
     return [luma(x) for x in rgb]
 

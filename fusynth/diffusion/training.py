@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fusynth.core.errors import UserInputError
 from fusynth.core.loop import (
     check_run_dir,
     checkpoint_if_due,
@@ -45,13 +47,21 @@ from fusynth.core.loop import (
     write_run_config,
     write_train_log,
 )
-from fusynth.diffusion.base import BaseRef, SDComponents, load_components, resolve_base
+from fusynth.diffusion.base import (
+    BaseGeometry,
+    BaseRef,
+    SDComponents,
+    base_geometry,
+    load_components,
+    resolve_base,
+)
 from fusynth.diffusion.config import TrainConfig
 from fusynth.diffusion.dataset import (
     TrainingSet,
+    cache_latents,
     encode_captions,
-    encode_images,
     load_training_set,
+    text_embeddings,
     tokenize,
 )
 
@@ -65,6 +75,8 @@ RESUME_KEYS = (
     "gradient_accumulation_steps",
     "resolution",
     "random_flip",
+    "prediction_type",
+    "clip_skip",
 )
 
 
@@ -91,6 +103,13 @@ class TrainMethod:
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
+
+    def check_base(self, geometry: BaseGeometry) -> None:
+        """Refuse a base this method cannot train on, before any data is read.
+
+        Raises:
+            UserInputError: naming the flag.
+        """
 
     def attach(
         self, comps: SDComponents, data: TrainingSet, weight_dtype: torch.dtype
@@ -200,7 +219,15 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
         config.variant,
         original_config=config.original_config,
     )
-    resolution = config.resolution or (64 if ref.smoke else 512)
+    # Configs only: an unsupported base (SDXL, ...) is refused before any data is read.
+    geometry = base_geometry(ref)
+    method.check_base(geometry)
+    resolution = config.resolution or geometry.resolution
+    if resolution % geometry.vae_scale_factor:
+        raise UserInputError(
+            f"--resolution: must be divisible by {geometry.vae_scale_factor} (the base's VAE "
+            f"downsamples {geometry.vae_scale_factor}x), got {resolution}"
+        )
     accelerator, output_dir, resume = start_run(
         config,
         method.weights_file,
@@ -209,7 +236,20 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         accelerator.mixed_precision, torch.float32
     )
+    if config.allow_tf32 and torch.cuda.is_available():
+        # diffusers' --allow_tf32: faster fp32 matmuls on Ampere+ at ~fp16 mantissa
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     comps = load_components(ref)
+    if config.prediction_type is not None:
+        # as diffusers' examples do: the training target follows the noise scheduler
+        comps.noise_scheduler.register_to_config(prediction_type=config.prediction_type)
+    layers = comps.text_encoder.config.num_hidden_layers
+    if config.clip_skip is not None and config.clip_skip >= layers:
+        raise UserInputError(
+            f"--clip_skip: the base's text encoder has {layers} layers; {config.clip_skip} "
+            "would skip them all"
+        )
     data = load_training_set(
         config, resolution, packing=method.packing, need_masks=method.needs_masks
     )
@@ -218,13 +258,20 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
     comps.vae.to(accelerator.device, dtype=torch.float32)
     comps.text_encoder.to(accelerator.device, dtype=torch.float32)
 
-    # The frozen encoders run once here, never inside the loop.
-    latents = encode_images(comps.vae, data.pixels, flip=config.random_flip)
+    # The frozen encoders run once here, never inside the loop; latents go to disk.
+    cache_dir = tempfile.TemporaryDirectory(prefix="fusynth-latents-")
+    latents = cache_latents(
+        comps.vae,
+        data,
+        flip=config.random_flip,
+        folder=cache_dir.name,
+        num_workers=config.dataloader_num_workers,
+    )
     token_ids = tokenize(comps.tokenizer, data.captions)
     if accelerator.is_main_process:
         log.info(
             "training on %d images (%d subjects; views %s) from %s at %d px",
-            len(data.pixels),
+            len(data),
             data.n_subjects,
             ", ".join(data.views),
             data.source,
@@ -234,7 +281,7 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
     modules = method.attach(comps, data, weight_dtype)
     embeddings = None
     if "text_encoder" not in modules:
-        embeddings = encode_captions(comps.text_encoder, token_ids)
+        embeddings = encode_captions(comps.text_encoder, token_ids, config.clip_skip)
     comps.unet.to(accelerator.device, dtype=weight_dtype)
     comps.text_encoder.to(dtype=weight_dtype)
     cast_training_params(list(modules.values()), dtype=torch.float32)  # trained weights stay fp32
@@ -244,15 +291,10 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
                 module.gradient_checkpointing_enable()
             else:
                 module.enable_gradient_checkpointing()
-    optimizer = torch.optim.AdamW(
-        method.param_groups(modules),
-        betas=(config.adam_beta1, config.adam_beta2),
-        weight_decay=config.adam_weight_decay,
-        eps=config.adam_epsilon,
-    )
+    optimizer = make_optimizer(config, method.param_groups(modules))
 
     processes, process = accelerator.num_processes, accelerator.process_index
-    n = len(data.pixels)
+    n = len(data)
     per_process = len(epoch_order(n, config.seed, 0, process, processes))
     batches_per_epoch = math.ceil(per_process / config.train_batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
@@ -277,6 +319,7 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
         {"losses": losses},
     )
     run_config = _run_config(config, method, ref, resolution, data, processes)
+    run_config["prediction_type"] = comps.noise_scheduler.config.prediction_type
     write_run_config(
         accelerator, run_config, output_dir, f"fusynth-{method.name}", config.report_to
     )
@@ -325,7 +368,11 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
         target = noise if prediction_type == "epsilon" else sched.get_velocity(x0, noise, timesteps)
         with accelerator.accumulate(*prepared.values()):
             if "text_encoder" in prepared:
-                cond = prepared["text_encoder"](token_ids[data.caption_index[idx]].to(device))[0]
+                cond = text_embeddings(
+                    prepared["text_encoder"],
+                    token_ids[data.caption_index[idx]].to(device),
+                    config.clip_skip,
+                )
             else:
                 cond = embeddings[data.caption_index[idx]].to(device, weight_dtype)
             noisy_in, t_in = noisy.to(device, weight_dtype), timesteps.to(device)
@@ -380,7 +427,7 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
             {"losses": losses},
         )
         if config.validation_prompt and (
-            global_step % config.validation_steps == 0 or global_step == max_steps
+            _validation_due(config, global_step, steps_per_epoch) or global_step == max_steps
         ):
             _validate(
                 accelerator,
@@ -399,8 +446,40 @@ def train(config: TrainConfig, method: TrainMethod) -> TrainResult:
         lambda: _save_final(output_dir, method, trained, run_config, ref, global_step, losses),
         output_dir,
     )
+    del latents
+    data.masks = None
+    cache_dir.cleanup()
     return TrainResult(
         final_dir(output_dir), global_step, seen / elapsed if elapsed > 0 else 0.0, losses, ref
+    )
+
+
+def _validation_due(config: TrainConfig, global_step: int, steps_per_epoch: int) -> bool:
+    """Every ``--validation_epochs`` epochs when given (diffusers' LoRA example), else
+    every ``--validation_steps`` optimizer steps."""
+    if config.validation_epochs is not None:
+        if global_step % steps_per_epoch:
+            return False
+        return (global_step // steps_per_epoch) % config.validation_epochs == 0
+    return global_step % config.validation_steps == 0
+
+
+def make_optimizer(config: TrainConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """AdamW, or bitsandbytes' AdamW8bit with ``--use_8bit_adam`` (FU-LoRA's optimizer:
+    8-bit moment states, a quarter of AdamW's optimizer memory)."""
+    cls: Any = torch.optim.AdamW
+    if config.use_8bit_adam:
+        from fusynth.diffusion.config import check_8bit_adam
+
+        check_8bit_adam()
+        import bitsandbytes as bnb
+
+        cls = bnb.optim.AdamW8bit
+    return cls(
+        groups,
+        betas=(config.adam_beta1, config.adam_beta2),
+        weight_decay=config.adam_weight_decay,
+        eps=config.adam_epsilon,
     )
 
 
@@ -454,11 +533,17 @@ def run_validation_pipeline(
 
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
+    clip_skip = kwargs.pop("clip_skip", None)
     out = []
     for p, prompt in enumerate(prompts):
         gens = [torch.Generator().manual_seed(seed + 1000 * p + i) for i in range(n)]
+        text: dict[str, Any] = {"prompt": [prompt] * n}
+        if clip_skip:
+            from fusynth.diffusion.dataset import prompt_embeds_for
+
+            text = {"prompt_embeds": prompt_embeds_for(pipe, [prompt] * n, clip_skip)}
         images = pipe(
-            [prompt] * n,
+            **text,
             num_inference_steps=steps,
             height=resolution,
             width=resolution,
@@ -484,7 +569,7 @@ def _run_config(
         views=data.views,
         captions_by_view=data.captions_by_view,
         train_data=data.source,
-        num_train_images=len(data.pixels),
+        num_train_images=len(data),
         num_train_subjects=data.n_subjects,
         num_processes=processes,
         fusynth_version=__version__,

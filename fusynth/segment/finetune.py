@@ -98,6 +98,7 @@ class SamFinetuneConfig:
     validation: str | None = None
     train_parts: str = "decoder"
     encoder_lora_rank: int = 0
+    gradient_checkpointing: bool = False  # of the encoder blocks, when the encoder trains
     validation_epochs: int = 1
     box_jitter: int = 10
     loss: str = "dice+bce"
@@ -390,6 +391,15 @@ def finetune_sam(config: SamFinetuneConfig) -> SamTrainResult:
         torch.manual_seed(config.seed)
         add_encoder_lora(sam, config.encoder_lora_rank)  # marks only LoRA weights trainable
         sam.image_encoder.to(device)
+    if config.gradient_checkpointing:
+        if config.encoder_frozen:
+            log.info(
+                "--gradient_checkpointing: the encoder is frozen (embeddings cached); no effect"
+            )
+        else:
+            from fusynth.segment.checkpointing import checkpoint_encoder_blocks
+
+            checkpoint_encoder_blocks(sam.image_encoder)
 
     # Frozen encoder: embeddings once, from the disk cache when there; the main process
     # fills the cache first so the others only read it.
