@@ -521,3 +521,52 @@ def finish_run(
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return elapsed
+
+
+class StepLog:
+    """The loss bookkeeping every loop repeats: the running loss of an optimizer step over
+    its micro-steps (averaged across processes), the loss history, the progress bar, and
+    the log line of each finished step."""
+
+    def __init__(self, accelerator: Any, bar: Any, accumulation: int, losses: list[float]):
+        self.accelerator = accelerator
+        self.bar = bar
+        self.accumulation = accumulation
+        self.losses = losses
+        self.running = 0.0
+
+    def add(self, loss: torch.Tensor) -> None:
+        """Add a micro-step's loss (its share of the optimizer step's mean)."""
+        mean = self.accelerator.reduce(loss.detach(), reduction="mean").item()
+        self.running += mean / self.accumulation
+
+    def step(self, lr_scheduler: Any) -> dict[str, float]:
+        """Close an optimizer step: step the scheduler, record and show the loss.
+
+        Returns:
+            The step's log: ``loss`` and ``lr``.
+        """
+        lr_scheduler.step()
+        self.losses.append(self.running)
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{self.running:.4f}")
+        logs = {"loss": self.running, "lr": lr_scheduler.get_last_lr()[0]}
+        self.running = 0.0
+        return logs
+
+
+def validation_due(step: int, steps_per_epoch: int, every_epochs: int, max_steps: int) -> bool:
+    """Validate every ``every_epochs`` epochs and after the last step."""
+    return step % (steps_per_epoch * every_epochs) == 0 or step == max_steps
+
+
+def optimizer_micro_step(
+    accelerator: Any, loss: torch.Tensor, params: Any, max_grad_norm: float, optimizer: Any
+) -> None:
+    """Backward, clip the gradients when they sync, step and zero (inside
+    ``accelerator.accumulate``, the optimizer steps only on the last micro-step)."""
+    accelerator.backward(loss)
+    if accelerator.sync_gradients:
+        accelerator.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad()

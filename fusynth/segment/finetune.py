@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from fusynth.core.errors import UserInputError
 from fusynth.core.loop import (
+    StepLog,
     check_run_dir,
     check_run_settings,
     checkpoint_if_due,
@@ -40,11 +41,13 @@ from fusynth.core.loop import (
     final_dir,
     finish_run,
     make_lr_scheduler,
+    optimizer_micro_step,
     positive,
     replace_outputs,
     resume_run,
     start_run,
     step_generator,
+    validation_due,
     write_config_json,
     write_run_config,
     write_train_log,
@@ -467,7 +470,7 @@ def finetune_sam(config: SamFinetuneConfig) -> SamTrainResult:
         disable=not accelerator.is_local_main_process,
     )
     prepared.train()
-    running = 0.0
+    step_log = StepLog(accelerator, bar, config.gradient_accumulation_steps, losses)
     while global_step < max_steps:
         epoch, b = divmod(micro, batches_per_epoch)
         order = epoch_order(n, config.seed, epoch, process, processes)
@@ -491,32 +494,16 @@ def finetune_sam(config: SamFinetuneConfig) -> SamTrainResult:
             logits = F.interpolate(low.float(), (size, size), mode="bilinear", align_corners=False)
             loss, iou = segmentation_loss(logits, target, config.loss)
             loss = loss + F.mse_loss(iou_pred.float()[:, 0], iou)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad()
-        running += (
-            accelerator.reduce(loss.detach(), reduction="mean").item()
-            / config.gradient_accumulation_steps
-        )
+            optimizer_micro_step(accelerator, loss, params, config.max_grad_norm, optimizer)
+        step_log.add(loss)
         micro += 1
         seen += len(idx) * processes
         if not accelerator.sync_gradients:
             continue
-        lr_scheduler.step()
         global_step += 1
-        losses.append(running)
-        bar.update(1)
-        bar.set_postfix(loss=f"{running:.4f}")
-        logs = {"loss": running, "lr": lr_scheduler.get_last_lr()[0]}
-        running = 0.0
-        validate = global_step % (steps_per_epoch * config.validation_epochs) == 0
-        if (
-            (validate or global_step == max_steps)
-            and data.validation
-            and accelerator.is_main_process
-        ):
+        logs = step_log.step(lr_scheduler)
+        due = validation_due(global_step, steps_per_epoch, config.validation_epochs, max_steps)
+        if due and data.validation and accelerator.is_main_process:
             dice = validation_dice(model, data.validation, val_embeddings, device)
             val_history.append({"step": global_step, "dice": dice})
             logs["val_dice"] = dice

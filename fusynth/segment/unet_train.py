@@ -29,17 +29,20 @@ import torch
 
 from fusynth.core.errors import UserInputError
 from fusynth.core.loop import (
+    StepLog,
     check_run_dir,
     check_run_settings,
     checkpoint_if_due,
     choice,
     epoch_order,
     make_lr_scheduler,
+    optimizer_micro_step,
     positive,
     replace_outputs,
     resume_run,
     start_run,
     step_generator,
+    validation_due,
     write_config_json,
     write_run_config,
 )
@@ -319,7 +322,7 @@ def train_unet(config: UnetTrainConfig) -> UnetTrainResult:
         disable=not accelerator.is_local_main_process,
     )
     train_mode(model)
-    running = 0.0
+    step_log = StepLog(accelerator, bar, config.gradient_accumulation_steps, losses)
     while global_step < max_steps:
         epoch, b = divmod(micro, batches_per_epoch)
         order = epoch_order(n, config.seed, epoch, process, processes)
@@ -336,32 +339,16 @@ def train_unet(config: UnetTrainConfig) -> UnetTrainResult:
             with accelerator.autocast():
                 logits = prepared(x.to(device))
             loss, _ = segmentation_loss(logits.float(), target.to(device), config.loss)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad()
-        running += (
-            accelerator.reduce(loss.detach(), reduction="mean").item()
-            / config.gradient_accumulation_steps
-        )
+            optimizer_micro_step(accelerator, loss, params, config.max_grad_norm, optimizer)
+        step_log.add(loss)
         micro += 1
         seen += len(idx) * processes
         if not accelerator.sync_gradients:
             continue
-        lr_scheduler.step()
         global_step += 1
-        losses.append(running)
-        bar.update(1)
-        bar.set_postfix(loss=f"{running:.4f}")
-        logs = {"loss": running, "lr": lr_scheduler.get_last_lr()[0]}
-        running = 0.0
-        validate = global_step % (steps_per_epoch * config.validation_epochs) == 0
-        if (
-            (validate or global_step == max_steps)
-            and data.validation
-            and accelerator.is_main_process
-        ):
+        logs = step_log.step(lr_scheduler)
+        due = validation_due(global_step, steps_per_epoch, config.validation_epochs, max_steps)
+        if due and data.validation and accelerator.is_main_process:
             dice = validation_dice(model, val_images, val_masks)
             val_history.append({"step": global_step, "dice": dice})
             logs["val_dice"] = dice
