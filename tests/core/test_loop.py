@@ -30,7 +30,7 @@ CONFIGS = [SslConfig, SamFinetuneConfig, TrainConfig]
         ({"checkpoints_total_limit": 0}, "--checkpoints_total_limit"),
         ({"lr_scheduler": "cosin"}, "--lr_scheduler"),
         ({"mixed_precision": "fp8"}, "--mixed_precision"),
-        ({"report_to": "wandb"}, "--report_to"),
+        ({"report_to": "comet"}, "--report_to"),
         ({"max_train_steps": 0}, "--max_train_steps"),
     ],
 )
