@@ -46,6 +46,7 @@ from fusynth.core.loop import (
     write_config_json,
     write_run_config,
 )
+from fusynth.segment.card import render_unet_card
 from fusynth.segment.finetune import LOSSES, choose_training_data
 from fusynth.segment.model import segmentation_loss
 from fusynth.segment.unet import (
@@ -409,74 +410,6 @@ def _save_final(output_dir, model, run_config, step, losses, val_history) -> Non
         write_config_json(tmp, run_config)
         log_data = {"global_step": step, "losses": losses, "validation": val_history}
         (tmp / "train_log.json").write_text(json.dumps(log_data, indent=1))
-        (tmp / "README.md").write_text(render_unet_card(run_config, step, val_history))
+        (tmp / "README.md").write_text(render_unet_card(run_config, step, val_history, CONFIG_FILE))
 
     replace_outputs(output_dir, write)
-
-
-# ----------------------------------------------------------------------------- card
-
-_HYPERPARAMETERS = (
-    "train_parts",
-    "resolution",
-    "hflip",
-    "loss",
-    "learning_rate",
-    "weight_decay",
-    "lr_scheduler",
-    "lr_warmup_steps",
-    "train_batch_size",
-    "gradient_accumulation_steps",
-    "max_train_steps",
-    "num_train_epochs",
-    "mixed_precision",
-    "seed",
-)
-
-
-def render_unet_card(config: dict[str, Any], step: int, validation: list[dict[str, float]]) -> str:
-    """The README.md of a ``train_unet`` output folder."""
-    from fusynth.core.cards import render_card
-
-    smoke = bool(config["smoke_model"])
-    card_data = {
-        "library_name": "segmentation-models-pytorch",
-        "license": "apache-2.0",
-        "tags": [
-            "fusynth",
-            "segmentation-models-pytorch",
-            "unet",
-            "image-segmentation",
-            "ultrasound",
-            "fetal-ultrasound",
-            "medical-imaging",
-        ],
-        "pipeline_tag": "image-segmentation",
-    }
-    fields = {
-        "title": f"fusynth U-Net ({config['encoder']}) for the fetal head"
-        + (" (smoke model)" if smoke else ""),
-        "encoder": config["encoder"],
-        "resolution": config["resolution"],
-        "train_parts": config["train_parts"],
-        "trainable_params": f"{config['trainable_params']:,}",
-        "total_params": f"{config['total_params']:,}",
-        "trainable_percent": f"{100 * config['trainable_share']:.1f}",
-        "smoke_model": smoke,
-        "init": config["init"],
-        "init_sha256": config.get("encoder_weights_sha256") or config.get("checkpoint_sha256"),
-        "config_file": CONFIG_FILE,
-        "train": config["train"],
-        "num_real": config["num_real"],
-        "num_real_subjects": config["num_real_subjects"],
-        "seed": config["seed"],
-        "num_synthetic": config["num_synthetic"],
-        "synthetic": config["synthetic"],
-        "num_validation": config["num_validation"],
-        "validation": config["validation"],
-        "hyperparameters": {k: config.get(k) for k in _HYPERPARAMETERS},
-        "global_step": step,
-        "num_processes": config["num_processes"],
-        "validation_dice": round(validation[-1]["dice"], 4) if validation else None,
-    }
-    return render_card("unet", card_data, fields)
