@@ -554,6 +554,23 @@ class StepLog:
         self.running = 0.0
         return logs
 
+    def validate_and_log(
+        self,
+        step: int,
+        logs: dict[str, float],
+        validate: Callable[[], float] | None,
+        history: list[dict[str, float]],
+        report_to: str,
+    ) -> None:
+        """Record a validation Dice when ``validate`` is given (it computes it), then send
+        the step's log to the trackers unless ``report_to`` is ``none``."""
+        if validate is not None:
+            dice = validate()
+            history.append({"step": step, "dice": dice})
+            logs["val_dice"] = dice
+        if report_to != "none":
+            self.accelerator.log(logs, step=step)
+
 
 def validation_due(step: int, steps_per_epoch: int, every_epochs: int, max_steps: int) -> bool:
     """Validate every ``every_epochs`` epochs and after the last step."""

@@ -349,12 +349,14 @@ def train_unet(config: UnetTrainConfig) -> UnetTrainResult:
         global_step += 1
         logs = step_log.step(lr_scheduler)
         due = validation_due(global_step, steps_per_epoch, config.validation_epochs, max_steps)
-        if due and data.validation and accelerator.is_main_process:
-            dice = validation_dice(model, val_images, val_masks)
-            val_history.append({"step": global_step, "dice": dice})
-            logs["val_dice"] = dice
-        if config.report_to != "none":
-            accelerator.log(logs, step=global_step)
+        validate = due and data.validation and accelerator.is_main_process
+        step_log.validate_and_log(
+            global_step,
+            logs,
+            (lambda: validation_dice(model, val_images, val_masks)) if validate else None,
+            val_history,
+            config.report_to,
+        )
         checkpoint_if_due(
             accelerator,
             config,
