@@ -65,6 +65,7 @@ from fusynth.segment.data import (
     load_seg_set,
     sam_input,
 )
+from fusynth.segment.metrics import binary_dice
 from fusynth.segment.model import (
     BoxPromptedSam,
     add_encoder_lora,
@@ -357,9 +358,7 @@ def validation_dice(
             )
         size = x.mask.shape[0]
         pred = F.interpolate(low, (size, size), mode="bilinear", align_corners=False)[0, 0] > 0
-        t = torch.from_numpy(x.mask).to(device)
-        denom = pred.sum() + t.sum()
-        scores.append(float(2 * (pred & t).sum() / denom) if denom else 1.0)
+        scores.append(binary_dice(pred, torch.from_numpy(x.mask).to(device) > 0))
     model.train(was)
     return float(np.mean(scores))
 

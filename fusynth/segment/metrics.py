@@ -32,6 +32,13 @@ def _as_bool(mask: np.ndarray) -> np.ndarray:
     return np.asarray(mask) > 0
 
 
+def binary_dice(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Dice of two boolean masks on any device, 1.0 when both are empty: the cheap
+    validation score of the training loops (reports use :func:`dice_iou`)."""
+    denom = pred.sum() + target.sum()
+    return float(2 * (pred & target).sum() / denom) if denom else 1.0
+
+
 def dice_iou(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
     """Foreground Dice and IoU of two ``[H, W]`` masks (torchmetrics)."""
     from torchmetrics.functional.segmentation import dice_score, mean_iou

@@ -48,6 +48,7 @@ from fusynth.core.loop import (
 )
 from fusynth.segment.card import render_unet_card
 from fusynth.segment.finetune import LOSSES, choose_training_data
+from fusynth.segment.metrics import binary_dice
 from fusynth.segment.model import segmentation_loss
 from fusynth.segment.unet import (
     CONFIG_FILE,
@@ -239,9 +240,7 @@ def validation_dice(model: torch.nn.Module, images: torch.Tensor, masks: torch.T
     scores = []
     for i in range(len(images)):
         pred = model(images[i : i + 1]).float()[0, 0] > 0
-        t = masks[i, 0] > 0.5
-        denom = pred.sum() + t.sum()
-        scores.append(float(2 * (pred & t).sum() / denom) if denom else 1.0)
+        scores.append(binary_dice(pred, masks[i, 0] > 0.5))
     if was:
         train_mode(model)
     return float(np.mean(scores))
