@@ -14,6 +14,11 @@ Layout of ``OUT`` while running::
     shards/shard-00000/   one saved Dataset per complete shard
 
 and when complete: ``dataset_dict.json``, ``train/``, ``request.json``, ``previews/``.
+
+Replacing a cohort (``overwrite``) never deletes the old one first: the new one is
+written beside it, in ``.OUT.fusynth-new/`` (same layout; an interrupted replacement
+resumes there), and swapped in only when complete. Until then ``OUT`` holds the old
+cohort, whole.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import numpy as np
 
 from fusynth.core.artifacts import REQUEST_FILE, STATS_FILE
 from fusynth.core.errors import UserInputError
+from fusynth.core.loop import staging_dir, swap_in
 from fusynth.core.io import (
     atomic_write_bytes,
     check_foreign,
@@ -80,6 +86,10 @@ class CohortWriter:
             json.dumps({**request, "n": n, "shard_size": shard_size}, sort_keys=True)
         )
         self.overwrite = overwrite
+        #: Where a replacing cohort is built before the swap.
+        self.staging = staging_dir(self.out)
+        #: Where this run writes: ``out``, or ``staging`` while replacing.
+        self.root = self.out
 
     @property
     def cohort_id(self) -> str:
@@ -97,7 +107,7 @@ class CohortWriter:
 
     def shard_dir(self, k: int) -> Path:
         """Folder of shard ``k``."""
-        return self.out / "shards" / f"shard-{k:05d}"
+        return self.root / "shards" / f"shard-{k:05d}"
 
     def shard_indices(self, k: int) -> range:
         """Sample indices of shard ``k``."""
@@ -107,18 +117,43 @@ class CohortWriter:
         """True once the final dataset is written."""
         return (self.out / "dataset_dict.json").is_file() and (self.out / REQUEST_FILE).is_file()
 
+    def _staged_request(self) -> dict[str, Any] | None:
+        """The request of a replacement under way beside ``out``, if any."""
+        try:
+            return json.loads((self.staging / REQUEST_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+
     def check(self) -> str:
         """Compare ``out`` with the request, touching nothing (every process calls it).
 
         Returns:
             ``"new"`` (nothing there), ``"resume"`` (same request, unfinished),
-            ``"done"`` (same request, finished) or ``"replace"`` (``overwrite`` and
-            something else is there).
+            ``"done"`` (same request, finished), ``"replace"`` (``overwrite`` and
+            something else is there: a new cohort is built beside it),
+            ``"replace-resume"`` (an interrupted replacement of this request, resumed
+            beside ``out``) or ``"swap"`` (that replacement is complete and only its
+            swap into ``out`` was interrupted). While replacing, :attr:`root` is the
+            staging folder.
 
         Raises:
             UserInputError: ``out`` holds something else, or a different request, and
                 ``overwrite`` is False.
         """
+        self.root = self.out
+        staged = self._staged_request() == self.request
+        if staged and not self.out.exists() and (self.staging / "dataset_dict.json").is_file():
+            self.root = self.staging
+            return "swap"
+        state = self._check_out()
+        if state == "replace" and staged:
+            self.root = self.staging
+            return "replace-resume"
+        if state == "replace":
+            self.root = self.staging
+        return state
+
+    def _check_out(self) -> str:
         req_file = self.out / REQUEST_FILE
         if self.out.exists() and not self.out.is_dir():
             raise UserInputError(f"--out: {self.out} exists and is not a folder")
@@ -151,21 +186,27 @@ class CohortWriter:
         return "new"
 
     def setup(self, state: str) -> None:
-        """Main process only: clear a replaced cohort, record the request (and tidy a
-        finished one that a kill stopped before it removed its shards)."""
+        """Main process only: start (or resume) writing in :attr:`root`, recording the
+        request first; tidy a finished cohort that a kill stopped before it removed its
+        shards, or finish the swap of a complete replacement."""
         if state == "done":
             remove_stale_temps(self.out)
             shutil.rmtree(self.out / "shards", ignore_errors=True)
-        if state == "replace":
-            shutil.rmtree(self.out)
-        if state in ("new", "replace", "resume"):
-            self.out.mkdir(parents=True, exist_ok=True)
-            req_file = self.out / REQUEST_FILE
+        if state == "replace":  # the old cohort stays whole in ``out`` until the swap
+            shutil.rmtree(self.staging, ignore_errors=True)
+        if state == "replace-resume":
+            remove_stale_temps(self.staging)
+        if state == "swap":
+            self.root = swap_in(self.staging)
+            return
+        if state in ("new", "replace", "resume", "replace-resume"):
+            self.root.mkdir(parents=True, exist_ok=True)
+            req_file = self.root / REQUEST_FILE
             if not req_file.is_file():  # first, so a folder with anything in it is a cohort
-                write_marker(self.out, "cohort")
+                write_marker(self.root, "cohort")
                 data = json.dumps(self.request, indent=2, sort_keys=True) + "\n"
                 atomic_write_bytes(req_file, data.encode())
-            (self.out / "shards").mkdir(exist_ok=True)
+            (self.root / "shards").mkdir(exist_ok=True)
 
     def pending(self, process: int = 0, processes: int = 1) -> list[int]:
         """Shards of this process that are not on disk yet."""
@@ -217,7 +258,7 @@ class CohortWriter:
             if stats["rows"]:  # a shard whose samples were all rejected holds no data files
                 parts.append(datasets.load_from_disk(str(self.shard_dir(k))))
         atomic_write_bytes(
-            self.out / STATS_FILE, (json.dumps(totals, indent=2, sort_keys=True) + "\n").encode()
+            self.root / STATS_FILE, (json.dumps(totals, indent=2, sort_keys=True) + "\n").encode()
         )
         if not parts:
             raise UserInputError(
@@ -226,16 +267,17 @@ class CohortWriter:
                 "adapter longer"
             )
         train = datasets.concatenate_datasets(parts)
-        remove_stale_temps(self.out)  # what a killed finalize left; ours comes next
-        tmp = make_temp_dir(".final.tmp-", self.out)
+        remove_stale_temps(self.root)  # what a killed finalize left; ours comes next
+        tmp = make_temp_dir(".final.tmp-", self.root)
         save_prepared(datasets.DatasetDict({"train": train}), tmp)
         del parts, train
         # train/ first, dataset_dict.json last: its presence marks the cohort complete.
-        shutil.rmtree(self.out / "train", ignore_errors=True)
-        os.replace(tmp / "train", self.out / "train")
-        os.replace(tmp / "dataset_dict.json", self.out / "dataset_dict.json")
+        shutil.rmtree(self.root / "train", ignore_errors=True)
+        os.replace(tmp / "train", self.root / "train")
+        os.replace(tmp / "dataset_dict.json", self.root / "dataset_dict.json")
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(self.out / "shards", ignore_errors=True)
+        shutil.rmtree(self.root / "shards", ignore_errors=True)
+        self.root = swap_in(self.root)  # a replacement takes the old cohort's place
         return datasets.load_from_disk(str(self.out))
 
 
@@ -321,7 +363,8 @@ def open_cohort(
 
     Returns:
         ``(writer, loaded)``: the writer, or None when ``out`` already holds this cohort,
-        complete (then nothing is loaded); and what ``load`` returned.
+        complete, or it only had to be swapped in (then nothing is loaded); and what
+        ``load`` returned.
     """
     import torch
 
@@ -331,9 +374,9 @@ def open_cohort(
         request["cpu_threads"] = cpu_threads
     writer = CohortWriter(out, request, n=n, shard_size=shard_size, overwrite=overwrite)
     status = writer.check()
-    if status == "done":
-        if state.is_main_process:
-            writer.setup(status)  # only tidies what a kill after the final write left
+    if status in ("done", "swap"):
+        if state.is_main_process:  # tidies what a kill after the final write left
+            writer.setup(status)
         return None, None
     loaded = load() if load is not None else None
     # Every process must have read ``out`` before the main one changes it: a process that
