@@ -76,6 +76,11 @@ def add_commands(groups: Any) -> None:
         help="prompt per view with {view} (default: the adapter's training captions)",
     )
     p.add_argument("--prompts", help="YAML file of view: prompt")
+    p.add_argument(
+        "--prompt_values",
+        help="fill the template's schema fields per sample: 'real' (drawn from the adapter's "
+        "training data) or FIELD=LOW:HIGH,... (uniform; the rest drawn from real rows)",
+    )
     p.set_defaults(func=_generate_text2img)
 
     p = gen_cmds.add_parser("pairs", help="fetal head image/mask pairs (packed LoRA or ControlNet)")

@@ -17,6 +17,7 @@ seeds, resume and multi-process behaviour are those of text-to-image cohorts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 
 METHODS = ("packed", "controlnet")
 ELLIPSE = "ellipse"
+#: ``--hc_mm real``: each head's HC (and spacing) drawn from a real training head.
+REAL_HC = "real"
 DEFAULT_PAIR_PROMPT = "an ultrasound image of the fetal head"
 
 
@@ -67,7 +70,9 @@ class PairsRequest(SamplingRequest):
     max_residual: float = 0.15
     max_attempts: int = 4
     group: str | None = None
-    hc_mm: str | None = None  # "LO,HI" (uniform) or one value: ellipse heads of that HC
+    # "LO,HI" (uniform), one value, or "real" (drawn from the adapter's training heads):
+    # ellipse heads of that HC
+    hc_mm: str | None = None
     hc_pixel_spacing_mm: float | None = None  # mm per pixel of the generated frames
     positive_fields: ClassVar[tuple[str, ...]] = ("max_attempts",)
 
@@ -95,23 +100,26 @@ class PairsRequest(SamplingRequest):
             self.hc_range()
             if self.masks_from != ELLIPSE:
                 raise UserInputError("--hc_mm: draws ellipse heads; give --masks_from ellipse")
-            if not (self.hc_pixel_spacing_mm and self.hc_pixel_spacing_mm > 0):
+            spacing = self.hc_pixel_spacing_mm
+            if spacing is not None and not spacing > 0:
+                raise UserInputError(f"--hc_pixel_spacing_mm: must be positive, got {spacing}")
+            if spacing is None and self.hc_mm != REAL_HC:
                 raise UserInputError(
                     "--hc_pixel_spacing_mm: --hc_mm needs the mm per pixel of the generated frames"
                 )
         elif self.hc_pixel_spacing_mm is not None:
             raise UserInputError("--hc_pixel_spacing_mm: only with --hc_mm")
 
-    def hc_range(self) -> tuple[float, float] | None:
-        """``--hc_mm`` as ``(low, high)`` in mm (equal for one value), or None."""
-        if self.hc_mm is None:
-            return None
+    def hc_range(self) -> tuple[float, float] | str | None:
+        """``--hc_mm`` as ``(low, high)`` in mm (equal for one value), ``"real"``, or None."""
+        if self.hc_mm is None or self.hc_mm == REAL_HC:
+            return self.hc_mm
         try:
             parts = [float(x) for x in str(self.hc_mm).split(",")]
         except ValueError:
             parts = []
         if len(parts) not in (1, 2) or min(parts) <= 0 or parts[0] > parts[-1]:
-            raise UserInputError(f"--hc_mm: give MM or LOW,HIGH in mm, got {self.hc_mm!r}")
+            raise UserInputError(f"--hc_mm: give MM, LOW,HIGH in mm or 'real', got {self.hc_mm!r}")
         return parts[0], parts[-1]
 
 
@@ -159,7 +167,7 @@ class MaskSource:
         cohort_seed: int,
         group: str | None,
         train_data: str | None,
-        hc_range: tuple[float, float] | None = None,
+        hc_range: tuple[float, float] | str | None = None,
         hc_spacing: float | None = None,
     ):
         from fusynth.data.ellipse_prior import fit_ellipse_prior
@@ -174,7 +182,7 @@ class MaskSource:
                 raise UserInputError(
                     "--masks_from ellipse: the adapter's config.json names no training data"
                 )
-            masks, groups, _ = _dataset_masks(
+            masks, groups, spacing, hcs = _dataset_masks(
                 train_data, "--masks_from ellipse (the adapter's training data)"
             )
             self.prior = fit_ellipse_prior(zip(masks, groups, strict=True))
@@ -191,10 +199,25 @@ class MaskSource:
                 "masks_from": ELLIPSE,
                 "ellipse_prior": json.loads(self.prior.to_json()),
             }
-            if hc_range is not None:
+            if hc_range == REAL_HC:
+                self.hc_pool = _hc_pool(masks, groups, spacing, hcs, resolution, hc_spacing)
+                self.hc_pool = [h for h in self.hc_pool if group is None or h[2] == group]
+                if not self.hc_pool:
+                    raise UserInputError(
+                        f"--hc_mm real: {train_data} (the adapter's training data) has no "
+                        f"head{f' of group {group}' if group else ''} with a head "
+                        "circumference and a pixel spacing to draw from"
+                    )
+                data = json.dumps(self.hc_pool, separators=(",", ":")).encode()
+                self.fingerprint.update(
+                    hc_mm=REAL_HC,
+                    hc_pixel_spacing_mm=hc_spacing,
+                    hc_pool_sha256=hashlib.sha256(data).hexdigest(),
+                )
+            elif hc_range is not None:
                 self.fingerprint.update(hc_mm=list(hc_range), hc_pixel_spacing_mm=hc_spacing)
         else:
-            self.masks, _, self.spacing = _dataset_masks(spec, "--masks_from")
+            self.masks, _, self.spacing, _ = _dataset_masks(spec, "--masks_from")
             self.fingerprint = {"masks_from": spec, "n_source_masks": len(self.masks)}
 
     def mask(self, index: int) -> tuple[np.ndarray, dict[str, Any], float | None]:
@@ -209,12 +232,17 @@ class MaskSource:
                 p = np.array([self.weights[g] for g in names], dtype=float)
                 group = names[rng.choice(len(names), p=p / p.sum())]
             shape = (self.resolution, self.resolution)
-            if self.hc_range is not None:  # a head of an HC known by construction
+            spacing = self.hc_spacing
+            if self.hc_range == REAL_HC:  # a real head's HC, spacing and group, jointly
+                hc, spacing, row_group = self.hc_pool[int(rng.integers(len(self.hc_pool)))]
+                group = row_group if row_group in self.prior.groups else group
+            elif self.hc_range is not None:
                 hc = float(rng.uniform(*self.hc_range))
-                mask, ell = self.prior.sample_hc(rng, shape, hc, self.hc_spacing, group)
+            if self.hc_range is not None:  # a head of an HC known by construction
+                mask, ell = self.prior.sample_hc(rng, shape, hc, spacing, group)
                 prov = {"mask_source": ELLIPSE, "mask_group": group, "mask_ellipse": list(ell),
                         "hc_mm_requested": hc}  # fmt: skip
-                return mask, prov, self.hc_spacing
+                return mask, prov, spacing
             mask, ell = self.prior.sample(rng, shape, group)
             return (
                 mask,
@@ -229,15 +257,35 @@ class MaskSource:
         return mask, {"mask_source": self.spec, "mask_index": k}, spacing
 
 
+def _hc_pool(
+    masks: list[np.ndarray],
+    groups: list[str | None],
+    spacing: list[float | None],
+    hcs: list[float | None],
+    resolution: int,
+    frame_spacing: float | None,
+) -> list[tuple[float, float, str | None]]:
+    """``(HC mm, mm per pixel of the generated frame, group)`` of each real head with both
+    values: its own spacing scaled to the frame, as its image would be (padded square,
+    resized), unless ``frame_spacing`` fixes one."""
+    pool = []
+    for mask, group, mm, hc in zip(masks, groups, spacing, hcs, strict=True):
+        if hc and mm:
+            at_frame = frame_spacing or mm * max(mask.shape) / resolution
+            pool.append((round(float(hc), 4), round(float(at_frame), 6), group))
+    return pool
+
+
 def _dataset_masks(
     spec: str, flag: str
-) -> tuple[list[np.ndarray], list[str | None], list[float | None]]:
+) -> tuple[list[np.ndarray], list[str | None], list[float | None], list[float | None]]:
+    """Filled masks of ``spec`` with their group (trimester), pixel spacing and HC."""
     from fusynth.data.images import decode_image
     from fusynth.data.masks import is_outline
     from fusynth.data.schema import load_split
 
     ds = load_split(spec)
-    masks, groups, spacing = [], [], []
+    masks, groups, spacing, hcs = [], [], [], []
     for i, row in enumerate(ds):
         if row["mask"] is None:
             continue
@@ -249,11 +297,12 @@ def _dataset_masks(
         masks.append((mask > 0).astype(np.uint8))
         groups.append(json.loads(row["provenance"] or "{}").get("trimester"))
         spacing.append(row["pixel_spacing_mm"])
+        hcs.append(row["head_circumference_mm"])
     if not masks:
         raise UserInputError(f"{flag}: {spec} has no masks")
     if any(g is None for g in groups):
         groups = [None] * len(groups)
-    return masks, [None if g is None else str(g) for g in groups], spacing
+    return masks, [None if g is None else str(g) for g in groups], spacing, hcs
 
 
 def _pair_row(

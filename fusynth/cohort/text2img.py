@@ -61,13 +61,53 @@ class Text2ImgRequest(SamplingRequest):
     lora_scale: float = 1.0
     prompt_template: str | None = None
     prompts: str | None = None
+    prompt_values: str | None = None  # "real" or FIELD=LOW:HIGH,...: drawn per sample
 
     def __post_init__(self) -> None:
+        from fusynth.cohort.conditions import parse_prompt_values, template_fields
+
         super().__post_init__()
-        if self.prompt_template is not None and "{view}" not in self.prompt_template:
+        if self.prompt_template is not None:
+            fields = template_fields(self.prompt_template, "--prompt_template")
+            if "view" not in fields and len(self.views) > 1:
+                raise UserInputError(
+                    f"--prompt_template: {self.prompt_template!r} has no {{view}} placeholder"
+                )
+            others = [f for f in fields if f != "view"]
+            if others and self.prompt_values is None:
+                raise UserInputError(
+                    f"--prompt_template: {{{others[0]}}} needs --prompt_values (real, or "
+                    "FIELD=LOW:HIGH) to fill it for each sample"
+                )
+        if self.prompt_values is not None:
+            parse_prompt_values(self.prompt_values)
+            if self.prompts:
+                raise UserInputError("--prompt_values: fills a template; not with --prompts")
+
+
+def prompt_sampler(req: Text2ImgRequest) -> Any:
+    """The per-sample prompt values of ``--prompt_values`` (None without it): over
+    ``--prompt_template``, else the caption template the adapter was trained with."""
+    from fusynth.cohort.conditions import PromptSampler
+    from fusynth.diffusion.config import TrainedAdapter
+
+    if req.prompt_values is None:
+        return None
+    trained = TrainedAdapter.read(req.lora, "--lora") if req.lora else TrainedAdapter()
+    template = req.prompt_template
+    if template is None:
+        if trained.captions:
             raise UserInputError(
-                f"--prompt_template: {self.prompt_template!r} has no {{view}} placeholder"
+                "--prompt_values: the adapter was trained with a --captions file, not a "
+                "template; give --prompt_template"
             )
+        template = trained.caption_template
+    if template is None:
+        raise UserInputError(
+            "--prompt_values: no template to fill (the adapter records none); give "
+            "--prompt_template"
+        )
+    return PromptSampler(req.prompt_values, template, trained.train_data, list(req.views), req.seed)
 
 
 def resolve_prompts(req: Text2ImgRequest) -> dict[str, str]:
@@ -85,6 +125,8 @@ def resolve_prompts(req: Text2ImgRequest) -> dict[str, str]:
         if missing:
             raise UserInputError(f"{req.prompts}: no prompt for view {missing[0]!r}")
         return {v: str(table[v]) for v in req.views}
+    if req.prompt_template and req.prompt_values is not None:
+        return {v: req.prompt_template for v in req.views}  # filled per sample
     if req.prompt_template:
         return {v: req.prompt_template.format(view=v) for v in req.views}
     trained = TrainedAdapter.read(req.lora, "--lora") if req.lora else TrainedAdapter()
@@ -127,6 +169,7 @@ def generate_text2img(req: Text2ImgRequest) -> CohortResult:
 
         lora_file(req.lora)  # fail before the (slow) base load
     prompts = resolve_prompts(req)
+    sampler = prompt_sampler(req)
     from fusynth.diffusion.config import TrainedAdapter
 
     # How the adapter was trained conditions generation too (clip skip, v-prediction).
@@ -150,6 +193,7 @@ def generate_text2img(req: Text2ImgRequest) -> CohortResult:
         "batch_size": req.batch_size,
         "seed": req.seed,
         **trained_with,
+        **(sampler.fingerprint() if sampler is not None else {}),
     }
     n = sum(req.views.values())
     device = state.device
@@ -198,7 +242,10 @@ def generate_text2img(req: Text2ImgRequest) -> CohortResult:
         rows = []
         for batch in iter_batches(indices, req.batch_size):
             seeds = [sample_seed(req.seed, i) for i in batch]
-            batch_prompts = [prompts[view_of[i]] for i in batch]
+            drawn = [sampler.draw(view_of[i], i) if sampler else None for i in batch]
+            batch_prompts = [
+                d[0] if d else prompts[view_of[i]] for d, i in zip(drawn, batch, strict=True)
+            ]
             images = generate_images(
                 pipe,
                 batch_prompts,
@@ -209,11 +256,14 @@ def generate_text2img(req: Text2ImgRequest) -> CohortResult:
                 resolution=resolution,
                 clip_skip=trained.clip_skip,
             )
-            for i, seed, prompt, image in zip(batch, seeds, batch_prompts, images, strict=True):
+            for i, seed, prompt, image, d in zip(
+                batch, seeds, batch_prompts, images, drawn, strict=True
+            ):
                 prov = {
                     **common,
                     "method": "text2img",
                     "prompt": prompt,
+                    **({"prompt_values": d[1]} if d else {}),
                     "seed": seed,
                     "index": i,
                     "cohort_seed": req.seed,

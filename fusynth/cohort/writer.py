@@ -37,7 +37,6 @@ import numpy as np
 
 from fusynth.core.artifacts import REQUEST_FILE, STATS_FILE
 from fusynth.core.errors import UserInputError
-from fusynth.core.loop import staging_dir, swap_in
 from fusynth.core.io import (
     atomic_write_bytes,
     check_foreign,
@@ -45,6 +44,7 @@ from fusynth.core.io import (
     remove_stale_temps,
     write_marker,
 )
+from fusynth.core.loop import staging_dir, swap_in
 from fusynth.data.schema import FEATURES, save_prepared
 
 T = TypeVar("T")

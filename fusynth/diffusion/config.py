@@ -160,6 +160,10 @@ class TrainedAdapter:
     clip_skip: int | None = None
     #: What the UNet was trained to predict (``epsilon`` or ``v_prediction``).
     prediction_type: str | None = None
+    #: The caption template over schema columns the captions were rendered from.
+    caption_template: str | None = None
+    #: A ``--captions`` YAML (view: caption) the run used instead of the template.
+    captions: str | None = None
 
     #: run-config key -> field (the keys ``diffusion.training`` writes).
     KEYS = {
@@ -173,6 +177,8 @@ class TrainedAdapter:
         "original_config": "original_config",
         "clip_skip": "clip_skip",
         "prediction_type": "prediction_type",
+        "caption_template": "caption_template",
+        "captions": "captions",
     }
 
     @classmethod

@@ -287,3 +287,32 @@ def test_pairs_with_an_hc_known_by_construction_and_sam_hc_error(tiny_controlnet
     # The HC error is measured (it is None without a known HC in mm).
     assert summary["by_jitter"]["0"]["hc_abs_error_mm"]["n"] >= 1
     assert main([*argv[:-2], "--hc_pixel_spacing_mm", "0"]) == 2
+
+
+def test_pairs_draw_hc_and_spacing_from_the_real_heads(tiny_controlnet, tmp_path):
+    """``--hc_mm real``: each head takes a real training head's HC, at that head's pixel
+    spacing scaled to the frame, so the cohort's biometry follows the real one."""
+    from fusynth.data.schema import VIEWS, load_split
+    from fusynth.diffusion.config import TrainedAdapter
+
+    out = tmp_path / "real-hc"
+    argv = _cn(tiny_controlnet, out, "--n", "4", "--masks-from", "ellipse", "--hc_mm", "real")
+    assert main(argv) == 0
+    cfg = TrainedAdapter.read(tiny_controlnet, "--adapter")
+    real = {
+        (round(r["head_circumference_mm"], 4), round(r["pixel_spacing_mm"], 6))
+        for r in load_split(cfg.train_data)
+        if VIEWS[r["view"]] == "head" and r["head_circumference_mm"] and r["mask"] is not None
+    }
+    (side,) = {max(r["mask"].size) for r in load_split(cfg.train_data) if r["mask"]}
+    rows = _rows(out)
+    assert len(rows) == 4
+    for row in rows:
+        asked = json.loads(row["provenance"])["hc_mm_requested"]
+        frame = row["image"].size[0]
+        spacing = row["pixel_spacing_mm"]
+        match = [mm for hc, mm in real if hc == asked]
+        assert match and spacing * frame / side == pytest.approx(match[0], rel=1e-4)
+        assert row["head_circumference_mm"] == pytest.approx(asked, rel=0.05)
+    request = json.loads((out / "request.json").read_text())
+    assert request["hc_mm"] == "real" and len(request["hc_pool_sha256"]) == 64
