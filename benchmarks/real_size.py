@@ -340,6 +340,11 @@ def child(part: str, cfg: dict[str, Any]) -> dict[str, Any]:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
+    if part == "base":
+        started = time.perf_counter()
+        folder, single = ensure_base(Path(cfg["work"]))
+        return {"folder": str(folder), "single": str(single),
+                "seconds": time.perf_counter() - started}  # fmt: skip
     if part == "lora":
         return _lora(cfg)
     if part == "generate":
@@ -381,10 +386,11 @@ def main() -> int:
         "targets": args.targets,
     }
     if {"lora", "generate"} & set(parts):
-        started = time.perf_counter()
-        folder, single = ensure_base(work)
-        print(f"base ready in {time.perf_counter() - started:.0f} s: {folder}, {single}")
-        cfg.update(folder=str(folder), single=str(single))
+        # In a child too: the parent stays light, so each part's peak RSS is its own (a
+        # child's ru_maxrss starts from its parent's).
+        base = run_child(__file__, "base", cfg, dict(os.environ))
+        print(f"base ready in {base['seconds']:.0f} s: {base['folder']}, {base['single']}")
+        cfg.update(folder=base["folder"], single=base["single"])
     rows = []
     for part in parts:
         result = run_child(__file__, part, cfg, dict(os.environ))

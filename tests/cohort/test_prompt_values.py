@@ -12,37 +12,15 @@ from fusynth.cli.main import main
 from fusynth.cohort.conditions import PromptSampler, parse_prompt_values
 from fusynth.core.errors import UserInputError
 from fusynth.data.schema import VIEWS, load_prepared, load_split
+from tests.cohort.test_text2img import _args
 
 TEMPLATE = "fetal {view}, HC {head_circumference_mm:.0f} mm"
 WITH_TRIMESTER = "fetal {view}, {trimester}, HC {head_circumference_mm:.0f} mm"
 
 
 def _generate(base, lora, out, *extra):
-    return main(
-        [
-            "generate",
-            "text2img",
-            "--base",
-            str(base),
-            "--lora",
-            str(lora),
-            "--views",
-            "head:6",
-            "--steps",
-            "1",
-            "--resolution",
-            "32",
-            "--shard_size",
-            "3",
-            "--batch_size",
-            "3",
-            "--seed",
-            "5",
-            "--out",
-            str(out),
-            *extra,
-        ]  # fmt: skip
-    )
+    """Six heads (the later ``--views`` wins over the shared arguments')."""
+    return main(_args(base, lora, out, "--views", "head:6", "--steps", "1", *extra))
 
 
 def _provenance(out):
