@@ -199,10 +199,11 @@ def charts(
         out / "dice_difference.png",
         x,
         lines,
-        title=f"{config.segmenter_label}: paired Dice difference to real-only"
-        + (f" ('all' at {pool})" if all_note else ""),
-        xlabel="real training images",
-        ylabel="Dice difference (95% subject-bootstrap CI; hollow: crosses 0)",
+        title=f"{config.segmenter_label}: paired Dice difference to real-only",
+        xlabel="real training images"
+        + (f" ('all' at {pool})" if all_note else "")
+        + "; hollow: the 95% CI crosses 0",
+        ylabel="Dice difference (95% CI)",
     )
 
 
