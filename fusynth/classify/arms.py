@@ -13,7 +13,6 @@ arms.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,30 +70,13 @@ def classical_copies(vs: ViewSet, copies: int, seed: int) -> ViewSet:
 
 def write_views(path: Path, vs: ViewSet) -> str:
     """Write a ViewSet as a prepared dataset (one ``train`` split); returns ``DIR:train``."""
-    import datasets
+    from fusynth.data.added import AddedSamples, write_added
 
-    from fusynth.core.io import atomic_dir
-    from fusynth.data.images import encode_png
-    from fusynth.data.schema import FEATURES, VIEWS, save_prepared
-
-    n = len(vs)
-    columns = {
-        "image": [{"bytes": encode_png(im), "path": None} for im in vs.images],
-        "mask": [None] * n,
-        "view": [VIEWS.index(v) for v in vs.views],
-        "subject_id": list(vs.subjects),
-        "cohort": ["synthetic" if s else "augmented" for s in vs.synthetic],
-        "center": list(vs.centers),
-        "pixel_spacing_mm": [None] * n,
-        "head_circumference_mm": [None] * n,
-        "split": ["train"] * n,
-        "synthetic": list(vs.synthetic),
-        "provenance": [json.dumps({"source": k}) for k in vs.keys],
-    }
-    dsd = datasets.DatasetDict({"train": datasets.Dataset.from_dict(columns, features=FEATURES)})
-    with atomic_dir(path, overwrite=True, kind="dataset") as tmp:
-        save_prepared(dsd, tmp)
-    return f"{path}:train"
+    added = AddedSamples()
+    for j in range(len(vs)):
+        added.add(vs.images[j], vs.views[j], vs.subjects[j], vs.synthetic[j], vs.keys[j],
+                  center=vs.centers[j])  # fmt: skip
+    return write_added(path, added)
 
 
 def cell_stages(

@@ -42,7 +42,8 @@ def add_protocol_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n_boot", type=int, help="bootstrap resamples of the paired tests (1000)")
     p.add_argument(
         "--preset",
-        help="a published protocol as the request (fulora-2024); flags given override it",
+        help="a published protocol as the request (fulora-2024 for cls-augment, "
+        "mask-guided-2024 for seg-augment); flags given override it",
     )
 
 
@@ -88,26 +89,34 @@ def _given(args: argparse.Namespace) -> set[str]:
 
 def _with_preset(args: argparse.Namespace, kwargs: dict[str, Any], command: str) -> dict:
     """``kwargs`` over ``--preset``'s request (flags the user gave win)."""
-    from fusynth.core.presets import load_preset, merge_preset
+    from fusynth.core.presets import check_needs, load_preset, merge_preset
 
     if not args.preset:
         return kwargs
-    merged = merge_preset(load_preset(args.preset, command), kwargs, _given(args))
+    given = _given(args)
+    merged = merge_preset(load_preset(args.preset, command), kwargs, given)
+    check_needs(args.preset, command, merged, given)
     merged["preset"] = args.preset
     return merged
 
 
 def _experiment_seg_augment(args: argparse.Namespace) -> int:
     from fusynth.cli.recipe import quiet_libraries
-    from fusynth.segment.experiment import SEG_AUGMENT_KEYS, SegAugmentConfig, seg_augment
+    from fusynth.segment.experiment import (
+        SEG_AUGMENT_KEYS,
+        SegAugmentConfig,
+        parse_n_real,
+        seg_augment,
+    )
 
     quiet_libraries()
     kwargs = dict(
-        n_real=parse_int_list(args.n_real, "--n_real"),
+        n_real=parse_n_real(args.n_real),
         n_synthetic=parse_int_list(args.n_synthetic, "--n_synthetic"),
-        **experiment_kwargs(args, SEG_AUGMENT_KEYS),
+        **experiment_kwargs(args, SEG_AUGMENT_KEYS + PROTOCOL_KEYS),
     )
-    return report_experiment(seg_augment(SegAugmentConfig(**kwargs)), "results, table and chart")
+    config = SegAugmentConfig(**_with_preset(args, kwargs, "seg-augment"))
+    return report_experiment(seg_augment(config), "results, tables and charts")
 
 
 def _experiment_cls_augment(args: argparse.Namespace) -> int:
@@ -139,7 +148,7 @@ def add_commands(groups: Any) -> None:
         test="comma-separated test sets DIR[:split] (split: test)",
         synthetic="pairs cohort for the synthetic arm",
     )
-    p.add_argument("--n_real", default="5,10,20,50", help="real image counts (5,10,20,50)")
+    p.add_argument("--n_real", default="5,10,20,50", help="real image counts, or all (5,10,20,50)")
     p.add_argument("--n_synthetic", default="0,500", help="synthetic pair counts (0,500)")
     p.add_argument("--model_type", help="SAM size (tiny: random-init smoke model)")
     p.add_argument("--checkpoint", help="official or MedSAM .pth to start every cell from")
@@ -158,6 +167,8 @@ def add_commands(groups: Any) -> None:
     p.add_argument("--embedding_cache", help="image embedding cache folder")
     p.set_defaults(func=_experiment_seg_augment)
     add_seg_augment_segmenter_flags(p)
+    add_protocol_flags(p)
+    _remember_defaults(p)
     p = exp_cmds.add_parser(
         "cls-augment", help="view classifiers, real-only against real + synthetic, per backbone"
     )

@@ -2,7 +2,9 @@
 
 A preset is ``fusynth/core/presets/<name>.yaml`` (package data) with ``command`` (the
 ``fusynth experiment`` it is for), ``paper`` (what it reproduces) and ``request``
-(config fields). The command's flags that the user gives override the preset's values;
+(config fields), and optionally ``needs`` (flags the user must give, each with ``why``
+and ``unless``: a flag whose giving makes it unneeded, e.g. a tiny smoke model needs
+no released weights). The command's flags that the user gives override the preset's values;
 the preset overrides the command's defaults. The resolved request is what
 ``experiment.json`` records, with ``preset`` added.
 """
@@ -27,6 +29,15 @@ def load_preset(name: str, command: str) -> dict[str, Any]:
     """The request fields of preset ``name`` for ``fusynth experiment command``.
 
     Raises:
+        UserInputError: as :func:`read_preset`.
+    """
+    return dict(read_preset(name, command)["request"])
+
+
+def read_preset(name: str, command: str) -> dict[str, Any]:
+    """The whole preset file ``name`` for ``fusynth experiment command``.
+
+    Raises:
         UserInputError: an unknown preset (the nearest one suggested) or one written
             for another command.
     """
@@ -41,7 +52,18 @@ def load_preset(name: str, command: str) -> dict[str, Any]:
         raise UserInputError(
             f"--preset: {name} is a preset for `fusynth experiment {data['command']}`, not {command}"
         )
-    return dict(data["request"])
+    return data
+
+
+def check_needs(name: str, command: str, merged: dict[str, Any], given: set[str]) -> None:
+    """Refuse a request that lacks a flag the preset needs.
+
+    Raises:
+        UserInputError: naming the flag and why the preset needs it.
+    """
+    for flag, need in (read_preset(name, command).get("needs") or {}).items():
+        if merged.get(flag) is None and need.get("unless") not in given:
+            raise UserInputError(f"--{flag}: preset {name} needs it: {need['why']}")
 
 
 def merge_preset(

@@ -1,19 +1,27 @@
 """The augmentation experiment: what do synthetic pairs add to a few real images?
 
-For every number of real training images K, number of synthetic pairs M and repeat r,
-fine-tune the segmenter (SAM, or a U-Net with ``--segmenter unet``) on K real images (chosen by subject with seed ``seed + r``) plus M
-synthetic pairs, then evaluate it on each test set at native resolution. Both arms of a
-repeat (M = 0 and M > 0) use the same seed, hence the same real images, the same data
-order for the real part and the same box jitter. Validation is the real folder's
-validation split; test sets must share no subject with the real training pool.
+For every arm (``--arms``: real-only, always, plus classical copies of the real pairs,
+M synthetic pairs, or both), number of real training images K, number of synthetic
+pairs M and repeat r, fine-tune the segmenter (SAM, or a U-Net with ``--segmenter
+unet``) on K real images (chosen by subject with seed ``seed + r``) plus what the arm
+adds, used as ``--protocol`` says (mix, pretrain-finetune, synthetic-only:
+:mod:`fusynth.core.protocols`, stages in :mod:`fusynth.segment.arms`), then evaluate it
+on each test set at native resolution. All arms of a repeat use the same seed, hence
+the same real images, the same data order for the real part and the same box jitter.
+Validation is the real folder's validation split; test sets must share no subject with
+the real training pool.
 
 Layout of ``OUT``::
 
     experiment.json          the request; a different one is refused
     cells/k5-m500-r0/        one cell: model/ (card, config, log) and eval-<test>/
-    results.csv              one row per cell and test set
-    table.csv, table.md      mean ± sd over repeats
-    dice_vs_real.png         Dice against real training images, with and without synthetic
+                             (other arms: k5-m0-classical-r0, k5-m500-pretrain-finetune-r0,
+                             k0-m500-synthetic-only-r0, ...; ``kall``: every real image)
+    results.csv              one row per cell and test set (protocol and arm columns)
+    table.csv, table.md      mean ± sd over repeats; table.md adds the paired differences
+    differences.csv          each arm's paired Dice difference to real-only
+    dice_vs_real.png         Dice against real training images, per arm
+    dice_difference.png      the paired difference to real-only against K
 
 A cell is done once its ``cell.json`` exists, so an interrupted experiment reruns only
 what is missing (a cell stopped mid-training resumes from its last checkpoint).
@@ -26,29 +34,22 @@ import dataclasses
 import json
 import logging
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fusynth.core.errors import UserInputError
-from fusynth.core.experiment import (
-    cell,
-    csv_bytes,
-    drop_models,
-    mean_sd_text,
-    open_experiment,
-    result_rows,
-)
+from fusynth.core.experiment import cell, csv_bytes, drop_models, open_experiment, result_rows
 from fusynth.core.io import atomic_write_bytes
-from fusynth.core.stats import mean_sd
+from fusynth.core.protocols import REAL, Arm, arm_protocol, check_protocol, parse_arms
 from fusynth.data.schema import parse_data_spec, spec_label, with_default_split
+from fusynth.segment.arms import cell_name
 
 log = logging.getLogger(__name__)
 
 #: Per-image metrics averaged over a test set for each cell.
 CELL_METRICS = ("dice", "iou", "hd95_px", "assd_px", "hd95_mm", "assd_mm", "hc_abs_error_mm")
-#: Metrics in the table (mean ± sd over repeats).
-TABLE_METRICS = ("dice", "hd95_px", "hd95_mm", "hc_abs_error_mm")
 #: Settings passed through to every cell's fine-tuning.
 FINETUNE_KEYS = (
     "model_type",
@@ -91,7 +92,7 @@ class SegAugmentConfig:
     test: list[str]
     out: str
     synthetic: str | None = None
-    n_real: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
+    n_real: list[int | str] = field(default_factory=lambda: [5, 10, 20, 50])  # or "all"
     n_synthetic: list[int] = field(default_factory=lambda: [0, 500])
     repeats: int = 3
     seed: int = 0
@@ -111,12 +112,17 @@ class SegAugmentConfig:
     learning_rate: float | None = None
     mixed_precision: str | None = None  # None: accelerate launch's, else "no"
     embedding_cache: str | None = None
+    arms: list[str] | None = None  # None: real, and real+synthetic with counts above 0
+    protocol: str = "mix"
+    pretrain_steps: int | None = None
+    classical_copies: int = 4
+    n_boot: int = 1000
+    preset: str | None = None  # recorded: the request came from this preset
     keep_models: bool = False
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        if not self.n_real or any(k <= 0 for k in self.n_real):
-            raise UserInputError(f"--n_real: give positive counts, got {self.n_real}")
+        self.n_real = check_n_real(self.n_real)
         if not self.n_synthetic or any(m < 0 for m in self.n_synthetic):
             raise UserInputError(f"--n_synthetic: give counts >= 0, got {self.n_synthetic}")
         if any(self.n_synthetic) and not self.synthetic:
@@ -125,9 +131,16 @@ class SegAugmentConfig:
             raise UserInputError(f"--repeats: must be at least 1, got {self.repeats}")
         if not self.test:
             raise UserInputError("--test: give at least one test set DIR[:split]")
-        self.n_real = sorted(set(self.n_real))
         self.n_synthetic = sorted(set(self.n_synthetic))
         self._check_segmenter()
+        self.arms = parse_arms(self.arms, any(self.n_synthetic))
+        check_protocol(self.protocol, self.max_train_steps, self.pretrain_steps)
+        if self.classical_copies < 1:
+            raise UserInputError(
+                f"--classical_copies: must be at least 1, got {self.classical_copies}"
+            )
+        if self.n_boot < 1:
+            raise UserInputError(f"--n_boot: must be at least 1, got {self.n_boot}")
 
     def _check_segmenter(self) -> None:
         """Resolve the segmenter's defaults and refuse the other one's settings."""
@@ -171,7 +184,14 @@ class SegAugmentConfig:
         return f"U-Net ({self.encoder or 'from ' + str(self.checkpoint)}, {self.train_parts})"
 
     def request(self) -> dict[str, Any]:
-        """What determines the results (not where they go or whether to keep models)."""
+        """What determines the results (not where they go or whether to keep models).
+
+        The arm and protocol settings are recorded only where they differ from what an
+        experiment did before they existed (real-only and mixed real + synthetic), so
+        the request of such an experiment reads as it did and its folder stays valid.
+        """
+        from fusynth.data.augment import CLASSICAL
+
         d = dataclasses.asdict(self)
         for k in ("out", "keep_models", "overwrite", "embedding_cache"):
             d.pop(k)
@@ -182,22 +202,95 @@ class SegAugmentConfig:
             other = ("model_type", "encoder_lora_rank", "box_jitter")
         for k in other:
             d.pop(k)
+        classical = any(Arm(a).classical for a in self.arms)
+        unchanged = {
+            "arms": parse_arms(None, any(self.n_synthetic)),
+            "protocol": "mix",
+            "pretrain_steps": None,
+            "n_boot": 1000,
+            "preset": None,
+        }
+        for k, default in unchanged.items():
+            if d[k] == default:
+                d.pop(k)
+        if classical:
+            d["classical"] = CLASSICAL.describe()  # the pipeline, recorded with the results
+        else:
+            d.pop("classical_copies")
         return d
 
+    def cells(self) -> list[tuple[str, int | str, int, int]]:
+        """``(arm, K, M, repeat)`` of every cell: M is 0 without synthetic data, K is 0
+        for synthetic-only arms (they use no real image)."""
+        ms = [m for m in self.n_synthetic if m > 0]
+        out = []
+        for r in range(self.repeats):
+            for arm in self.arms:
+                synthetic_only = arm_protocol(arm, self.protocol) == "synthetic-only"
+                for k in [0] if synthetic_only else self.n_real:
+                    for m in ms if Arm(arm).synthetic else [0]:
+                        out.append((arm, k, m, r))
+        return out
 
-def cell_name(k: int, m: int, r: int) -> str:
-    """Folder name of one cell."""
-    return f"k{k}-m{m}-r{r}"
+    def arm_cells(self) -> list[tuple[str, int | str, int]]:
+        """``(arm, K, M)`` of every table row, real-only first."""
+        order = {k: i for i, k in enumerate([0, *self.n_real])}
+        return sorted(
+            {(a, k, m) for a, k, m, _ in self.cells()},
+            key=lambda c: (self.arms.index(c[0]), c[2], order[c[1]]),
+        )
 
 
-def _check_inputs(config: SegAugmentConfig) -> None:
-    """Fail before any training: counts that the data cannot give, leaking test sets."""
+def check_n_real(values: list[int | str]) -> list[int | str]:
+    """Positive counts and ``all``, counts sorted, ``all`` last.
+
+    Raises:
+        UserInputError: an empty list, a count below 1 or another word.
+    """
+    if not values:
+        raise UserInputError("--n_real: give positive counts or all")
+    for k in values:
+        if k != "all" and (isinstance(k, bool) or not isinstance(k, int) or k <= 0):
+            raise UserInputError(f"--n_real: give positive counts or all, got {values}")
+    counts = sorted({k for k in values if k != "all"})
+    return [*counts, "all"] if "all" in values else counts
+
+
+def parse_n_real(text: str) -> list[int | str]:
+    """``"5,10,all"`` -> ``[5, 10, "all"]``.
+
+    Raises:
+        UserInputError: an element that is neither an integer nor ``all``.
+    """
+    out: list[int | str] = []
+    for part in str(text).split(","):
+        item = part.strip()
+        if item == "all":
+            out.append(item)
+            continue
+        try:
+            out.append(int(item))
+        except ValueError:
+            raise UserInputError(
+                f"--n_real: {item!r} is neither an integer nor all (give a comma-separated "
+                "list, e.g. 5,10,all)"
+            ) from None
+    return out
+
+
+def _check_inputs(config: SegAugmentConfig) -> int:
+    """Fail before any training: counts that the data cannot give, leaking test sets.
+
+    Returns:
+        The number of images with masks in the real training pool (``--n_real all``).
+    """
     from fusynth.segment.data import check_disjoint, load_seg_set
 
     pool = load_seg_set(f"{parse_data_spec(config.real)[0]}:train", "--real").samples
-    if max(config.n_real) > len(pool):
+    counts = [k for k in config.n_real if k != "all"]
+    if counts and max(counts) > len(pool):
         raise UserInputError(
-            f"--n_real: asks for {max(config.n_real)} images but {config.real}:train has "
+            f"--n_real: asks for {max(counts)} images but {config.real}:train has "
             f"{len(pool)} with masks"
         )
     if config.synthetic and max(config.n_synthetic):
@@ -214,6 +307,7 @@ def _check_inputs(config: SegAugmentConfig) -> None:
         from fusynth.segment.unet_train import UnetTrainConfig, initial_model
 
         initial_model(UnetTrainConfig(**_unet_settings(config)))
+    return len(pool)
 
 
 def _cell_metrics(per_image_csv: Path) -> dict[str, float]:
@@ -231,11 +325,26 @@ def _cell_metrics(per_image_csv: Path) -> dict[str, float]:
     return out
 
 
-def run_cell(config: SegAugmentConfig, out: Path, k: int, m: int, r: int) -> dict[str, Any]:
-    """Train and evaluate one cell (or read it back when done)."""
-    return cell(
-        out / "cells" / cell_name(k, m, r), lambda folder: _train_and_test(config, folder, k, m, r)
-    )
+def run_cell(
+    config: SegAugmentConfig, out: Path, k: int | str, m: int, r: int, arm: str = REAL
+) -> dict[str, Any]:
+    """Train and evaluate one cell (or read it back when done), as a record with its
+    protocol and arm (cells written before arms existed get them here)."""
+    protocol = arm_protocol(arm, config.protocol)
+    folder = out / "cells" / cell_name(k, m, r, arm, config.protocol)
+    rec = cell(folder, lambda f: _train_and_test(config, f, k, m, r, arm))
+    return {
+        "protocol": protocol,
+        "arm": arm,
+        "n_real": k,
+        "n_synthetic": m,
+        "n_classical": rec.get("n_classical", 0),
+        "repeat": r,
+        "seed": rec["seed"],
+        "steps": rec["steps"],
+        "pretrain_steps": rec.get("pretrain_steps", 0),
+        "metrics": rec["metrics"],
+    }
 
 
 def _unet_settings(config: SegAugmentConfig) -> dict[str, Any]:
@@ -243,29 +352,33 @@ def _unet_settings(config: SegAugmentConfig) -> dict[str, Any]:
     return {k: getattr(config, k) for k in UNET_KEYS if getattr(config, k) is not None}
 
 
-def _train_and_test(
-    config: SegAugmentConfig, folder: Path, k: int, m: int, r: int
-) -> dict[str, Any]:
+def _stage_config(config: SegAugmentConfig, r: int, model_dir: Path, stage: Any) -> Any:
+    """The ``SamFinetuneConfig`` or ``UnetTrainConfig`` of one training stage of a cell."""
     from fusynth.core.loop import list_checkpoints
-    from fusynth.segment.evaluate import evaluate_segmentation
-    from fusynth.segment.finetune import SamFinetuneConfig, embedding_cache_root, finetune_sam
-    from fusynth.segment.sam import WEIGHTS_FILE
+    from fusynth.segment.finetune import SamFinetuneConfig
 
-    model_dir = folder / "model"
     resume = "latest" if list_checkpoints(model_dir) else None
     if config.segmenter == "unet":
-        from fusynth.segment.unet_train import UnetTrainConfig, train_unet
+        from fusynth.segment.unet_train import UnetTrainConfig
 
-        config_cls, train, settings = UnetTrainConfig, train_unet, _unet_settings(config)
+        config_cls, settings = UnetTrainConfig, _unet_settings(config)
     else:
-        config_cls, train = SamFinetuneConfig, finetune_sam
+        config_cls = SamFinetuneConfig
         settings = {key: getattr(config, key) for key in FINETUNE_KEYS}
-    ft = config_cls(
+    settings["max_train_steps"] = stage.max_train_steps
+    if stage.checkpoint is not None:  # the pretrain stage's model folder, every weight
+        settings["checkpoint"] = stage.checkpoint
+        for key in ("encoder", "encoder_weights"):  # a U-Net folder names its own
+            settings.pop(key, None)
+    if stage.learning_rate is not None:
+        settings["learning_rate"] = stage.learning_rate
+    return config_cls(
         **settings,
-        train=f"{parse_data_spec(config.real)[0]}:train",
-        synthetic=config.synthetic if m else None,
-        n_real=k,
-        n_synthetic=m if m else None,
+        train=stage.train,
+        synthetic=stage.synthetic,
+        n_real=stage.n_real,
+        n_synthetic=stage.n_synthetic,
+        validation=stage.validation,
         seed=config.seed + r,
         output_dir=str(model_dir),
         overwrite_output_dir=resume is None,
@@ -274,8 +387,38 @@ def _train_and_test(
         checkpointing_steps=200,
         checkpoints_total_limit=1,
     )
+
+
+def real_learning_rate(config: SegAugmentConfig) -> float:
+    """The learning rate of the real-only arm (from ``--checkpoint`` or from scratch)."""
+    if config.segmenter == "unet":
+        from fusynth.segment.unet_train import UnetTrainConfig
+
+        return config.learning_rate or UnetTrainConfig.learning_rate
+    from fusynth.segment.finetune import SamFinetuneConfig
+
+    return SamFinetuneConfig(checkpoint=config.checkpoint, learning_rate=config.learning_rate).lr
+
+
+def _train_and_test(
+    config: SegAugmentConfig, folder: Path, k: int | str, m: int, r: int, arm: str = REAL
+) -> dict[str, Any]:
+    from fusynth.segment.arms import cell_stages
+    from fusynth.segment.evaluate import evaluate_segmentation
+    from fusynth.segment.finetune import embedding_cache_root, finetune_sam
+    from fusynth.segment.sam import WEIGHTS_FILE
+
+    if config.segmenter == "unet":
+        from fusynth.segment.unet_train import train_unet as train
+    else:
+        train = finetune_sam
+    model_dir = folder / "model"
+    stages, trained_on = cell_stages(config, folder, arm, k, m, r, real_learning_rate(config))
     if not (model_dir / WEIGHTS_FILE).is_file():
-        train(ft)
+        for stage in stages:
+            if not (folder / stage.name / WEIGHTS_FILE).is_file():
+                train(_stage_config(config, r, folder / stage.name, stage))
+    ft = _stage_config(config, r, model_dir, stages[-1])
     # A U-Net has no image encoder to cache; a frozen SAM encoder encodes each image once.
     cache = embedding_cache_root(ft) if config.segmenter == "sam" else None
     metrics = {}
@@ -293,107 +436,42 @@ def _train_and_test(
             )
         metrics[name] = _cell_metrics(eval_dir / "per_image.csv")
     train_log = json.loads((model_dir / "train_log.json").read_text())
+    pretrain_steps = 0
+    if (folder / "pretrain").is_dir():
+        log_file = folder / "pretrain" / "train_log.json"
+        pretrain_steps = json.loads(log_file.read_text())["global_step"]
+        drop_models(folder / "pretrain", WEIGHTS_FILE, config.keep_models)
     record = {
+        "protocol": trained_on["protocol"],
+        "arm": arm,
         "n_real": k,
         "n_synthetic": m,
+        "n_classical": trained_on["n_classical"],
         "repeat": r,
         "seed": config.seed + r,
-        "steps": train_log["global_step"],
+        "steps": train_log["global_step"] + pretrain_steps,  # the budget every arm shares
+        "pretrain_steps": pretrain_steps,
         "metrics": metrics,
     }
     drop_models(model_dir, WEIGHTS_FILE, config.keep_models)
+    for data in folder.glob("data-*"):  # the added pairs: rebuilt from the seed on demand
+        shutil.rmtree(data)
     return record
 
 
-def summarise(config: SegAugmentConfig, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and sd over repeats of each metric, per test set, K and M."""
-    rows = []
-    for spec in config.test:
-        name = spec_label(spec)
-        for k in config.n_real:
-            for m in config.n_synthetic:
-                cell = [
-                    r["metrics"][name] for r in records if (r["n_real"], r["n_synthetic"]) == (k, m)
-                ]
-                row: dict[str, Any] = {
-                    "segmenter": config.segmenter_label,
-                    "test": name,
-                    "n_real": k,
-                    "n_synthetic": m,
-                    "repeats": len(cell),
-                    # Beside every Dice: how many test images it rests on, and how many
-                    # predictions (all repeats) were empty (Dice 0, no distance).
-                    "n_test": max((c["n_images"] for c in cell), default=0),
-                    "predictions": sum(c["n_images"] for c in cell),
-                    "empty_predictions": sum(c["empty_predictions"] for c in cell),
-                }
-                for metric in TABLE_METRICS:
-                    row[f"{metric}_mean"], row[f"{metric}_sd"] = mean_sd([c[metric] for c in cell])
-                rows.append(row)
-    return rows
-
-
-def _markdown(config: SegAugmentConfig, table: list[dict[str, Any]]) -> str:
-    shown = [m for m in TABLE_METRICS if any(math.isfinite(r[f"{m}_mean"]) for r in table)]
-    digits = {"dice": 3}
-    lines = [
-        f"Segmenter: {config.segmenter_label}. Mean ± sd over {config.repeats} repeat(s); "
-        "metrics at native resolution. An empty prediction scores Dice 0 and has no "
-        "distance: many of them pull the Dice down and leave the distances to the rest.",
-        "",
-        "| test set | real | synthetic | "
-        + " | ".join(shown)
-        + " | test images | empty predictions |",
-        "|---|---:|---:|" + "---:|" * (len(shown) + 2),
-    ]
-    for r in table:
-        cells = [mean_sd_text(r[f"{m}_mean"], r[f"{m}_sd"], digits.get(m, 1)) for m in shown]
-        cells += [str(r["n_test"]), f"{r['empty_predictions']} of {r['predictions']}"]
-        lines.append(
-            f"| {r['test']} | {r['n_real']} | {r['n_synthetic']} | " + " | ".join(cells) + " |"
-        )
-    return "\n".join(lines) + "\n"
-
-
 def seg_augment(config: SegAugmentConfig) -> dict[str, Any]:
-    """Run (or finish) the experiment; returns the table rows and where files are."""
-    from fusynth.core.plots import line_chart
+    """Run (or finish) the experiment; returns the table rows, the paired differences
+    and where files are."""
+    from fusynth.segment.experiment_report import write_reports
 
     out = Path(config.out)
-    _check_inputs(config)
+    pool_size = _check_inputs(config)
     open_experiment(out, config.request(), config.overwrite)
-    cells = [
-        (k, m, r) for r in range(config.repeats) for k in config.n_real for m in config.n_synthetic
-    ]
+    cells = config.cells()
     records = []
-    for i, (k, m, r) in enumerate(cells, 1):
-        log.info("cell %d/%d: %d real + %d synthetic, repeat %d", i, len(cells), k, m, r)
-        records.append(run_cell(config, out, k, m, r))
-    results = result_rows(records)
-    atomic_write_bytes(out / "results.csv", csv_bytes(results))
-    table = summarise(config, records)
-    atomic_write_bytes(out / "table.csv", csv_bytes(table))
-    atomic_write_bytes(out / "table.md", _markdown(config, table).encode())
-    series, notes = {}, {}
-    for spec in config.test:
-        name = spec_label(spec)
-        for m in config.n_synthetic:
-            rows = [r for r in table if r["test"] == name and r["n_synthetic"] == m]
-            n_test = max((r["n_test"] for r in rows), default=0)
-            label = f"{name} ({n_test} images), {'real only' if m == 0 else f'+{m} synthetic'}"
-            series[label] = ([r["dice_mean"] for r in rows], [r["dice_sd"] for r in rows])
-            notes[label] = [
-                f"{r['empty_predictions']} empty" if r["empty_predictions"] else "" for r in rows
-            ]
-    line_chart(
-        out / "dice_vs_real.png",
-        config.n_real,
-        series,
-        title=f"{config.segmenter_label}: Dice against real training images, "
-        "with and without synthetic pairs",
-        xlabel="real training images",
-        ylabel=f"Dice (mean ± sd over {config.repeats} repeat(s))",
-        point_notes=notes,
-        footnote="'N empty': predictions with no foreground, over all repeats (Dice 0)",
-    )
-    return {"table": table, "out": out}
+    for i, (arm, k, m, r) in enumerate(cells, 1):
+        log.info("cell %d/%d: %s, %s real + %d synthetic, repeat %d", i, len(cells), arm, k, m, r)
+        records.append(run_cell(config, out, k, m, r, arm))
+    atomic_write_bytes(out / "results.csv", csv_bytes(result_rows(records)))
+    table, diffs = write_reports(config, out, records, pool_size)
+    return {"table": table, "differences": diffs, "out": out}

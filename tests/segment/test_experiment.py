@@ -54,7 +54,7 @@ def test_experiment_writes_every_cell_a_table_and_a_chart(real, synthetic, tmp_p
     out = tmp_path / "exp"
     assert _run(real, synthetic, out) == 0
     printed = capsys.readouterr().out
-    assert "| real:test | 2 | 0 |" in printed
+    assert "| real:test | real | 2 | 0 |" in printed
     results = _csv(out / "results.csv")
     assert len(results) == 2 * 2 * 2  # K x M x repeats, one test set
     assert {(r["n_real"], r["n_synthetic"], r["repeat"]) for r in results} == {
@@ -188,7 +188,7 @@ def test_experiment_on_prepared_hc18_with_a_mask_guided_cohort(tiny_controlnet, 
     )  # fmt: skip
     assert code == 0
     table = (out / "table.md").read_text()
-    assert "| hc18:test | 4 | 4 |" in table
+    assert "| hc18:test | real+synthetic | 4 | 4 |" in table
     for cell in ("k4-m0-r0", "k4-m4-r0"):
         summary = json.loads((out / "cells" / cell / "eval-hc18-test" / "summary.json").read_text())
         assert summary["n_images"] == 12
