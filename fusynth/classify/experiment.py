@@ -10,7 +10,8 @@ FU-LoRA's legacy three. Layout of ``OUT``: ``experiment.json``,
 ``cells/<backbone>-m<M>[-classical][-<protocol>]-r<R>/`` (the model card, config, log
 and one ``eval-<test>/`` per test set), ``results.csv`` (protocol and arm columns),
 ``table.csv``, ``differences.csv`` (each arm's paired accuracy difference to real-only
-on the same test images: subject-bootstrap 95% CI and sign-flip p-value) and
+on the same test images: subject-bootstrap 95% CI and sign-flip p-value; charted in
+``accuracy_difference.png``) and
 ``table.md`` (one table per backbone: mean ± sd over repeats, the 95% bootstrap interval
 of the first repeat, and the legacy triple beside; then the paired differences).
 """
@@ -428,5 +429,27 @@ def cls_augment(config: ClsAugmentConfig) -> dict[str, Any]:
     atomic_write_bytes(out / "table.csv", csv_bytes(table))
     if diffs:
         atomic_write_bytes(out / "differences.csv", csv_bytes(diffs))
+        _difference_chart(config, out, diffs)
     atomic_write_bytes(out / "table.md", _markdown(config, table, diffs).encode())
     return {"table": table, "differences": diffs, "out": out}
+
+
+def _difference_chart(config: ClsAugmentConfig, out: Path, diffs: list[dict[str, Any]]) -> None:
+    """``accuracy_difference.png``: each arm's paired accuracy difference to real-only
+    against the synthetic images per view, one line per backbone, test set and arm."""
+    from fusynth.core.protocols import difference_chart
+
+    xs = sorted({d["n_synthetic_per_view"] for d in diffs})
+    lines: dict[str, list[dict[str, Any] | None]] = {}
+    for d in diffs:
+        if d["n_images"]:
+            label = f"{d['backbone']}, {d['test']}, {d['arm']}"
+            lines.setdefault(label, [None] * len(xs))[xs.index(d["n_synthetic_per_view"])] = d
+    difference_chart(
+        out / "accuracy_difference.png",
+        xs,
+        lines,
+        title=f"Paired accuracy difference to real-only (protocol: {config.protocol})",
+        xlabel="synthetic images per view (0: none); hollow: the 95% CI crosses 0",
+        ylabel="accuracy difference (95% CI)",
+    )

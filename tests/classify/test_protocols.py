@@ -49,6 +49,11 @@ def test_classical_arms_beside_real_and_synthetic(phantom_prepared, small_cohort
         want = float(rows[d["arm"]]["accuracy"]) - float(rows["real"]["accuracy"])
         assert diff == pytest.approx(want, abs=1e-6)  # accuracy: the mean correctness
     assert "Paired accuracy difference" in (out / "table.md").read_text()
+    from PIL import Image
+
+    chart = Image.open(out / "accuracy_difference.png")
+    assert chart.text["Title"].startswith("Paired accuracy difference to real-only")
+    assert "resnet18" in chart.text["Description"] and "real+classical" in chart.text["Description"]
 
 
 @pytest.mark.parametrize("protocol", ["pretrain-finetune"])  # synthetic-only: tests/segment
