@@ -121,6 +121,11 @@ CASES = [
     ),
     (
         "fusynth",
+        "generate text2img --views head:2 --base {B} --lora {L} --prompt_values hc=1 --out {T}/o",
+        "names no field besides",
+    ),
+    (
+        "fusynth",
         "generate pairs --method packed --adapter {T}/empty --n 2 --out {T}/o",
         "{T}/empty",
     ),
@@ -164,6 +169,16 @@ CASES = [
         "fusynth",
         "experiment cls-augment --real {P} --test {P} --backbones resnet1 --out {T}/o",
         "resnet1",
+    ),
+    (
+        "fusynth",
+        "experiment seg-augment --real {P} --test {P} --n_synthetic 0 --arms real+clasical --out {T}/o",
+        "did you mean real+classical",
+    ),
+    (
+        "fusynth",
+        "experiment cls-augment --real {P} --test {P} --n_synthetic_per_view 0 --pretrain_steps 5 --out {T}/o",
+        "--pretrain_steps: only with --protocol pretrain-finetune",
     ),
     (
         "fusynth",
