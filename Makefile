@@ -75,7 +75,7 @@ demo: $(STAMP)
 	@echo "  sam/                   SAM (tiny smoke model) fine-tuned on phantom heads + the pairs, card"
 	@echo "  sam_eval/              its native-resolution evaluation: per_image.csv, summary.json, overlays/"
 	@echo "  publish/               dry-run Hub folders of the LoRA, the cohort and the SAM with its evaluation"
-	@echo "  seg_augment/           the augmentation experiment: table.md, results.csv, dice_vs_real.png"
+	@echo "  seg_augment/           the augmentation experiment: table.md, results.csv, differences.csv, dice_vs_real.png, dice_difference.png"
 	@echo "  report.html            all of the above on one self-contained page, in pipeline order"
 
 test: $(STAMP)
