@@ -411,7 +411,7 @@ def test_on_the_hc18_sample_it_trains_resumes_evaluates_and_runs_in_seg_augment(
          "--n_real", "2,4", "--n_synthetic", "0", "--repeats", "1", "--out", str(out), *FAST]
     )  # fmt: skip
     assert code == 0
-    assert "| hc18:test | 4 | 0 |" in (out / "table.md").read_text()
+    assert "| hc18:test | real | 4 | 0 |" in (out / "table.md").read_text()
     summary = json.loads(
         (out / "cells" / "k4-m0-r0" / "eval-hc18-test" / "summary.json").read_text()
     )
