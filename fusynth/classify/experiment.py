@@ -40,12 +40,11 @@ from fusynth.core.io import atomic_write_bytes
 from fusynth.core.protocols import (
     REAL,
     Arm,
+    ProtocolSettings,
     arm_protocol,
     cell_suffix,
-    check_protocol,
     markdown_rows,
     paired_rows,
-    parse_arms,
 )
 from fusynth.core.stats import mean_sd
 from fusynth.data.schema import parse_data_spec, spec_label, with_default_split
@@ -70,7 +69,7 @@ TRAIN_KEYS = (
 
 
 @dataclass
-class ClsAugmentConfig:
+class ClsAugmentConfig(ProtocolSettings):
     """Settings of ``fusynth experiment cls-augment``; field names are the flags."""
 
     real: str
@@ -91,12 +90,6 @@ class ClsAugmentConfig:
     n_real_per_view: int | None = None
     augment: bool = True
     mixed_precision: str | None = None  # None: accelerate launch's, else "no"
-    arms: list[str] | None = None  # None: real, and real+synthetic with counts above 0
-    protocol: str = "mix"
-    pretrain_steps: int | None = None
-    classical_copies: int = 4
-    n_boot: int = 1000
-    preset: str | None = None  # recorded: the request came from this preset
     keep_models: bool = False
     overwrite: bool = False
 
@@ -119,15 +112,8 @@ class ClsAugmentConfig:
         if not self.test:
             raise UserInputError("--test: give at least one test set DIR[:split]")
         self.n_synthetic_per_view = sorted(set(self.n_synthetic_per_view))
-        self.arms = parse_arms(self.arms, any(self.n_synthetic_per_view))
-        check_protocol(self.protocol, self.max_train_steps, self.pretrain_steps)
+        self.check_protocol_settings(any(self.n_synthetic_per_view), self.max_train_steps)
         check_pretrain_backbones(self.backbones, self.protocol)
-        if self.classical_copies < 1:
-            raise UserInputError(
-                f"--classical_copies: must be at least 1, got {self.classical_copies}"
-            )
-        if self.n_boot < 1:
-            raise UserInputError(f"--n_boot: must be at least 1, got {self.n_boot}")
 
     def request(self) -> dict[str, Any]:
         """What determines the results."""

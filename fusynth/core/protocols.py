@@ -45,6 +45,35 @@ class Arm:
         return "synthetic" in self.name.split("+")
 
 
+@dataclass(kw_only=True)
+class ProtocolSettings:
+    """The arm and protocol settings every augmentation experiment takes (its config
+    dataclass derives from this one; field names are the flags)."""
+
+    arms: list[str] | None = None  # None: real, and real+synthetic with counts above 0
+    protocol: str = "mix"
+    pretrain_steps: int | None = None
+    classical_copies: int = 4
+    n_boot: int = 1000
+    preset: str | None = None  # recorded: the request came from this preset
+
+    def check_protocol_settings(self, any_synthetic: bool, max_train_steps: int | None) -> None:
+        """Resolve ``arms`` and refuse settings that do not fit (naming the flag).
+
+        Args:
+            any_synthetic: whether the request has a synthetic count above 0.
+            max_train_steps: the step budget of a cell.
+        """
+        self.arms = parse_arms(self.arms, any_synthetic)
+        check_protocol(self.protocol, max_train_steps, self.pretrain_steps)
+        if self.classical_copies < 1:
+            raise UserInputError(
+                f"--classical_copies: must be at least 1, got {self.classical_copies}"
+            )
+        if self.n_boot < 1:
+            raise UserInputError(f"--n_boot: must be at least 1, got {self.n_boot}")
+
+
 def parse_arms(text: str | Sequence[str] | None, any_synthetic: bool) -> list[str]:
     """The arms asked for, real-only first and always present.
 

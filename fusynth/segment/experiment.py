@@ -42,7 +42,7 @@ from typing import Any
 from fusynth.core.errors import UserInputError
 from fusynth.core.experiment import cell, csv_bytes, drop_models, open_experiment, result_rows
 from fusynth.core.io import atomic_write_bytes
-from fusynth.core.protocols import REAL, Arm, arm_protocol, check_protocol, parse_arms
+from fusynth.core.protocols import REAL, Arm, ProtocolSettings, arm_protocol, parse_arms
 from fusynth.data.schema import parse_data_spec, spec_label, with_default_split
 from fusynth.segment.arms import cell_name
 
@@ -85,7 +85,7 @@ SEGMENTERS = ("sam", "unet")
 
 
 @dataclass
-class SegAugmentConfig:
+class SegAugmentConfig(ProtocolSettings):
     """Settings of ``fusynth experiment seg-augment``; field names are the flags."""
 
     real: str
@@ -112,12 +112,6 @@ class SegAugmentConfig:
     learning_rate: float | None = None
     mixed_precision: str | None = None  # None: accelerate launch's, else "no"
     embedding_cache: str | None = None
-    arms: list[str] | None = None  # None: real, and real+synthetic with counts above 0
-    protocol: str = "mix"
-    pretrain_steps: int | None = None
-    classical_copies: int = 4
-    n_boot: int = 1000
-    preset: str | None = None  # recorded: the request came from this preset
     keep_models: bool = False
     overwrite: bool = False
 
@@ -133,14 +127,7 @@ class SegAugmentConfig:
             raise UserInputError("--test: give at least one test set DIR[:split]")
         self.n_synthetic = sorted(set(self.n_synthetic))
         self._check_segmenter()
-        self.arms = parse_arms(self.arms, any(self.n_synthetic))
-        check_protocol(self.protocol, self.max_train_steps, self.pretrain_steps)
-        if self.classical_copies < 1:
-            raise UserInputError(
-                f"--classical_copies: must be at least 1, got {self.classical_copies}"
-            )
-        if self.n_boot < 1:
-            raise UserInputError(f"--n_boot: must be at least 1, got {self.n_boot}")
+        self.check_protocol_settings(any(self.n_synthetic), self.max_train_steps)
 
     def _check_segmenter(self) -> None:
         """Resolve the segmenter's defaults and refuse the other one's settings."""
