@@ -14,8 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fusynth.cli.args import Parser
-from fusynth.cli.recipe import add_run_flags, add_segmentation_data_flags, run_training_recipe
+from fusynth.cli.recipe import (
+    add_run_flags,
+    add_segmentation_data_flags,
+    recipe_parser,
+    run_training_recipe,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,12 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fusynth.segment.finetune import LOSSES, TRAIN_PARTS
     from fusynth.segment.sam import SAM_CONFIGS
 
-    p = Parser(
-        prog="finetune_sam.py",
-        description=__doc__.splitlines()[0],
-        argument_default=argparse.SUPPRESS,
-    )
-    p.add_argument("--config", help="YAML file of flag values; flags given here override it")
+    p = recipe_parser("finetune_sam.py", __doc__)
     g = p.add_argument_group("model")
     g.add_argument(
         "--model_type",

@@ -19,8 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fusynth.cli.args import Parser
-from fusynth.cli.recipe import add_run_flags, run_training_recipe
+from fusynth.cli.recipe import add_run_flags, recipe_parser, run_training_recipe
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,12 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fusynth.classify.config import BEST_METRICS, OPTIMIZERS
     from fusynth.core.loop import LR_SCHEDULERS, MIXED_PRECISION
 
-    p = Parser(
-        prog="train_classifier.py",
-        description=__doc__.splitlines()[0],
-        argument_default=argparse.SUPPRESS,
-    )
-    p.add_argument("--config", help="YAML file of flag values; flags given here override it")
+    p = recipe_parser("train_classifier.py", __doc__)
     g = p.add_argument_group("model")
     g.add_argument(
         "--backbone",

@@ -14,18 +14,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fusynth.cli.args import Parser
-from fusynth.cli.recipe import add_common_flags, run_training_recipe
+from fusynth.cli.recipe import add_common_flags, recipe_parser, run_training_recipe
 from fusynth.diffusion.controlnet import CONDITIONING
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The recipe's flags (defaults live in ``ControlNetTrainConfig``)."""
-    p = Parser(
-        prog="train_controlnet.py",
-        description=__doc__.splitlines()[0],
-        argument_default=argparse.SUPPRESS,
-    )
+    p = recipe_parser("train_controlnet.py", __doc__)
     add_common_flags(p, default_lr="1e-5", default_output="fusynth-controlnet")
     g = p.add_argument_group("controlnet")
     g.add_argument(

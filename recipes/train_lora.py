@@ -13,18 +13,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fusynth.cli.args import Parser
-from fusynth.cli.recipe import add_common_flags, run_training_recipe
+from fusynth.cli.recipe import add_common_flags, recipe_parser, run_training_recipe
 from fusynth.diffusion.lora import LORA_TARGETS
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The recipe's flags (defaults live in ``LoraTrainConfig``)."""
-    p = Parser(
-        prog="train_lora.py",
-        description=__doc__.splitlines()[0],
-        argument_default=argparse.SUPPRESS,
-    )
+    p = recipe_parser("train_lora.py", __doc__)
     add_common_flags(p, default_lr="1e-4", default_output="fusynth-lora")
     g = p.add_argument_group("lora")
     g.add_argument("--rank", type=int, help="LoRA rank (4)")

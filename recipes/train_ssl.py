@@ -14,20 +14,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fusynth.cli.args import Parser
-from fusynth.cli.recipe import add_run_flags, run_training_recipe
+from fusynth.cli.recipe import add_run_flags, recipe_parser, run_training_recipe
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The recipe's flags (defaults live in ``SslConfig``)."""
     from fusynth.core.loop import LR_SCHEDULERS, MIXED_PRECISION
 
-    p = Parser(
-        prog="train_ssl.py",
-        description=__doc__.splitlines()[0],
-        argument_default=argparse.SUPPRESS,
-    )
-    p.add_argument("--config", help="YAML file of flag values; flags given here override it")
+    p = recipe_parser("train_ssl.py", __doc__)
     g = p.add_argument_group("data")
     g.add_argument(
         "--train", help="prepared dataset or cohort DIR[:split] (default: the phantom's train)"

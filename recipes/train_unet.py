@@ -16,8 +16,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fusynth.cli.args import Parser
-from fusynth.cli.recipe import add_run_flags, add_segmentation_data_flags, run_training_recipe
+from fusynth.cli.recipe import (
+    add_run_flags,
+    add_segmentation_data_flags,
+    recipe_parser,
+    run_training_recipe,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,12 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fusynth.segment.finetune import LOSSES
     from fusynth.segment.unet import ENCODERS, TRAIN_PARTS_FORMS
 
-    p = Parser(
-        prog="train_unet.py",
-        description=__doc__.splitlines()[0],
-        argument_default=argparse.SUPPRESS,
-    )
-    p.add_argument("--config", help="YAML file of flag values; flags given here override it")
+    p = recipe_parser("train_unet.py", __doc__)
     g = p.add_argument_group("model")
     g.add_argument("--encoder", help=f"{', '.join(ENCODERS)} (mobilenet_v2)")
     g.add_argument(

@@ -47,6 +47,31 @@ def add_protocol_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_cell_training_flags(
+    p: argparse.ArgumentParser,
+    learning_rate: str,
+    batch_size: int,
+    epochs: int,
+    per: str = "cell",
+    augment: bool = True,
+) -> None:
+    """The training flags an experiment passes to every cell (defaults None: each
+    config resolves its own; the help states them)."""
+    p.add_argument("--learning_rate", type=float, help=f"({learning_rate})")
+    p.add_argument("--train_batch_size", type=int, help=f"({batch_size})")
+    p.add_argument("--num_train_epochs", type=int, help=f"epochs per {per} ({epochs})")
+    p.add_argument("--max_train_steps", type=int, help=f"steps per {per} (overrides epochs)")
+    if augment:
+        p.add_argument(
+            "--no_augment",
+            dest="augment",
+            action="store_false",
+            default=None,
+            help="train without augmentation",
+        )
+    p.add_argument("--mixed_precision", help="no, fp16 or bf16 (accelerate's setting, else no)")
+
+
 class _DefaultStr(str):
     """A default string, told apart from the same text given on the command line."""
 
@@ -159,11 +184,7 @@ def add_commands(groups: Any) -> None:
     p.add_argument("--encoder_lora_rank", type=int, help="(0: off)")
     p.add_argument("--box_jitter", type=int, help="training box jitter in pixels (10)")
     p.add_argument("--loss", help="dice+bce or dice+ce (dice+bce)")
-    p.add_argument("--train_batch_size", type=int, help="(4)")
-    p.add_argument("--num_train_epochs", type=int, help="epochs per cell (20)")
-    p.add_argument("--max_train_steps", type=int, help="steps per cell (overrides epochs)")
-    p.add_argument("--learning_rate", type=float, help="(1e-4 with --checkpoint, else 1e-3)")
-    p.add_argument("--mixed_precision", help="no, fp16 or bf16 (accelerate's setting, else no)")
+    add_cell_training_flags(p, "1e-4 with --checkpoint, else 1e-3", 4, 20, augment=False)
     p.add_argument("--embedding_cache", help="image embedding cache folder")
     p.set_defaults(func=_experiment_seg_augment)
     add_seg_augment_segmenter_flags(p)
@@ -185,19 +206,8 @@ def add_commands(groups: Any) -> None:
     p.add_argument("--views", help="comma-separated views to classify (all of --real)")
     p.add_argument("--resolution", type=int, help="input side (224; clip: the model's)")
     p.add_argument("--optimizer", help="sgd or adamw (adamw)")
-    p.add_argument("--learning_rate", type=float, help="(1e-3)")
-    p.add_argument("--train_batch_size", type=int, help="(16)")
-    p.add_argument("--num_train_epochs", type=int, help="epochs per cell (10)")
-    p.add_argument("--max_train_steps", type=int, help="steps per cell (overrides epochs)")
     p.add_argument("--n_real_per_view", type=int, help="real images per view (all)")
-    p.add_argument(
-        "--no_augment",
-        dest="augment",
-        action="store_false",
-        default=None,
-        help="train without augmentation",
-    )
-    p.add_argument("--mixed_precision", help="no, fp16 or bf16 (accelerate's setting, else no)")
+    add_cell_training_flags(p, "1e-3", 16, 10)
     add_protocol_flags(p)
     p.set_defaults(func=_experiment_cls_augment)
     _remember_defaults(p)
@@ -252,18 +262,7 @@ def add_experiment_clip_augment_parser(
     p.add_argument("--prompts", help="zero-shot prompts YAML view: [prompts] (built-in)")
     p.add_argument("--train_mode", choices=TRAIN_MODES, help="lit, lora or full (lit)")
     p.add_argument("--contrastive", choices=CONTRASTIVE, help="views or pairs (views)")
-    p.add_argument("--learning_rate", type=float, help="(1e-4)")
-    p.add_argument("--train_batch_size", type=int, help="(32)")
-    p.add_argument("--num_train_epochs", type=int, help="epochs per arm (10)")
-    p.add_argument("--max_train_steps", type=int, help="steps per arm (overrides epochs)")
-    p.add_argument(
-        "--no_augment",
-        dest="augment",
-        action="store_false",
-        default=None,
-        help="train without augmentation",
-    )
-    p.add_argument("--mixed_precision", help="no, fp16 or bf16 (accelerate's setting, else no)")
+    add_cell_training_flags(p, "1e-4", 32, 10, per="arm")
     p.add_argument(
         "--n_boot", type=int, help="bootstrap resamples of subjects for the intervals (1000)"
     )

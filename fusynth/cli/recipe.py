@@ -181,14 +181,26 @@ def add_run_flags(group: Any, default_output: str) -> None:
     group.add_argument("--report_to", choices=REPORT_TO, help="(none)")
 
 
+def recipe_parser(prog: str, doc: str | None) -> Any:
+    """A recipe's parser: flags not given stay absent (each config dataclass holds the
+    defaults, so ``--config FILE.yaml`` can set them), kebab spellings accepted, and
+    ``--config`` itself. ``doc``: the recipe's docstring (its first line describes it)."""
+    from fusynth.cli.args import Parser
+
+    p = Parser(
+        prog=prog,
+        description=doc.splitlines()[0] if doc else None,
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("--config", help="YAML file of flag values; flags given here override it")
+    return p
+
+
 def add_common_flags(
     p: Any, default_lr: str = "1e-4", default_output: str = "fusynth-lora"
 ) -> None:
     """The flags every training recipe shares (argparse with SUPPRESS defaults; the
     defaults themselves live in :class:`TrainConfig`)."""
-    from fusynth.cli.recipe import add_run_flags
-
-    p.add_argument("--config", help="YAML file of flag values; flags given here override it")
     g = p.add_argument_group("base model")
     g.add_argument(
         "--pretrained_model_name_or_path",
