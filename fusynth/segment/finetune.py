@@ -21,7 +21,6 @@ import dataclasses
 import json
 import logging
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,22 +31,15 @@ import torch.nn.functional as F
 
 from fusynth.core.errors import UserInputError
 from fusynth.core.loop import (
-    StepLog,
     check_run_dir,
     check_run_settings,
-    checkpoint_if_due,
     choice,
-    epoch_order,
     final_dir,
-    finish_run,
     make_lr_scheduler,
-    optimizer_micro_step,
     positive,
     replace_outputs,
     resume_run,
     start_run,
-    step_generator,
-    validation_due,
     write_config_json,
     write_run_config,
     write_train_log,
@@ -65,6 +57,7 @@ from fusynth.segment.data import (
     load_seg_set,
     sam_input,
 )
+from fusynth.segment.loop import Schedule, run_steps
 from fusynth.segment.metrics import binary_dice
 from fusynth.segment.model import (
     BoxPromptedSam,
@@ -370,7 +363,6 @@ def finetune_sam(config: SamFinetuneConfig) -> SamTrainResult:
         UserInputError: bad settings or inputs, naming the flag or file.
     """
     from accelerate.utils import DistributedDataParallelKwargs
-    from tqdm.auto import tqdm
 
     check_run_dir(config, WEIGHTS_FILE)  # before loading anything
     sam, model_type, base_info = _load_model(config)
@@ -441,104 +433,73 @@ def finetune_sam(config: SamFinetuneConfig) -> SamTrainResult:
     model = BoxPromptedSam(sam, train_prompt_encoder="prompt_encoder" in trainable_names(config))
     params = [p for p in sam.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    processes, process = accelerator.num_processes, accelerator.process_index
-    n = len(data.inputs)
-    per_process = len(epoch_order(n, config.seed, 0, process, processes))
-    batches_per_epoch = math.ceil(per_process / config.train_batch_size)
-    steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
-    max_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
-    lr_scheduler = make_lr_scheduler(config, optimizer, max_steps)
+    processes = accelerator.num_processes
+    schedule = Schedule.of(config, len(data.inputs), accelerator.process_index, processes)
+    lr_scheduler = make_lr_scheduler(config, optimizer, schedule.max_steps)
     prepared, optimizer = accelerator.prepare(model, optimizer)
     resume_state = {k: getattr(config, k) for k in RESUME_KEYS}
     # The whole run's log: a resume restores the checkpoint's, checkpoints carry it.
-    losses: list[float] = []
-    val_history: list[dict[str, float]] = []
-    train_log = {"losses": losses, "validation": val_history}
+    train_log: dict[str, list] = {"losses": [], "validation": []}
     global_step = resume_run(
         resume, resume_state, lambda f: _load_trained(f, sam), optimizer, lr_scheduler, train_log
     )
+    max_steps = schedule.max_steps
     run_config = _run_config(config, model_type, size, base_info, data, processes, max_steps)
     write_run_config(accelerator, run_config, output_dir, "fusynth-sam", config.report_to)
 
-    micro = global_step * config.gradient_accumulation_steps
-    seen, started = 0, time.perf_counter()
-    bar = tqdm(
-        total=max_steps,
-        initial=global_step,
-        desc="finetune_sam",
-        disable=not accelerator.is_local_main_process,
-    )
-    prepared.train()
-    step_log = StepLog(accelerator, bar, config.gradient_accumulation_steps, losses)
-    while global_step < max_steps:
-        epoch, b = divmod(micro, batches_per_epoch)
-        order = epoch_order(n, config.seed, epoch, process, processes)
-        idx = order[b * config.train_batch_size : (b + 1) * config.train_batch_size]
-        gen = step_generator(config.seed, micro, process)
+    def step_loss(idx: np.ndarray, gen: torch.Generator) -> torch.Tensor:
         batch = [data.inputs[i] for i in idx]
         boxes = jittered_boxes(batch, config.box_jitter, size, gen).to(device)
         target = torch.from_numpy(np.stack([x.mask for x in batch]))[:, None].to(device)
-        with accelerator.accumulate(prepared):
-            with accelerator.autocast():
-                if embeddings is not None:
-                    low, iou_pred = prepared(
-                        boxes, embeddings=embeddings[torch.from_numpy(idx)].to(device)
-                    )
-                else:
-                    images = [
-                        torch.as_tensor(x.image, device=device).permute(2, 0, 1).float()
-                        for x in batch
-                    ]
-                    low, iou_pred = prepared(boxes, images=images)
-            logits = F.interpolate(low.float(), (size, size), mode="bilinear", align_corners=False)
-            loss, iou = segmentation_loss(logits, target, config.loss)
-            loss = loss + F.mse_loss(iou_pred.float()[:, 0], iou)
-            optimizer_micro_step(accelerator, loss, params, config.max_grad_norm, optimizer)
-        step_log.add(loss)
-        micro += 1
-        seen += len(idx) * processes
-        if not accelerator.sync_gradients:
-            continue
-        global_step += 1
-        logs = step_log.step(lr_scheduler)
-        due = validation_due(global_step, steps_per_epoch, config.validation_epochs, max_steps)
-        validate = due and data.validation and accelerator.is_main_process
-        step_log.validate_and_log(
-            global_step,
-            logs,
-            (lambda: validation_dice(model, data.validation, val_embeddings, device))
-            if validate
-            else None,
-            val_history,
-            config.report_to,
-        )
-        checkpoint_if_due(
-            accelerator,
-            config,
-            output_dir,
-            global_step,
-            max_steps,
-            resume_state,
-            lambda tmp: _save_trained(tmp, sam),
-            optimizer,
-            lr_scheduler,
-            train_log,
-        )
-    elapsed = finish_run(
+        with accelerator.autocast():
+            if embeddings is not None:
+                low, iou_pred = prepared(
+                    boxes, embeddings=embeddings[torch.from_numpy(idx)].to(device)
+                )
+            else:
+                images = [
+                    torch.as_tensor(x.image, device=device).permute(2, 0, 1).float() for x in batch
+                ]
+                low, iou_pred = prepared(boxes, images=images)
+        logits = F.interpolate(low.float(), (size, size), mode="bilinear", align_corners=False)
+        loss, iou = segmentation_loss(logits, target, config.loss)
+        return loss + F.mse_loss(iou_pred.float()[:, 0], iou)
+
+    prepared.train()
+    done = run_steps(
         accelerator,
-        bar,
-        started,
-        lambda: _save_final(
-            output_dir, sam, model_type, run_config, global_step, losses, val_history
-        ),
-        output_dir,
+        config,
+        desc="finetune_sam",
+        schedule=schedule,
+        prepared=prepared,
+        params=params,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        global_step=global_step,
+        train_log=train_log,
+        step_loss=step_loss,
+        validate=(lambda: validation_dice(model, data.validation, val_embeddings, device))
+        if data.validation
+        else None,
+        output_dir=output_dir,
+        resume_state=resume_state,
+        save_state=lambda tmp: _save_trained(tmp, sam),
+        save_final=lambda step: _save_final(
+            output_dir,
+            sam,
+            model_type,
+            run_config,
+            step,
+            train_log["losses"],
+            train_log["validation"],
+        ),  # fmt: skip
     )
     return SamTrainResult(
         final_dir(output_dir),
-        global_step,
-        seen / elapsed if elapsed > 0 else 0.0,
-        losses,
-        [v["dice"] for v in val_history],
+        done.global_step,
+        done.seen / done.elapsed if done.elapsed > 0 else 0.0,
+        train_log["losses"],
+        [v["dice"] for v in train_log["validation"]],
         cache.hits if cache else 0,
         cache.misses if cache else 0,
     )

@@ -19,7 +19,6 @@ import dataclasses
 import json
 import logging
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,25 +28,21 @@ import torch
 
 from fusynth.core.errors import UserInputError
 from fusynth.core.loop import (
-    StepLog,
     check_run_dir,
     check_run_settings,
-    checkpoint_if_due,
     choice,
-    epoch_order,
+    final_dir,
     make_lr_scheduler,
-    optimizer_micro_step,
     positive,
     replace_outputs,
     resume_run,
     start_run,
-    step_generator,
-    validation_due,
     write_config_json,
     write_run_config,
 )
 from fusynth.segment.card import render_unet_card
 from fusynth.segment.finetune import LOSSES, choose_training_data
+from fusynth.segment.loop import Schedule, run_steps
 from fusynth.segment.metrics import binary_dice
 from fusynth.segment.model import segmentation_loss
 from fusynth.segment.unet import (
@@ -253,7 +248,6 @@ def train_unet(config: UnetTrainConfig) -> UnetTrainResult:
         UserInputError: bad settings or inputs, naming the flag or file.
     """
     from accelerate.utils import DistributedDataParallelKwargs
-    from tqdm.auto import tqdm
 
     check_run_dir(config, WEIGHTS_FILE)  # before loading anything
     model, encoder, init = initial_model(config)
@@ -296,38 +290,21 @@ def train_unet(config: UnetTrainConfig) -> UnetTrainResult:
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    processes, process = accelerator.num_processes, accelerator.process_index
-    n = len(data.inputs)
-    per_process = len(epoch_order(n, config.seed, 0, process, processes))
-    batches_per_epoch = math.ceil(per_process / config.train_batch_size)
-    steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
-    max_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
+    processes = accelerator.num_processes
+    schedule = Schedule.of(config, len(data.inputs), accelerator.process_index, processes)
+    max_steps = schedule.max_steps
     lr_scheduler = make_lr_scheduler(config, optimizer, max_steps)
     prepared, optimizer = accelerator.prepare(model, optimizer)
     resume_state = {k: getattr(config, k) for k in RESUME_KEYS} | {"encoder": encoder}
+    # The whole run's log: a resume restores the checkpoint's, checkpoints carry it.
+    train_log: dict[str, list] = {"losses": [], "validation": []}
     global_step = resume_run(
-        resume, resume_state, lambda f: _load_state(f, model), optimizer, lr_scheduler
+        resume, resume_state, lambda f: _load_state(f, model), optimizer, lr_scheduler, train_log
     )
     run_config = _run_config(config, encoder, init, params_info, data, processes, max_steps)
     write_run_config(accelerator, run_config, output_dir, "fusynth-unet", config.report_to)
 
-    losses: list[float] = []
-    val_history: list[dict[str, float]] = []
-    micro = global_step * config.gradient_accumulation_steps
-    seen, started = 0, time.perf_counter()
-    bar = tqdm(
-        total=max_steps,
-        initial=global_step,
-        desc="train_unet",
-        disable=not accelerator.is_local_main_process,
-    )
-    train_mode(model)
-    step_log = StepLog(accelerator, bar, config.gradient_accumulation_steps, losses)
-    while global_step < max_steps:
-        epoch, b = divmod(micro, batches_per_epoch)
-        order = epoch_order(n, config.seed, epoch, process, processes)
-        idx = order[b * config.train_batch_size : (b + 1) * config.train_batch_size]
-        gen = step_generator(config.seed, micro, process)
+    def step_loss(idx: np.ndarray, gen: torch.Generator) -> torch.Tensor:
         sel = torch.from_numpy(idx)
         x, target = images[sel], masks[sel]
         if config.hflip:
@@ -335,51 +312,39 @@ def train_unet(config: UnetTrainConfig) -> UnetTrainResult:
         # Stochastic layers (EfficientNet's drop-connect) draw from the global generator:
         # seed it from this step's generator so a resumed run draws the same.
         torch.manual_seed(int(torch.randint(0, 2**62, (), generator=gen)))
-        with accelerator.accumulate(prepared):
-            with accelerator.autocast():
-                logits = prepared(x.to(device))
-            loss, _ = segmentation_loss(logits.float(), target.to(device), config.loss)
-            optimizer_micro_step(accelerator, loss, params, config.max_grad_norm, optimizer)
-        step_log.add(loss)
-        micro += 1
-        seen += len(idx) * processes
-        if not accelerator.sync_gradients:
-            continue
-        global_step += 1
-        logs = step_log.step(lr_scheduler)
-        due = validation_due(global_step, steps_per_epoch, config.validation_epochs, max_steps)
-        validate = due and data.validation and accelerator.is_main_process
-        step_log.validate_and_log(
-            global_step,
-            logs,
-            (lambda: validation_dice(model, val_images, val_masks)) if validate else None,
-            val_history,
-            config.report_to,
-        )
-        checkpoint_if_due(
-            accelerator,
-            config,
-            output_dir,
-            global_step,
-            max_steps,
-            resume_state,
-            lambda tmp: _save_state(tmp, model),
-            optimizer,
-            lr_scheduler,
-        )
-    bar.close()
-    elapsed = time.perf_counter() - started
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        _save_final(output_dir, model, run_config, global_step, losses, val_history)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+        with accelerator.autocast():
+            logits = prepared(x.to(device))
+        return segmentation_loss(logits.float(), target.to(device), config.loss)[0]
+
+    train_mode(model)
+    done = run_steps(
+        accelerator,
+        config,
+        desc="train_unet",
+        schedule=schedule,
+        prepared=prepared,
+        params=params,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        global_step=global_step,
+        train_log=train_log,
+        step_loss=step_loss,
+        validate=(lambda: validation_dice(model, val_images, val_masks))
+        if data.validation
+        else None,
+        output_dir=output_dir,
+        resume_state=resume_state,
+        save_state=lambda tmp: _save_state(tmp, model),
+        save_final=lambda step: _save_final(
+            output_dir, model, run_config, step, train_log["losses"], train_log["validation"]
+        ),
+    )
     return UnetTrainResult(
-        output_dir,
-        global_step,
-        seen / elapsed if elapsed > 0 else 0.0,
-        losses,
-        [v["dice"] for v in val_history],
+        final_dir(output_dir),
+        done.global_step,
+        done.seen / done.elapsed if done.elapsed > 0 else 0.0,
+        train_log["losses"],
+        [v["dice"] for v in train_log["validation"]],
         params_info,
     )
 

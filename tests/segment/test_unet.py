@@ -173,7 +173,10 @@ def test_resume_is_exact(heads, tmp_path):
     straight = train_unet(_config(heads, tmp_path / "s", **kw))
     train_unet(_config(heads, tmp_path / "r", **{**kw, "max_train_steps": 2}))
     resumed = train_unet(_config(heads, tmp_path / "r", **kw, resume_from_checkpoint="latest"))
-    assert resumed.losses == straight.losses[2:]
+    # The whole run's losses, the two before the resume included (from the checkpoint).
+    assert resumed.losses == straight.losses and len(straight.losses) == 4
+    log = json.loads((resumed.output_dir / "train_log.json").read_text())
+    assert log["losses"] == straight.losses
     a = load_file(str(straight.output_dir / "model.safetensors"))
     b = load_file(str(resumed.output_dir / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -430,3 +433,17 @@ def test_frozen_parts_stay_in_eval_mode():
     first, last = encoder_stages(model)[0], encoder_stages(model)[-1]
     assert not any(m.training for m in first)  # frozen stem: fixed statistics, no drop-connect
     assert all(m.training for m in last) and model.decoder.training
+
+
+def test_overwrite_swaps_the_new_run_in_only_when_complete(heads, tmp_path):
+    """``--overwrite_output_dir`` trains beside the old run and takes its place at the end,
+    as every recipe does (no ``.NAME.fusynth-new`` is left behind)."""
+    out = tmp_path / "run"
+    first = train_unet(_config(heads, out, max_train_steps=1, resolution=32))
+    assert first.output_dir == out
+    second = train_unet(
+        _config(heads, out, max_train_steps=2, resolution=32, overwrite_output_dir=True)
+    )
+    assert second.output_dir == out
+    assert json.loads((out / "train_log.json").read_text())["global_step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
