@@ -16,6 +16,7 @@ from fusynth.cohort.writer import CohortResult, iter_batches, open_cohort, sampl
 from fusynth.core.errors import UserInputError, suggest
 from fusynth.data.images import encode_png
 from fusynth.data.schema import VIEWS, provenance_json
+from fusynth.diffusion.config import TrainedAdapter
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +86,14 @@ class Text2ImgRequest(SamplingRequest):
                 raise UserInputError("--prompt_values: fills a template; not with --prompts")
 
 
-def prompt_sampler(req: Text2ImgRequest) -> Any:
+def prompt_sampler(req: Text2ImgRequest, trained: TrainedAdapter) -> Any:
     """The per-sample prompt values of ``--prompt_values`` (None without it): over
-    ``--prompt_template``, else the caption template the adapter was trained with."""
+    ``--prompt_template``, else the caption template the adapter (``trained``, its
+    config) was trained with."""
     from fusynth.cohort.conditions import PromptSampler
-    from fusynth.diffusion.config import TrainedAdapter
 
     if req.prompt_values is None:
         return None
-    trained = TrainedAdapter.read(req.lora, "--lora") if req.lora else TrainedAdapter()
     template = req.prompt_template
     if template is None:
         if trained.captions:
@@ -169,11 +169,12 @@ def generate_text2img(req: Text2ImgRequest) -> CohortResult:
 
         lora_file(req.lora)  # fail before the (slow) base load
     prompts = resolve_prompts(req)
-    sampler = prompt_sampler(req)
     from fusynth.diffusion.config import TrainedAdapter
 
-    # How the adapter was trained conditions generation too (clip skip, v-prediction).
+    # How the adapter was trained conditions generation too (clip skip, v-prediction,
+    # the caption template prompt values fill).
     trained = TrainedAdapter.read(req.lora, "--lora") if req.lora else TrainedAdapter()
+    sampler = prompt_sampler(req, trained)
     trained_with = {
         k: v
         for k, v in (("clip_skip", trained.clip_skip), ("prediction_type", trained.prediction_type))
